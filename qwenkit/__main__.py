@@ -1,0 +1,3 @@
+from qwenkit.cli import main
+
+raise SystemExit(main())
