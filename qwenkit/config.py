@@ -1,0 +1,288 @@
+"""RunConfig: one frozen object for every run setting, validated once, rendered for each consumer.
+
+Every other module takes a RunConfig; none re-derives llama.cpp flags. It renders itself as
+`llama_cpp.Llama` keyword arguments (`llama_kwargs`), as `python -m llama_cpp.server`
+arguments (`server_args`) and as a one-line summary (`summary`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from qwenkit.errors import ConfigError
+
+# GGML type ids that llama.cpp accepts for the KV cache (ggml.h `enum ggml_type`).
+KV_TYPES: dict[str, int] = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,
+    "iq4_nl": 20, "bf16": 30,
+}
+KV_TYPE_NAMES = {v: k for k, v in KV_TYPES.items()}
+UNQUANTIZED = {"f32", "f16", "bf16"}
+# Bytes per element of each KV type (block bytes / block size), for memory plans.
+KV_BYTES_PER_ELEMENT: dict[str, float] = {
+    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+    "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32,
+}
+# K-V pairs a default CUDA build compiles flash-attention kernels for (its build log prints
+# "FlashAttention K-V type combinations: f16-f16;q4_0-q4_0;q8_0-q8_0;bf16-bf16").
+MATCHED_FA_PAIRS = {("f16", "f16"), ("q4_0", "q4_0"), ("q8_0", "q8_0"), ("bf16", "bf16")}
+
+NOTE_UNMATCHED_PAIR = (
+    "K={k}/V={v} has no matched flash-attention kernel in a default CUDA build "
+    "(-DGGML_CUDA_FA_ALL_QUANTS=ON builds it). Reports (llama.cpp #27109) say such pairs fall "
+    "back to the CPU and run 8-30x slower; measured on an H200 with llama.cpp 0c1e570 they did "
+    "not: K q8_0/V f16 decoded 280 tok/s vs 304 for f16/f16 (-8%), no CPU fallback."
+)
+NOTE_QUANTIZED_KV = (
+    "a quantized KV cache ({k}/{v}) buys memory, not speed: measured on an H200 (llama.cpp "
+    "0c1e570, Qwen3-30B-A3B shape) q8_0/q8_0 decoded 264-271 tok/s vs 304 for f16 at depth 0 "
+    "and -36% at 16K depth. Use it only when memory is short; on Qwen3.5-35B-A3B only 10 of 40 "
+    "layers hold a KV cache (f16 8K context = 160 MiB)."
+)
+
+
+def kv_type_id(name: str | int) -> int:
+    """GGML id of a KV type name ('q8_0' -> 8); ids pass through if valid."""
+    if isinstance(name, int) and name in KV_TYPE_NAMES:
+        return name
+    key = str(name).strip().lower()
+    if key.isdigit() and int(key) in KV_TYPE_NAMES:
+        return int(key)
+    if key not in KV_TYPES:
+        raise ConfigError(f"unknown KV cache type {name!r}",
+                          f"use one of: {', '.join(KV_TYPES)}")
+    return KV_TYPES[key]
+
+
+def kv_type_name(name: str | int) -> str:
+    return KV_TYPE_NAMES[kv_type_id(name)]
+
+
+def default_threads() -> int:
+    """All cores this process may use: llama.cpp decode on the CPU scales with them, and
+    llama_cpp.server's own default (cpu_count // 2) leaves half of a small machine idle."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one model run. Validated on construction; immutable (use `replace`)."""
+
+    model: str
+    n_ctx: int = 8192
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = True
+    n_gpu_layers: int = -1          # -1: every layer on the GPU when there is one
+    n_cpu_moe: int = 0              # expert tensors of the first N layers stay in system RAM
+    n_threads: int = field(default_factory=default_threads)
+    n_threads_batch: int | None = None
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    seed: int = 0
+    use_mmap: bool = True
+    alias: str = "qwen3.5-35b"      # the model name the server answers to (the recipe's)
+    chat_format: str | None = None  # None: the GGUF's own chat template
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        # normalise names first (frozen: go through object.__setattr__)
+        object.__setattr__(self, "model", str(self.model))
+        object.__setattr__(self, "type_k", kv_type_name(self.type_k))
+        object.__setattr__(self, "type_v", kv_type_name(self.type_v))
+        if self.type_v not in UNQUANTIZED and not self.flash_attn:
+            raise ConfigError(
+                f"a quantized V cache (type_v={self.type_v}) needs flash attention; "
+                "llama.cpp refuses to create the context without it",
+                "set flash_attn=True, or type_v='f16'")
+        if self.n_ctx < 0:
+            raise ConfigError(f"n_ctx={self.n_ctx} is negative", "use 0 (the model's own) or a positive size")
+        if self.n_cpu_moe < 0:
+            raise ConfigError(f"n_cpu_moe={self.n_cpu_moe} is negative", "use 0 (all experts on the GPU) or more")
+        if self.n_threads < 1:
+            raise ConfigError(f"n_threads={self.n_threads} must be at least 1", f"use {default_threads()}")
+        if self.n_ubatch > self.n_batch:
+            raise ConfigError(f"n_ubatch={self.n_ubatch} is larger than n_batch={self.n_batch}",
+                              "make n_ubatch <= n_batch")
+
+    # ---- derived facts ------------------------------------------------------------------
+    @property
+    def kv_quantized(self) -> bool:
+        return self.type_k not in UNQUANTIZED or self.type_v not in UNQUANTIZED
+
+    def notes(self) -> list[str]:
+        """Advice that is not an error: measured costs of the chosen KV types."""
+        out = []
+        if self.flash_attn and (self.type_k, self.type_v) not in MATCHED_FA_PAIRS:
+            out.append(NOTE_UNMATCHED_PAIR.format(k=self.type_k, v=self.type_v))
+        if self.kv_quantized:
+            out.append(NOTE_QUANTIZED_KV.format(k=self.type_k, v=self.type_v))
+        return out
+
+    def check_context(self, n_ctx_train: int | None) -> None:
+        """Error when n_ctx exceeds the model's trained context (from the GGUF header)."""
+        if n_ctx_train and self.n_ctx > n_ctx_train:
+            raise ConfigError(
+                f"n_ctx={self.n_ctx} is beyond the model's context length {n_ctx_train}",
+                f"use n_ctx <= {n_ctx_train}")
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- renderings -------------------------------------------------------------------
+    def llama_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `llama_cpp.Llama(**kw)`. n_cpu_moe is not among them: the
+        engine applies it through tensor buffer overrides, which Llama() does not expose."""
+        return dict(
+            model_path=self.model, n_ctx=self.n_ctx, n_gpu_layers=self.n_gpu_layers,
+            flash_attn=self.flash_attn, type_k=KV_TYPES[self.type_k], type_v=KV_TYPES[self.type_v],
+            n_threads=self.n_threads, n_threads_batch=self.n_threads_batch or self.n_threads,
+            n_batch=self.n_batch, n_ubatch=self.n_ubatch, seed=self.seed, use_mmap=self.use_mmap,
+            logits_all=False, chat_format=self.chat_format, verbose=self.verbose,
+        )
+
+    def server_args(self) -> list[str]:
+        """Arguments for `python -m llama_cpp.server` (host, port and key are the launcher's).
+
+        Fixes the server's harmful defaults: logits_all (2 GB of float32 logits for a 248K
+        vocabulary), n_gpu_layers=0, flash_attn off, n_ctx 2048, half the cores, and
+        interrupt_requests (a new request silently ends the one streaming)."""
+        b = lambda v: "true" if v else "false"  # noqa: E731 - pydantic-settings booleans
+        args = [
+            "--model", self.model, "--model_alias", self.alias,
+            "--n_ctx", str(self.n_ctx), "--n_gpu_layers", str(self.n_gpu_layers),
+            "--flash_attn", b(self.flash_attn),
+            "--type_k", str(KV_TYPES[self.type_k]), "--type_v", str(KV_TYPES[self.type_v]),
+            "--n_threads", str(self.n_threads),
+            "--n_threads_batch", str(self.n_threads_batch or self.n_threads),
+            "--n_batch", str(self.n_batch), "--n_ubatch", str(self.n_ubatch),
+            "--seed", str(self.seed), "--use_mmap", b(self.use_mmap),
+            "--logits_all", "false", "--interrupt_requests", "false",
+            "--verbose", b(self.verbose),
+        ]
+        if self.chat_format:
+            args += ["--chat_format", self.chat_format]
+        return args
+
+    def summary(self) -> str:
+        moe = f" n_cpu_moe={self.n_cpu_moe}" if self.n_cpu_moe else ""
+        return (f"{Path(self.model).name}: n_ctx={self.n_ctx} KV {self.type_k}/{self.type_v} "
+                f"flash_attn={'on' if self.flash_attn else 'off'} n_gpu_layers={self.n_gpu_layers}"
+                f"{moe} threads={self.n_threads}")
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    # ---- files ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}",
+                              f"valid settings: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(p)  # never leave a half-written config where a good one was
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunConfig":
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist",
+                              "save one from the tuning panel or with RunConfig.save()") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid JSON ({e})", "fix or re-save it") from None
+        return cls.from_dict(data)
+
+
+# ---- the blog recipe's server flags -----------------------------------------------------
+# The recipe runs `python -m llama_cpp.server --cache_type_k q8_0 --n_gpu_layers -1
+# --flash_attn True --n_ctx 8192 ...`. `--cache_type_k` does not exist (the server's
+# `--cache_type` is the prompt cache, ram|disk); KV types are `--type_k/--type_v` with ids.
+_RECIPE_FLAG_MAP = {
+    "--model": "model", "-m": "model", "--n_ctx": "n_ctx", "-c": "n_ctx",
+    "--n_gpu_layers": "n_gpu_layers", "-ngl": "n_gpu_layers", "--flash_attn": "flash_attn",
+    "--cache_type_k": "type_k", "--cache-type-k": "type_k", "-ctk": "type_k", "--type_k": "type_k",
+    "--cache_type_v": "type_v", "--cache-type-v": "type_v", "-ctv": "type_v", "--type_v": "type_v",
+    "--n_threads": "n_threads", "-t": "n_threads", "--n_batch": "n_batch", "-b": "n_batch",
+    "--n_ubatch": "n_ubatch", "-ub": "n_ubatch", "--model_alias": "alias", "--chat_format": "chat_format",
+    "--n_cpu_moe": "n_cpu_moe", "--n-cpu-moe": "n_cpu_moe", "-ncmoe": "n_cpu_moe",
+}
+_SERVER_ONLY_FLAGS = {"--host", "--port", "--api_key"}
+
+
+def _parse_bool(text: str, flag: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "on", "yes"):
+        return True
+    if t in ("0", "false", "off", "no"):
+        return False
+    raise ConfigError(f"{flag} expects true/false, got {text!r}", f"write {flag} true")
+
+
+def from_recipe_flags(argv: str | Iterable[str], **defaults: Any) -> tuple[RunConfig, dict[str, str], list[str]]:
+    """Translate the recipe's (or llama.cpp's) server flags into a RunConfig.
+
+    Returns (config, server_only, notes): server_only holds --host/--port/--api_key for the
+    launcher; notes says what was translated and why."""
+    tokens = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    values: dict[str, Any] = dict(defaults)
+    server_only: dict[str, str] = {}
+    notes: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        flag, _, inline = tok.partition("=")
+        if flag in _RECIPE_FLAG_MAP or flag in _SERVER_ONLY_FLAGS:
+            if inline:
+                val = inline
+                i += 1
+            elif i + 1 < len(tokens):
+                val = tokens[i + 1]
+                i += 2
+            else:
+                raise ConfigError(f"{flag} has no value", f"write {flag} VALUE")
+            if flag in _SERVER_ONLY_FLAGS:
+                server_only[flag.lstrip("-")] = val
+                continue
+            name = _RECIPE_FLAG_MAP[flag]
+            if name == "flash_attn":
+                values[name] = _parse_bool(val, flag)
+            elif name in ("type_k", "type_v"):
+                values[name] = kv_type_name(val)
+                if flag.startswith("--cache"):
+                    notes.append(f"{flag} {val} is not a llama_cpp.server flag; it becomes "
+                                 f"--{name} {KV_TYPES[values[name]]} (GGML type id)")
+            elif name in ("model", "alias", "chat_format"):
+                values[name] = val
+            else:
+                try:
+                    values[name] = int(val)
+                except ValueError:
+                    raise ConfigError(f"{flag} expects an integer, got {val!r}", f"write {flag} 8192") from None
+        else:
+            raise ConfigError(f"unrecognised flag {tok!r}",
+                              f"known flags: {', '.join(sorted(set(_RECIPE_FLAG_MAP) | _SERVER_ONLY_FLAGS))}")
+    if "model" not in values:
+        raise ConfigError("no --model given", "add --model PATH.gguf")
+    return RunConfig(**values), server_only, notes
