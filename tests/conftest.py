@@ -13,3 +13,12 @@ sys.path.insert(0, str(Path(__file__).parent))  # for nbrun
 def default_model() -> Path:
     from qwenkit.models import default_model_path
     return default_model_path()
+
+
+# Each area keeps its fixtures in tests/fixtures_<area>.py (one owner each); they are
+# collected here so every test file can use them.
+import importlib as _importlib
+
+for _f in sorted(Path(__file__).parent.glob("fixtures_*.py")):
+    _mod = _importlib.import_module(_f.stem)
+    globals().update({k: v for k, v in vars(_mod).items() if not k.startswith("_")})
