@@ -9,7 +9,6 @@ reports whether its layers really went to the GPU, and a short decode speed.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import time
@@ -195,25 +194,21 @@ def diagnose(build: BuildInfo | None = None, gpus: list[GPU] | None = None,
 
 
 # ---- load check --------------------------------------------------------------------------
-_OFFLOAD_RE = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-
-
 def load_check(model: str | Path | None = None, n_tokens: int = 32, n_ctx: int = 512) -> dict[str, Any]:
     """Load a model once with every layer asked for the GPU; report what llama.cpp did and
     a short greedy decode speed. Uses the default model, or a tiny synthetic one."""
-    from llama_cpp import Llama
-
-    from qwenkit.llamalog import capture_log
+    from qwenkit.llamalog import capture_log, load_llama
     from qwenkit.config import default_threads
 
     if model is None:
         model = _check_model()
-    with capture_log() as log:
-        llm = Llama(str(model), n_ctx=n_ctx, n_gpu_layers=-1, flash_attn=True,
-                    n_threads=default_threads(), verbose=False)
+    with capture_log(echo=False) as log:
+        # load_llama: a failed load raises ModelLoadError with llama.cpp's own reason
+        llm = load_llama(model_path=str(model), n_ctx=n_ctx, n_gpu_layers=-1, flash_attn=True,
+                         n_threads=default_threads(), verbose=False)
     try:
-        m = _OFFLOAD_RE.search(log.text)
-        offloaded = f"{m.group(1)}/{m.group(2)}" if m else "0 (no GPU backend)"
+        off = log.offloaded()
+        offloaded = f"{off[0]}/{off[1]}" if off else "0 (no GPU backend)"
         prompt = llm.tokenize(b"The quick brown fox jumps over the lazy dog. Then")
         llm.eval(prompt)
         t0 = time.perf_counter()
