@@ -1,0 +1,441 @@
+"""Load, relaunch and close an in-kernel model from a RunConfig, with MoE expert placement.
+
+llama-cpp-python 0.3.36 has no `--n-cpu-moe`: `llama_model_params.tensor_buft_overrides` is
+bound as a plain pointer. This module fills it with ctypes, the way llama.cpp's own
+`--n-cpu-moe N` does (patterns `blk\\.{i}\\.ffn_(up|down|gate|gate_up)_(ch|)exps` for the
+first N layers, buffer type CPU):
+
+    llm = load(cfg)                       # QwenkitLlama with cfg.n_cpu_moe applied
+    eng = Engine(); eng.load(cfg); eng.load(cfg.replace(n_cpu_moe=8)); eng.close()
+    p = probe(cfg)                        # what llama.cpp would allocate, nothing allocated
+
+For the kit's server process: `QwenkitLlama(..., n_cpu_moe=N)` takes every `llama_cpp.Llama`
+argument plus `n_cpu_moe`; `install_expert_offload(N)` makes `llama_cpp.Llama` that class in
+the calling process, so `llama_cpp.server` (which builds its model with `llama_cpp.Llama(...)`)
+loads with the same placement.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from qwenkit.config import RunConfig
+from qwenkit.errors import ModelLoadError
+from qwenkit.llamalog import KVCacheSize, LlamaLog, RecurrentSize, capture_log, load_llama, model_load_error
+
+MiB = 1024 * 1024
+# the expert tensors of layer i, as llama.cpp's `--n-cpu-moe` names them (common/arg.cpp)
+EXPERT_PATTERN = r"blk\.{i}\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+
+GGML_BACKEND_DEVICE_TYPE_CPU = 0
+GGML_BACKEND_DEVICE_TYPE_GPU = 1
+
+
+# ---- ggml handles ------------------------------------------------------------------------------
+_ggml_cache: dict[str, Any] = {}
+
+
+def _ggml_lib(base: str):
+    """A ggml shared library from the directory llama-cpp-python loaded libllama from (the same
+    files, so the same loaded instance and the same CPU buffer-type pointer)."""
+    if base not in _ggml_cache:
+        import llama_cpp.llama_cpp as lc
+        from llama_cpp._ctypes_extensions import load_shared_library
+        _ggml_cache[base] = load_shared_library(base, Path(lc._base_path))
+    return _ggml_cache[base]
+
+
+def cpu_buffer_type() -> int:
+    """`ggml_backend_buffer_type_t` of the CPU (system RAM), as an integer address."""
+    if "cpu_buft" not in _ggml_cache:
+        buft = None
+        try:
+            fn = _ggml_lib("ggml-base").ggml_backend_cpu_buffer_type
+            fn.restype, fn.argtypes = ctypes.c_void_p, []
+            buft = fn()
+        except (OSError, AttributeError):
+            pass
+        if not buft:  # builds where it lives with the CPU backend: ask the device registry
+            g, gb = _ggml_lib("ggml"), _ggml_lib("ggml-base")
+            g.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+            g.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+            gb.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
+            gb.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
+            dev = g.ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
+            buft = gb.ggml_backend_dev_buffer_type(dev) if dev else None
+        if not buft:
+            raise ModelLoadError("could not find ggml's CPU buffer type in llama-cpp-python's libraries",
+                                 "reinstall llama-cpp-python 0.3.36 (`make setup`)")
+        _ggml_cache["cpu_buft"] = buft
+    return _ggml_cache["cpu_buft"]
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    kind: str          # "cpu", "gpu", "igpu", "accel"
+    free: int          # bytes
+    total: int         # bytes
+
+
+def devices() -> list[Device]:
+    """The ggml devices llama.cpp can use, with free/total memory as the backend reports it
+    (for a CUDA GPU: cudaMemGetInfo, i.e. what other processes leave free)."""
+    import llama_cpp  # noqa: F401  (loads the libraries and registers the backends)
+    g, gb = _ggml_lib("ggml"), _ggml_lib("ggml-base")
+    g.ggml_backend_dev_count.restype = ctypes.c_size_t
+    g.ggml_backend_dev_get.restype, g.ggml_backend_dev_get.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
+        getattr(gb, fn).restype, getattr(gb, fn).argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+    gb.ggml_backend_dev_type.restype, gb.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
+    gb.ggml_backend_dev_memory.restype = None
+    gb.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                                           ctypes.POINTER(ctypes.c_size_t)]
+    kinds = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
+    out = []
+    for i in range(g.ggml_backend_dev_count()):
+        d = g.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        gb.ggml_backend_dev_memory(d, ctypes.byref(free), ctypes.byref(total))
+        out.append(Device((gb.ggml_backend_dev_name(d) or b"").decode(),
+                          (gb.ggml_backend_dev_description(d) or b"").decode(),
+                          kinds.get(gb.ggml_backend_dev_type(d), "?"), free.value, total.value))
+    return out
+
+
+def gpu_free_bytes() -> int | None:
+    """Free memory of the first GPU as llama.cpp's backend sees it; None without GPU offload."""
+    gpus = [d for d in devices() if d.kind == "gpu"]
+    return gpus[0].free if gpus else None
+
+
+# ---- tensor buffer-type overrides --------------------------------------------------------------
+class _Override(ctypes.Structure):
+    # struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }
+    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+
+def expert_patterns(layers: Iterable[int]) -> list[str]:
+    """Regexes matching the expert tensors of the given layers (llama.cpp's --n-cpu-moe form)."""
+    return [EXPERT_PATTERN.format(i=i) for i in layers]
+
+
+def cpu_moe_patterns(n_cpu_moe: int) -> list[str]:
+    """Patterns that keep the experts of the first `n_cpu_moe` layers in system RAM."""
+    return expert_patterns(range(max(0, int(n_cpu_moe))))
+
+
+class TensorOverrides:
+    """A NULL-terminated `llama_model_tensor_buft_override[]` that owns its strings.
+    Keep the object alive as long as the model that was loaded with it."""
+
+    def __init__(self, rules: Sequence[tuple[str, int]]):
+        self.rules = [(p, int(b)) for p, b in rules]
+        self._patterns = [p.encode() for p, _ in self.rules]   # owned: the array points into them
+        self.array = (_Override * (len(self.rules) + 1))()
+        for i, (pat, (_, buft)) in enumerate(zip(self._patterns, self.rules)):
+            self.array[i].pattern = pat
+            self.array[i].buft = buft
+        self.array[len(self.rules)].pattern = None          # terminator
+        self.array[len(self.rules)].buft = None
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self.array)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def apply(self, model_params) -> None:
+        """Point a `llama_model_params` at this array (None when there are no rules)."""
+        model_params.tensor_buft_overrides = self.address if self.rules else None
+
+    @classmethod
+    def cpu_moe(cls, n_cpu_moe: int) -> "TensorOverrides":
+        buft = cpu_buffer_type() if n_cpu_moe > 0 else 0
+        return cls([(p, buft) for p in cpu_moe_patterns(n_cpu_moe)])
+
+    def __repr__(self) -> str:
+        return f"TensorOverrides({len(self.rules)} rules)"
+
+
+def apply_expert_overrides(model_params, n_cpu_moe: int | RunConfig) -> TensorOverrides:
+    """Set `model_params.tensor_buft_overrides` so the experts of the first N layers stay in
+    system RAM. Returns the array: the caller keeps it alive as long as the model."""
+    n = n_cpu_moe.n_cpu_moe if isinstance(n_cpu_moe, RunConfig) else int(n_cpu_moe)
+    ov = TensorOverrides.cpu_moe(n)
+    ov.apply(model_params)
+    return ov
+
+
+def _llama_base():
+    import llama_cpp
+    return llama_cpp.Llama
+
+
+def _make_qwenkit_llama():
+    Llama = _llama_base()
+
+    class QwenkitLlama(Llama):
+        """`llama_cpp.Llama` plus MoE expert placement: `n_cpu_moe=N` keeps the expert tensors
+        of the first N layers in system RAM (llama.cpp's --n-cpu-moe); `tensor_overrides`
+        takes raw (pattern, buffer-type) rules. Everything else is Llama's own."""
+
+        def __init__(self, *args: Any, n_cpu_moe: int = 0,
+                     tensor_overrides: Sequence[tuple[str, int]] | None = None, **kwargs: Any):
+            rules = list(tensor_overrides or [])
+            if n_cpu_moe:
+                buft = cpu_buffer_type()
+                rules += [(p, buft) for p in cpu_moe_patterns(n_cpu_moe)]
+            self.n_cpu_moe = int(n_cpu_moe)
+            # must exist before Llama.__init__ assigns self.model_params (the hook below)
+            self._qk_overrides = TensorOverrides(rules) if rules else None
+            super().__init__(*args, **kwargs)
+
+        # Llama.__init__ does `self.model_params = llama_model_default_params()` and then
+        # fills fields in place before loading; catching that assignment is the one place
+        # where the overrides reach the struct llama_model_load_from_file receives.
+        @property
+        def model_params(self):
+            return self.__dict__["_qk_model_params"]
+
+        @model_params.setter
+        def model_params(self, value):
+            ov = self.__dict__.get("_qk_overrides")
+            if ov is not None:
+                ov.apply(value)
+            self.__dict__["_qk_model_params"] = value
+
+        @property
+        def tensor_overrides(self) -> TensorOverrides | None:
+            return self._qk_overrides
+
+    return QwenkitLlama
+
+
+_QL: Any = None
+
+
+def qwenkit_llama_class():
+    """The `QwenkitLlama` class (built on first use: importing qwenkit needs no llama_cpp)."""
+    global _QL
+    if _QL is None:
+        _QL = _make_qwenkit_llama()
+    return _QL
+
+
+def __getattr__(name: str):  # `from qwenkit.engine import QwenkitLlama`
+    if name == "QwenkitLlama":
+        return qwenkit_llama_class()
+    raise AttributeError(name)
+
+
+def install_expert_offload(n_cpu_moe: int) -> Any:
+    """For a server process: replace `llama_cpp.Llama` by a QwenkitLlama with `n_cpu_moe`
+    applied, so `llama_cpp.server` (which calls `llama_cpp.Llama(...)` when it loads its
+    model) keeps the experts of the first N layers in system RAM. Call before the server
+    loads its model; returns the class installed."""
+    import llama_cpp
+    base = qwenkit_llama_class()
+    n = int(n_cpu_moe)
+
+    class ServerQwenkitLlama(base):
+        def __init__(self, *args: Any, **kwargs: Any):
+            kwargs.setdefault("n_cpu_moe", n)
+            super().__init__(*args, **kwargs)
+
+    ServerQwenkitLlama.__name__ = ServerQwenkitLlama.__qualname__ = "Llama"
+    llama_cpp.Llama = ServerQwenkitLlama
+    try:
+        import llama_cpp.llama as _ll
+        _ll.Llama = ServerQwenkitLlama  # from_pretrained etc. resolve `Llama` here
+    except ImportError:  # pragma: no cover
+        pass
+    return ServerQwenkitLlama
+
+
+# ---- load / relaunch / close -----------------------------------------------------------------
+def llama_kwargs(cfg: RunConfig, **extra: Any) -> dict[str, Any]:
+    kw = cfg.llama_kwargs()
+    kw["n_cpu_moe"] = cfg.n_cpu_moe
+    kw.update(extra)
+    return kw
+
+
+def load(cfg: RunConfig, **extra: Any):
+    """A QwenkitLlama for `cfg` (n_cpu_moe applied). Raises ModelLoadError with llama.cpp's
+    own reason. The load log is `llm.load_log` (a LlamaLog)."""
+    if not Path(cfg.model).is_file():
+        raise ModelLoadError(f"model file {cfg.model} does not exist",
+                             "check the path, or download the model first (notebook 02)")
+    return load_llama(qwenkit_llama_class(), **llama_kwargs(cfg, **extra))
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # pragma: no cover
+        return 0
+
+
+class Engine:
+    """One in-kernel model at a time. `load(cfg)` closes the model it holds before loading
+    the next, so memory stays flat over relaunches (the tuning panel relaunches a lot)."""
+
+    def __init__(self) -> None:
+        self.llm: Any = None
+        self.cfg: RunConfig | None = None
+        self.load_seconds: float | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.llm is not None
+
+    @property
+    def log(self) -> LlamaLog | None:
+        return getattr(self.llm, "load_log", None)
+
+    def load(self, cfg: RunConfig, **extra: Any):
+        self.close()
+        t0 = time.perf_counter()
+        self.llm = load(cfg, **extra)
+        self.load_seconds = time.perf_counter() - t0
+        self.cfg = cfg
+        return self.llm
+
+    relaunch = load
+
+    def close(self) -> None:
+        if self.llm is not None:
+            try:
+                self.llm.close()  # frees context, batch and model (and their GPU buffers)
+            finally:
+                self.llm = None
+                self.cfg = None
+                gc.collect()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Engine({self.cfg.summary() if self.cfg else 'nothing loaded'})"
+
+
+# ---- no-alloc probe --------------------------------------------------------------------------
+@dataclass
+class Probe:
+    """What llama.cpp would allocate for a config (a no-alloc load: metadata only)."""
+    cfg: RunConfig
+    model_size: int                      # llama_model_size(): bytes of all weights
+    n_params: int
+    n_layer: int
+    kv: list[KVCacheSize]
+    recurrent: list[RecurrentSize]
+    compute_buffers: dict[str, int]      # backend buffer name -> bytes
+    output_buffers: dict[str, int]
+    offloaded: tuple[int, int] | None
+    overrides: dict[str, str]            # tensor -> buffer type, from llama.cpp's log
+    log: LlamaLog = field(repr=False)
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(k.bytes for k in self.kv)
+
+    @property
+    def kv_k_bytes(self) -> int:
+        return sum(round(k.k_mib * MiB) for k in self.kv)
+
+    @property
+    def kv_v_bytes(self) -> int:
+        return sum(round(k.v_mib * MiB) for k in self.kv)
+
+    @property
+    def recurrent_bytes(self) -> int:
+        return sum(r.bytes for r in self.recurrent)
+
+    @property
+    def compute_bytes(self) -> int:
+        return sum(self.compute_buffers.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.model_size + self.kv_bytes + self.recurrent_bytes + self.compute_bytes
+                + sum(self.output_buffers.values()))
+
+    def summary(self) -> dict[str, Any]:
+        return dict(model_size=self.model_size, kv=self.kv_bytes, kv_k=self.kv_k_bytes,
+                    kv_v=self.kv_v_bytes, recurrent=self.recurrent_bytes,
+                    compute=self.compute_buffers, output=self.output_buffers,
+                    total=self.total_bytes, offloaded=self.offloaded, n_overrides=len(self.overrides))
+
+
+def context_params(cfg: RunConfig):
+    """`llama_context_params` exactly as `llama_cpp.Llama(**cfg.llama_kwargs())` builds them."""
+    import llama_cpp
+    p = llama_cpp.llama_context_default_params()
+    n_batch = min(cfg.n_ctx, cfg.n_batch) if cfg.n_ctx else cfg.n_batch
+    p.n_ctx = cfg.n_ctx
+    p.n_batch = n_batch
+    p.n_ubatch = min(n_batch, cfg.n_ubatch)
+    p.n_threads = cfg.n_threads
+    p.n_threads_batch = cfg.n_threads_batch or cfg.n_threads
+    p.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn
+                         else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    p.type_k = cfg.llama_kwargs()["type_k"]
+    p.type_v = cfg.llama_kwargs()["type_v"]
+    p.no_perf = False
+    return p
+
+
+def probe(cfg: RunConfig, *, with_context: bool = True) -> Probe:
+    """Ask llama.cpp what it would allocate for `cfg` without allocating it: a model load
+    with `no_alloc` (and load mode NONE, the only mode no_alloc works with), then a context.
+    Returns llama.cpp's own KV, recurrent-state and compute-buffer sizes and
+    `llama_model_size`: the ground truth the planner is tested against. Reads only the
+    file's metadata, so it works for a 20 GiB model on a machine without that much memory."""
+    import llama_cpp
+    from qwenkit.llamalog import _llama_cpp
+    _llama_cpp()
+    if not Path(cfg.model).is_file():
+        raise ModelLoadError(f"model file {cfg.model} does not exist", "check the path")
+    llama_cpp.llama_backend_init()
+    mp = llama_cpp.llama_model_default_params()
+    mp.n_gpu_layers = 0x7FFFFFFF if cfg.n_gpu_layers == -1 else cfg.n_gpu_layers
+    mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+    mp.no_alloc = True
+    ov = apply_expert_overrides(mp, cfg.n_cpu_moe)
+    model = ctx = None
+    with capture_log(echo=False) as log:
+        model = llama_cpp.llama_model_load_from_file(cfg.model.encode(), mp)
+        if model and with_context:
+            ctx = llama_cpp.llama_init_from_model(model, context_params(cfg))
+    try:
+        if not model:
+            raise model_load_error(log, ValueError(f"Failed to load model from file: {cfg.model}"), cfg.model)
+        if with_context and not ctx:
+            raise model_load_error(log, ValueError("Failed to create llama_context"), cfg.model)
+        size = int(llama_cpp.llama_model_size(model))
+        n_params = int(llama_cpp.llama_model_n_params(model))
+        n_layer = int(llama_cpp.llama_model_n_layer(model))
+    finally:
+        if ctx:
+            llama_cpp.llama_free(ctx)
+        if model:
+            llama_cpp.llama_model_free(model)
+        del ov
+    return Probe(cfg=cfg, model_size=size, n_params=n_params, n_layer=n_layer,
+                 kv=log.kv_cache(), recurrent=log.recurrent(),
+                 compute_buffers={k: round(v * MiB) for k, v in log.compute_buffers().items()},
+                 output_buffers={k: round(v * MiB) for k, v in log.output_buffers().items()},
+                 offloaded=log.offloaded(), overrides=log.overrides(), log=log)
