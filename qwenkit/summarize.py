@@ -1,0 +1,499 @@
+"""Summarize long documents through any OpenAI-compatible server (the kit's own, by default).
+
+    from qwenkit import summarize
+    s = summarize.summarize(text, srv.client(), srv.alias, n_ctx=8192, on_token=print_piece)
+    print(s.text); print(s)          # the summary, then a stats line
+
+A document that does not fit the context is split at paragraph boundaries, then sentence
+boundaries (Japanese 。！？ included), then, for a sentence longer than a chunk, at token
+boundaries; every chunk is counted with the model's own tokenizer (the server's
+`/extras/tokenize`) and fits n_ctx together with the prompt and the answer. Each chunk is
+summarized (map), the partial summaries are combined (reduce), repeated while they do not fit.
+
+Thinking models (Qwen3.5 thinks first by default) get `chat_template_kwargs={"enable_thinking":
+false}`, and a `<think>...</think>` block that still comes is removed, in the stream too.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable
+
+from qwenkit.errors import ContextOverflowError, QwenkitError, ServerError
+
+SYSTEM_PROMPTS = {
+    "ja": ("あなたは技術文書の要約を担当するアシスタントです。与えられた文書を日本語で簡潔に要約してください。"
+           "数値、固有名詞、手順、設定値などの技術的な詳細は省略せずに残してください。"),
+    "en": ("You are an assistant that summarizes technical documents. Summarize the given document "
+           "concisely in English. Keep technical details such as numbers, names, steps and settings."),
+}
+MAP_PROMPTS = {
+    "ja": "次の文書は長い文書の一部（{i}/{n}）です。この部分を要約してください。\n\n{text}",
+    "en": "The following is part {i} of {n} of a longer document. Summarize this part.\n\n{text}",
+}
+REDUCE_PROMPTS = {
+    "ja": "次は一つの文書の各部分の要約です。これらを一つの要約にまとめてください。\n\n{text}",
+    "en": "These are summaries of consecutive parts of one document. Combine them into one summary.\n\n{text}",
+}
+WHOLE_PROMPTS = {
+    "ja": "次の文書を要約してください。\n\n{text}",
+    "en": "Summarize the following document.\n\n{text}",
+}
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+MARGIN = 16            # tokens of slack per request (token merges at chunk joins, BOS)
+MAX_ROUNDS = 6
+
+
+class DocumentError(QwenkitError, ValueError):
+    """A document that cannot be summarized (empty, not text, unreadable)."""
+
+
+# ---- results -----------------------------------------------------------------------------------
+@dataclass
+class Call:
+    """One request: its prompt and answer sizes and timings."""
+    role: str                    # "whole", "map", "reduce"
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+    first_token_s: float | None
+    decode_s: float
+    finish_reason: str | None
+
+
+@dataclass
+class Summary:
+    text: str
+    seconds: float                       # wall time of the whole summary
+    prompt_tokens: int                   # all requests together
+    completion_tokens: int
+    tok_per_s: float                     # decode speed: tokens after the first / time after the first
+    chunks: int                          # parts the document was split into (1: it fit whole)
+    first_token_s: float | None = None   # from the start until the final answer's first token
+    truncated: bool = False              # some answer was cut by max_tokens
+    rounds: int = 1                      # map + reduce rounds
+    chunk_budget: int = 0                # tokens a chunk may hold
+    chunk_tokens: list[int] = field(default_factory=list)
+    chunk_spans: list[tuple[int, int]] = field(default_factory=list)  # char offsets into the text
+    calls: list[Call] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        ft = f", first token {self.first_token_s:.1f} s" if self.first_token_s is not None else ""
+        parts = f", {self.chunks} chunks, {self.rounds} rounds" if self.chunks > 1 else ""
+        cut = ", CUT by max_tokens" if self.truncated else ""
+        return (f"{self.seconds:.1f} s{ft}; {self.prompt_tokens} prompt + {self.completion_tokens} "
+                f"completion tokens; decode {self.tok_per_s:.1f} tok/s{parts}{cut}")
+
+
+# ---- token counting with the model's own tokenizer ----------------------------------------------
+class TokenCounter:
+    """Counts tokens through the server's `/extras/tokenize/count` (llama_cpp.server), so the
+    model's own tokenizer decides; falls back to a conservative estimate elsewhere."""
+
+    def __init__(self, client, model: str | None = None):
+        self.model = model
+        base = str(client.base_url).rstrip("/")
+        self.root = base[:-3] if base.endswith("/v1") else base
+        key = getattr(client, "api_key", None)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.exact = True
+        self._bos: int | None = None
+        self._count = lru_cache(maxsize=4096)(self._count_uncached)
+
+    def _count_uncached(self, text: str) -> int:
+        import httpx
+        if self.exact:
+            try:
+                r = httpx.post(self.root + "/extras/tokenize/count", json={"input": text, "model": self.model},
+                               headers=self.headers, timeout=60)
+                if r.status_code == 200:
+                    return int(r.json()["count"])
+                if r.status_code in (404, 405):
+                    self.exact = False
+                else:
+                    raise ServerError(f"the server answered {r.status_code} to a tokenize request: {r.text[:200]}",
+                                      "check the server log")
+            except httpx.ConnectError as e:
+                raise ServerError(f"no server answers at {self.root} ({e})",
+                                  "start one: python -m qwenkit serve (or qwenkit.server.start(cfg))") from None
+        # a conservative estimate: about 2.5 UTF-8 bytes per token (Japanese: 1.2 tokens per char)
+        return max(1, int(len(text.encode("utf-8")) / 2.5) + 1)
+
+    @property
+    def bos(self) -> int:
+        """Tokens the endpoint adds to any text (a BOS token)."""
+        if self._bos is None:
+            self._bos = self._count("") if self.exact else 0
+        return self._bos
+
+    def __call__(self, text: str) -> int:
+        n = self._count(text)
+        return max(0, n - self.bos) if self.exact else n
+
+
+# ---- splitting ----------------------------------------------------------------------------------
+_PARA = re.compile(r"\n[ \t\u3000]*\n\s*")
+_SENT = re.compile(r"(?<=[。！？!?])\s*|(?<=[.;:])\s+|\n")
+
+
+def _pieces(text: str, start: int, end: int, pattern: re.Pattern) -> list[tuple[int, int]]:
+    """Split text[start:end] after each match (the separator stays with the piece before it)."""
+    out, s = [], start
+    for m in pattern.finditer(text, start, end):
+        if m.end() <= s or m.end() >= end:
+            continue
+        out.append((s, m.end()))
+        s = m.end()
+    out.append((s, end))
+    return [p for p in out if p[1] > p[0]]
+
+
+def _hard_split(text: str, start: int, end: int, budget: int, count) -> list[tuple[int, int]]:
+    """A run with no usable boundary: cut by characters, checked with the tokenizer."""
+    out, s = [], start
+    while s < end:
+        lo, hi = s + 1, end
+        while lo < hi:  # the longest prefix within the budget
+            mid = (lo + hi + 1) // 2
+            if count(text[s:mid]) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        out.append((s, lo))
+        s = lo
+    return out
+
+
+def split_spans(text: str, budget: int, count: Callable[[str], int]) -> list[tuple[int, int]]:
+    """Chunks of `text` as (start, end) character spans, each at most `budget` tokens by `count`,
+    cut at paragraph, then sentence, then token boundaries; consecutive, covering all of the text."""
+    if budget < 8:
+        raise ContextOverflowError(f"a chunk budget of {budget} tokens is too small", "use a larger n_ctx")
+    units: list[tuple[int, int]] = []
+
+    def add(s: int, e: int, level: int) -> None:
+        if count(text[s:e]) <= budget:
+            units.append((s, e))
+        elif level == 0:
+            for a, b in _pieces(text, s, e, _SENT):
+                add(a, b, 1)
+        else:
+            units.extend(_hard_split(text, s, e, budget, count))
+
+    for s, e in _pieces(text, 0, len(text), _PARA):
+        add(s, e, 0)
+    # pack consecutive units while the real count of the packed text stays within the budget
+    chunks: list[tuple[int, int]] = []
+    cur_s, cur_e, cur_n = None, None, 0
+    for s, e in units:
+        n = count(text[s:e])
+        if cur_s is not None and cur_n + n + 1 <= budget and count(text[cur_s:e]) <= budget:
+            cur_e, cur_n = e, count(text[cur_s:e])
+        else:
+            if cur_s is not None:
+                chunks.append((cur_s, cur_e))
+            cur_s, cur_e, cur_n = s, e, n
+    if cur_s is not None:
+        chunks.append((cur_s, cur_e))
+    return chunks
+
+
+# ---- <think> removal ----------------------------------------------------------------------------
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
+
+
+def strip_thinking(text: str) -> str:
+    """Remove <think>...</think> blocks (and an unclosed one at the end)."""
+    return _THINK.sub("", text).lstrip() if "<think>" in text else text
+
+
+class ThinkFilter:
+    """Streaming version of strip_thinking: feed pieces, get back what may be shown."""
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self):
+        self.buf, self.inside, self.started = "", False, False
+
+    def feed(self, piece: str) -> str:
+        self.buf += piece
+        out = []
+        while self.buf:
+            if self.inside:
+                i = self.buf.find(self.CLOSE)
+                if i < 0:
+                    self.buf = self.buf[-(len(self.CLOSE) - 1):]
+                    break
+                self.buf, self.inside = self.buf[i + len(self.CLOSE):], False
+                continue
+            i = self.buf.find(self.OPEN)
+            if i >= 0:
+                out.append(self.buf[:i])
+                self.buf, self.inside = self.buf[i + len(self.OPEN):], True
+                continue
+            keep = next((k for k in range(len(self.OPEN) - 1, 0, -1) if self.buf.endswith(self.OPEN[:k])), 0)
+            out.append(self.buf[:len(self.buf) - keep])
+            self.buf = self.buf[len(self.buf) - keep:]
+            break
+        text = "".join(out)
+        if not self.started:  # drop the blank lines a removed block leaves at the start
+            text = text.lstrip()
+            self.started = bool(text)
+        return text
+
+    def flush(self) -> str:
+        rest = "" if self.inside else self.buf
+        self.buf = ""
+        return rest
+
+
+# ---- documents ----------------------------------------------------------------------------------
+def read_document(path: str | Path) -> str:
+    """Text of a document file, with a clear error for a missing, binary or empty one."""
+    p = Path(path)
+    if not p.is_file():
+        raise DocumentError(f"{p} does not exist or is not a file", "check the path")
+    data = p.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise DocumentError(f"{p} is not a text file (it holds binary data)",
+                            "convert it to plain text first (e.g. pdftotext for a PDF)")
+    for enc in ("utf-8-sig", "cp932"):
+        try:
+            text = data.decode(enc)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        raise DocumentError(f"{p} is neither UTF-8 nor Shift_JIS text", "save it as UTF-8")
+    if not text.strip():
+        raise DocumentError(f"{p} is empty", "give a document with some text")
+    return text
+
+
+# ---- the requests -------------------------------------------------------------------------------
+def _is_context_error(e: Exception) -> bool:
+    import openai
+    return isinstance(e, openai.BadRequestError) and (
+        "context_length_exceeded" in str(e) or "maximum context length" in str(e).lower()
+        or "exceeds" in str(e).lower() and "context" in str(e).lower())
+
+
+class _Runner:
+    def __init__(self, client, model, *, system, temperature, count, overhead, on_progress):
+        self.client, self.model, self.system = client, model, system
+        self.temperature, self.count, self.overhead = temperature, count, overhead
+        self.on_progress = on_progress
+        self.calls: list[Call] = []
+
+    def prompt_tokens(self, user: str) -> int:
+        return self.count(self.system) + self.count(user) + self.overhead
+
+    def ask(self, user: str, max_tokens: int, role: str, on_token=None) -> tuple[str, Call, float | None]:
+        """One streamed chat request; returns (answer without thinking, call stats, first-token time)."""
+        import openai
+        t0 = time.perf_counter()
+        first = last = None
+        raw, finish = [], None
+        flt = ThinkFilter()
+        try:
+            stream = self.client.chat.completions.create(
+                model=self.model, temperature=self.temperature, max_tokens=max_tokens, stream=True,
+                messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}],
+                extra_body=NO_THINKING)
+            for chunk in stream:
+                if not chunk.choices:
+                    continue
+                ch = chunk.choices[0]
+                piece = getattr(ch.delta, "content", None) or ""
+                if piece:
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    raw.append(piece)
+                    shown = flt.feed(piece)
+                    if on_token and shown:
+                        on_token(shown)
+                if ch.finish_reason:
+                    finish = ch.finish_reason
+        except openai.APIConnectionError as e:
+            raise ServerError(f"no server answers at {self.client.base_url} ({e.__cause__ or e})",
+                              "start one: python -m qwenkit serve (or qwenkit.server.start(cfg))") from None
+        except openai.APIStatusError as e:
+            if _is_context_error(e):
+                raise
+            raise ServerError(f"the server answered an error ({e.status_code}): {e.message}",
+                              "read the server log (ServerProcess.log_tail())") from None
+        tail = flt.flush()
+        if on_token and tail:
+            on_token(tail)
+        text = "".join(raw)
+        n_out = self.count(text) if text else 0
+        n_out = max(n_out, 1) if text else 0
+        end = time.perf_counter()
+        call = Call(role=role, prompt_tokens=self.prompt_tokens(user), completion_tokens=n_out,
+                    seconds=end - t0, first_token_s=(first - t0) if first else None,
+                    decode_s=(last - first) if first and last else 0.0, finish_reason=finish)
+        self.calls.append(call)
+        return strip_thinking(text).strip(), call, first
+
+
+def _template_overhead(client, model, system: str, count) -> int:
+    """Tokens the chat template adds around a system and a user message (measured once)."""
+    import openai
+    try:
+        r = client.chat.completions.create(
+            model=model, max_tokens=1, temperature=0.0, extra_body=NO_THINKING,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": "x"}])
+    except openai.APIConnectionError as e:
+        raise ServerError(f"no server answers at {client.base_url} ({e.__cause__ or e})",
+                          "start one: python -m qwenkit serve (or qwenkit.server.start(cfg))") from None
+    except openai.APIStatusError as e:
+        raise ServerError(f"the server answered an error ({e.status_code}): {e.message}",
+                          "read the server log (ServerProcess.log_tail())") from None
+    used = getattr(getattr(r, "usage", None), "prompt_tokens", None)
+    if not used:
+        return 64
+    return max(0, used - count(system) - count("x")) + 4
+
+
+def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja",
+              system_prompt: str | None = None, temperature: float = 0.2, max_tokens: int = 1000,
+              on_token: Callable[[str], None] | None = None,
+              on_progress: Callable[[str], None] | None = None) -> Summary:
+    """Summarize `text` through `client` (openai.OpenAI) and `model`, fitting n_ctx.
+
+    on_token(piece) receives the final summary as it streams (thinking removed);
+    on_progress(message) hears about the map and reduce steps."""
+    if not isinstance(text, str):
+        raise DocumentError(f"text must be a str, got {type(text).__name__}",
+                            "read files with summarize.read_document(path)")
+    if not text.strip():
+        raise DocumentError("the document is empty", "give a document with some text")
+    if language not in SYSTEM_PROMPTS:
+        raise DocumentError(f"unknown language {language!r}", f"use one of {', '.join(SYSTEM_PROMPTS)}")
+    if n_ctx < 128:
+        raise ContextOverflowError(f"n_ctx={n_ctx} is too small to summarize anything", "use n_ctx >= 512")
+    system = system_prompt or SYSTEM_PROMPTS[language]
+    say = on_progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    count = TokenCounter(client, model)
+    overhead = _template_overhead(client, model, system, count)
+    run = _Runner(client, model, system=system, temperature=temperature, count=count,
+                  overhead=overhead, on_progress=say)
+
+    answer = min(max_tokens, max(64, n_ctx // 4))          # room kept for each answer
+    fixed = count(system) + overhead + MARGIN
+
+    def budget_for(template: str) -> int:
+        return n_ctx - fixed - count(template.format(i=99, n=99, text="")) - answer
+
+    def final_max(user: str) -> int:
+        return max(1, min(max_tokens, n_ctx - run.prompt_tokens(user) - MARGIN))
+
+    whole_budget = budget_for(WHOLE_PROMPTS[language])
+    chunk_budget = budget_for(MAP_PROMPTS[language])
+    if chunk_budget < 32:
+        raise ContextOverflowError(
+            f"n_ctx={n_ctx} leaves {chunk_budget} tokens for the document after the prompt "
+            f"({fixed} tokens) and the answer ({answer})", "use a larger n_ctx or a smaller max_tokens")
+
+    rounds = 1
+    first_token_at = None
+    if count(text) <= whole_budget:
+        spans = [(0, len(text))]
+        say("the document fits in one request")
+        user = WHOLE_PROMPTS[language].format(text=text.strip())
+        final, call, first = run.ask(user, final_max(user), "whole", on_token)
+        first_token_at = first
+        budget = whole_budget
+    else:
+        budget = chunk_budget
+        spans = split_spans(text, chunk_budget, count)
+        partials = _map(run, text, spans, language, answer, say)
+        final, first_token_at, rounds = _reduce(run, partials, language, chunk_budget, answer,
+                                                final_max, on_token, say)
+    end = time.perf_counter()
+    decode_tokens = sum(max(0, c.completion_tokens - 1) for c in run.calls)
+    decode_s = sum(c.decode_s for c in run.calls)
+    return Summary(
+        text=final, seconds=end - t0,
+        prompt_tokens=sum(c.prompt_tokens for c in run.calls),
+        completion_tokens=sum(c.completion_tokens for c in run.calls),
+        tok_per_s=decode_tokens / decode_s if decode_s > 0 else 0.0,
+        chunks=len(spans), first_token_s=(first_token_at - t0) if first_token_at else None,
+        truncated=any(c.finish_reason == "length" for c in run.calls), rounds=rounds,
+        chunk_budget=budget, chunk_tokens=[count(text[s:e]) for s, e in spans],
+        chunk_spans=spans, calls=run.calls)
+
+
+def _map(run: _Runner, text: str, spans, language: str, answer: int, say) -> list[str]:
+    out = []
+    todo = [text[s:e].strip() for s, e in spans]
+    n = len(todo)
+    for i, piece in enumerate(todo, 1):
+        say(f"summarizing part {i}/{n}")
+        out.extend(_ask_splitting(run, MAP_PROMPTS[language], piece, i, n, answer, "map"))
+    return out
+
+
+def _ask_splitting(run: _Runner, template: str, piece: str, i: int, n: int, answer: int, role: str) -> list[str]:
+    """Ask; if the server still says the context is exceeded, halve the piece and try again."""
+    try:
+        text, _, _ = run.ask(template.format(i=i, n=n, text=piece), answer, role)
+        return [text]
+    except Exception as e:  # noqa: BLE001
+        if not _is_context_error(e) or len(piece) < 64:
+            raise
+    cut = _middle_boundary(piece)
+    return (_ask_splitting(run, template, piece[:cut], i, n, answer, role)
+            + _ask_splitting(run, template, piece[cut:], i, n, answer, role))
+
+
+def _middle_boundary(piece: str) -> int:
+    mid = len(piece) // 2
+    best = None
+    for m in _SENT.finditer(piece):
+        if best is None or abs(m.end() - mid) < abs(best - mid):
+            best = m.end()
+    return best if best and 0 < best < len(piece) else mid
+
+
+def _reduce(run: _Runner, partials: list[str], language: str, chunk_budget: int, answer: int,
+            final_max, on_token, say) -> tuple[str, float | None, int]:
+    rounds = 1
+    items = [p for p in partials if p] or partials
+    template = REDUCE_PROMPTS[language]
+    while True:
+        joined = _join(items)
+        if run.count(joined) <= chunk_budget or len(items) == 1 or rounds >= MAX_ROUNDS:
+            rounds += 1
+            say(f"combining {len(items)} partial summaries")
+            user = template.format(text=joined)
+            try:
+                final, _, first = run.ask(user, final_max(user), "reduce", on_token)
+                return final, first, rounds
+            except Exception as e:  # noqa: BLE001
+                if not _is_context_error(e) or len(items) == 1:
+                    raise
+        # too long to combine at once: combine groups, then go round again
+        groups = _group(items, chunk_budget, run.count)
+        if len(groups) >= len(items):  # no progress possible by grouping: halve instead
+            groups = [items[k:k + 2] for k in range(0, len(items), 2)]
+        rounds += 1
+        say(f"round {rounds}: combining {len(items)} summaries in {len(groups)} groups")
+        items = [t for g in groups for t in _ask_splitting(run, template, _join(g), 1, 1, answer, "reduce")]
+
+
+def _join(items: Iterable[str]) -> str:
+    return "\n\n".join(f"[{k}] {t}" for k, t in enumerate(items, 1))
+
+
+def _group(items: list[str], budget: int, count) -> list[list[str]]:
+    groups: list[list[str]] = [[]]
+    for t in items:
+        if groups[-1] and count(_join(groups[-1] + [t])) > budget:
+            groups.append([])
+        groups[-1].append(t)
+    return groups
