@@ -151,12 +151,13 @@ _HPARAMS = {
         rope_theta=1e7, n_rot=64, rope_sections=(11, 11, 10, 0),
         ssm_d_conv=4, ssm_d_state=128, ssm_n_group=16, ssm_dt_rank=32,
         full_attention_interval=4),
-    # same structure, a few MB: 8 blocks (DeltaNet 0-2, 4-6; attention 3, 7), 8 experts
+    # same structure, a few MB: 8 blocks (DeltaNet 0-2, 4-6; attention 3, 7), 4 experts
+    # (not 8: llama-quantize treats 8-expert models as Mixtral and changes the type mix)
     ("qwen35moe", "tiny"): HParams(
         arch="qwen35moe", name="Qwen3.5-MoE tiny (qwenkit synthetic)",
         n_layer=8, n_embd=256, n_vocab=512, n_ctx_train=32_768,
         n_head=4, n_head_kv=2, head_dim=64,
-        n_expert=8, n_expert_used=2, n_ff_exp=256, n_ff_shexp=256,
+        n_expert=4, n_expert_used=2, n_ff_exp=256, n_ff_shexp=256,
         rope_theta=1e7, n_rot=16, rope_sections=(3, 3, 2, 0),
         ssm_d_conv=4, ssm_d_state=64, ssm_n_group=2, ssm_dt_rank=4,
         full_attention_interval=4),
@@ -171,7 +172,7 @@ _HPARAMS = {
         arch="qwen3moe", name="Qwen3-MoE tiny (qwenkit synthetic)",
         n_layer=4, n_embd=256, n_vocab=512, n_ctx_train=32_768,
         n_head=4, n_head_kv=2, head_dim=64,
-        n_expert=8, n_expert_used=2, n_ff_exp=256, n_ff=512,
+        n_expert=4, n_expert_used=2, n_ff_exp=256, n_ff=512,
         rope_theta=1e6),
 }
 
@@ -760,9 +761,13 @@ def summary(arch: str = "qwen35moe", size: str = "full", mix: str = "q4_k_m") ->
     for t in specs:
         by_type[t.type_name] = by_type.get(t.type_name, 0) + t.nbytes
     total = sum(by_type.values())
-    lines = [f"{arch} {size} {mix}: {len(specs)} tensors, {total / 2**30:.2f} GiB ({total / 1e9:.2f} GB) of weights"]
+
+    def fmt(n: int) -> str:
+        return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+    lines = [f"{arch} {size} {mix}: {len(specs)} tensors, {fmt(total)} ({total / 1e9:.3f} GB) of weights"]
     for name, n in sorted(by_type.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {name:5s} {n / 2**30:8.3f} GiB")
+        lines.append(f"  {name:5s} {fmt(n):>12s}")
     return "\n".join(lines)
 
 
@@ -791,7 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = write_model(out, arch=a.arch, size=a.size, weights=a.weights, mix=a.mix, seed=a.seed,
                        progress=not a.no_progress)
     st = path.stat()
-    print(f"wrote {path}: {st.st_size / 2**30:.2f} GiB, {st.st_blocks * 512 / 2**20:.1f} MiB on disk")
+    print(f"wrote {path}: {st.st_size / 2**20:,.1f} MiB, {st.st_blocks * 512 / 2**20:,.1f} MiB on disk")
     return 0
 
 
