@@ -554,6 +554,8 @@ def parse_gguf(read: ReadFn, file_size: int, source: str, *, first_chunk: int = 
 def read_gguf(path: str | os.PathLike, **kw) -> GGUFFile:
     """Parse one local GGUF file's header (reads only the header's bytes)."""
     p = Path(path)
+    if p.is_dir():
+        raise GGUFError(f"{p} is a folder, not a GGUF file", "pass the .gguf file inside it")
     try:
         fd = os.open(p, os.O_RDONLY)
     except FileNotFoundError:
@@ -562,9 +564,16 @@ def read_gguf(path: str | os.PathLike, **kw) -> GGUFFile:
         raise GGUFError(f"{p} is a folder, not a GGUF file", "pass the .gguf file inside it") from None
     except OSError as e:
         raise GGUFError(f"{p}: cannot open: {e.strerror}", "check the path and its permissions") from None
+    def read(off: int, n: int) -> bytes:
+        try:
+            return os.pread(fd, n, off)
+        except OSError as e:
+            raise GGUFError(f"{p}: read error at byte {off:,}: {e.strerror}",
+                            "check the disk; download the file again") from None
+
     try:
         size = os.fstat(fd).st_size
-        return parse_gguf(lambda off, n: os.pread(fd, n, off), size, str(p), **kw)
+        return parse_gguf(read, size, str(p), **kw)
     finally:
         os.close(fd)
 
