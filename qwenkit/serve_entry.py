@@ -244,21 +244,20 @@ def add_template_kwargs(llama) -> None:
 def apply_expert_placement(cfg, status: Status) -> None:
     """Keep the expert tensors of the first cfg.n_cpu_moe layers in system RAM.
 
-    llama-cpp-python has no option for it (FACTS.md); qwenkit.engine provides it through
-    tensor buffer overrides on llama_model_params. This hook calls it before the model loads."""
+    llama-cpp-python has no option for it (FACTS.md). qwenkit.engine.install_expert_offload
+    swaps `llama_cpp.Llama` for a subclass that sets tensor buffer overrides on
+    llama_model_params; llama_cpp.server's LlamaProxy calls `llama_cpp.Llama(...)` when it
+    loads, so the hook must run before create_app()."""
     if not cfg.n_cpu_moe:
         return
     try:
-        from qwenkit import engine  # noqa: F401
-    except ImportError:
-        engine = None
-    fn = getattr(engine, "install_expert_placement", None) if engine else None
-    if fn is None:
+        from qwenkit.engine import install_expert_offload
+    except ImportError as e:
         status.fail(EXIT_BAD_SETTINGS,
-                    f"n_cpu_moe={cfg.n_cpu_moe} needs qwenkit.engine's expert placement, "
-                    "which this version of the kit does not have yet",
+                    f"n_cpu_moe={cfg.n_cpu_moe} needs qwenkit.engine's expert placement ({e})",
                     "use n_cpu_moe=0 (and fewer GPU layers if memory is short)")
-    fn(cfg)
+    install_expert_offload(cfg.n_cpu_moe)
+    status.write("starting", n_cpu_moe=cfg.n_cpu_moe)
 
 
 # ---- main ------------------------------------------------------------------------------------

@@ -135,6 +135,12 @@ class ServerProcess:
     def base_url(self) -> str:
         return self.root_url + "/v1"
 
+    @property
+    def n_ctx(self) -> int | None:
+        """The context size the server really has (llama.cpp may round the one asked for)."""
+        n = self.status().get("n_ctx")
+        return int(n) if n else (self.cfg.n_ctx if self.cfg else None)
+
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
@@ -325,6 +331,12 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
     return srv
 
 
+def _error(srv: ServerProcess, problem: str, fix: str) -> ServerError:
+    e = ServerError(problem, fix)
+    e.pid, e.log_path = srv.pid, srv.log_path  # for a caller that wants to look further
+    return e
+
+
 def _wait_ready(srv: ServerProcess, timeout: float) -> None:
     t0 = time.monotonic()
     phase = ""
@@ -348,12 +360,12 @@ def _wait_ready(srv: ServerProcess, timeout: float) -> None:
                     pass
             problem = st.get("problem") or f"the server process exited with code {srv.returncode()}"
             fix = st.get("fix") or "read the log below"
-            raise ServerError(f"{problem}\n--- last lines of {srv.log_path} ---\n{srv.log_tail(25)}", fix)
+            raise _error(srv, f"{problem}\n--- last lines of {srv.log_path} ---\n{srv.log_tail(25)}", fix)
         if phase == "ready" and srv.port and srv.ping(timeout=2.0):
             return
         if time.monotonic() - t0 > timeout:
-            raise ServerError(
-                f"the server did not answer within {timeout:.0f} s (phase: {phase or 'starting'})"
+            raise _error(
+                srv, f"the server did not answer within {timeout:.0f} s (phase: {phase or 'starting'})"
                 f"\n--- last lines of {srv.log_path} ---\n{srv.log_tail(25)}",
                 "a large model on a slow disk can need longer: raise ready_timeout; otherwise read the log")
         time.sleep(0.2 if phase != "ready" else 0.1)

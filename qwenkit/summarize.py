@@ -401,14 +401,21 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
 
     rounds = 1
     first_token_at = None
+    final = None
     if count(text) <= whole_budget:
         spans = [(0, len(text))]
         say("the document fits in one request")
         user = WHOLE_PROMPTS[language].format(text=text.strip())
-        final, call, first = run.ask(user, final_max(user), "whole", on_token)
-        first_token_at = first
-        budget = whole_budget
-    else:
+        try:
+            final, call, first_token_at = run.ask(user, final_max(user), "whole", on_token)
+            budget = whole_budget
+        except Exception as e:  # noqa: BLE001
+            if not _is_context_error(e):
+                raise
+            # the server's context is smaller than n_ctx said: go on in smaller chunks
+            say("the server's context is smaller than n_ctx: splitting the document")
+            chunk_budget = min(chunk_budget, whole_budget // 2)
+    if final is None:
         budget = chunk_budget
         spans = split_spans(text, chunk_budget, count)
         partials = _map(run, text, spans, language, answer, say)

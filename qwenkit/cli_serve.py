@@ -1,0 +1,180 @@
+"""`python -m qwenkit serve` and `python -m qwenkit summarize FILE`.
+
+    python -m qwenkit serve                              # default model, 127.0.0.1:8000, Ctrl-C stops
+    python -m qwenkit serve --model M.gguf --n_ctx 8192 --cache_type_k q8_0 --flash_attn true
+    python -m qwenkit serve --config run.json --background
+    python -m qwenkit serve --status | --stop
+    python -m qwenkit summarize report.txt               # the background server, or a fresh one
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# the recipe's (and llama.cpp's) model flags; each is translated by config.from_recipe_flags
+_RECIPE_FLAGS = [
+    (("--n_ctx", "-c"), {}), (("--n_gpu_layers", "-ngl"), {}), (("--flash_attn",), {}),
+    (("--cache_type_k", "--type_k", "-ctk"), {}), (("--cache_type_v", "--type_v", "-ctv"), {}),
+    (("--n_threads", "-t"), {}), (("--n_batch", "-b"), {}), (("--n_ubatch", "-ub"), {}),
+    (("--n_cpu_moe", "-ncmoe"), {}), (("--model_alias",), {}), (("--chat_format",), {}),
+]
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="a saved RunConfig (JSON, from the tuning panel or RunConfig.save)")
+    p.add_argument("--model", "-m", help="GGUF file (default: the config's, or the small default model)")
+    g = p.add_argument_group("model flags (the recipe's spelling works; --cache_type_k q8_0 becomes --type_k 8)")
+    for names, kw in _RECIPE_FLAGS:
+        g.add_argument(*names, dest="recipe" + names[0].replace("-", "_"), metavar="V", default=None, **kw)
+
+
+def config_from_args(args) -> tuple:
+    """RunConfig from --config / --model and the recipe flags; returns (cfg, notes)."""
+    from qwenkit.config import RunConfig, from_recipe_flags
+    from qwenkit.models import default_model_path
+
+    base = RunConfig.load(args.config).to_dict() if args.config else {}
+    if args.model:
+        base["model"] = args.model
+    base.setdefault("model", str(default_model_path()))
+    tokens: list[str] = []
+    for names, _ in _RECIPE_FLAGS:
+        v = getattr(args, "recipe" + names[0].replace("-", "_"))
+        if v is not None:
+            tokens += [names[0], v]
+    cfg, _, notes = from_recipe_flags(tokens, **base)
+    return cfg, notes + cfg.notes()
+
+
+def _api_key(args) -> str | None:
+    from qwenkit.server import new_api_key
+    key = args.api_key or os.environ.get("QWENKIT_API_KEY")
+    if key in ("generate", "auto"):
+        key = new_api_key()
+    return key
+
+
+def cmd_serve(args) -> int:
+    from qwenkit import server
+    from qwenkit.errors import ServerError
+
+    if args.status:
+        srv = server.background()
+        if srv is None:
+            print("no background server is running")
+            return 1
+        print(srv.describe())
+        print("answers: " + ("yes" if srv.ping() else "NO (see the log)"))
+        return 0
+    if args.stop:
+        srv = server.background()
+        if server.stop_background():
+            print(f"stopped the server at {srv.base_url} (pid {srv.pid})" if srv else "stopped")
+            return 0
+        print("no background server is running")
+        return 1
+
+    cfg, notes = config_from_args(args)
+    key = _api_key(args)
+    if args.allow_remote and not key:
+        key = server.new_api_key()
+        print("a server reachable from the network needs a key; generated one (shown below)")
+    if args.background and server.background() is not None:
+        raise ServerError(f"a background server already runs ({server.background().base_url})",
+                          "stop it first: python -m qwenkit serve --stop")
+    port = args.port if args.port == "any" else int(args.port)
+    print(cfg.summary())
+    for n in notes:
+        print("note:", n)
+    t0 = time.perf_counter()
+    srv = server.start(cfg, host=args.host, port=port, api_key=key, allow_remote=args.allow_remote,
+                       log_path=args.log, ready_timeout=args.ready_timeout, background=args.background)
+    print(f"ready in {time.perf_counter() - t0:.1f} s")
+    print(srv.describe())
+    print(f'client: OpenAI(base_url="{srv.base_url}", api_key="{srv.api_key or "anything"}"), '
+          f'model="{srv.alias}"')
+    if args.background:
+        server.save_background(srv)
+        print("running in the background: python -m qwenkit serve --status | --stop")
+        return 0
+    print("Ctrl-C stops it")
+    try:
+        rc = srv._proc.wait()
+        print(f"the server exited with code {rc}\n{srv.log_tail(20)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping")
+        srv.stop()
+        return 0
+
+
+def cmd_summarize(args) -> int:
+    from qwenkit import server, summarize
+
+    text = summarize.read_document(args.file)
+    started = None
+    if args.url:
+        import openai
+        client = openai.OpenAI(base_url=args.url, api_key=_api_key(args) or "not-needed",
+                               timeout=600, max_retries=1)
+        model, n_ctx = args.model_name or "qwen3.5-35b", args.n_ctx_summary
+        if not n_ctx:
+            from qwenkit.errors import ConfigError
+            raise ConfigError("with --url the server's context size is unknown", "add --ctx N (its n_ctx)")
+    else:
+        srv = server.background() if not (args.model or args.config) else None
+        if srv is None:
+            cfg, _ = config_from_args(args)
+            print(f"starting a server: {cfg.summary()}", file=sys.stderr)
+            srv = started = server.start(cfg, port="any")
+        else:
+            print(f"using the background server at {srv.base_url}", file=sys.stderr)
+        client, model, n_ctx = srv.client(timeout=600), srv.alias, args.n_ctx_summary or srv.n_ctx
+    try:
+        def show(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        s = summarize.summarize(
+            text, client, model, n_ctx=n_ctx, language=args.language, system_prompt=args.system_prompt,
+            temperature=args.temperature, max_tokens=args.max_tokens, on_token=show,
+            on_progress=lambda m: print(f"[{m}]", file=sys.stderr))
+        print()
+        print(f"-- {s}")
+        return 0
+    finally:
+        if started is not None:
+            started.stop()
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("serve", help="start the OpenAI-compatible server (127.0.0.1 by default)",
+                       description="Start llama_cpp.server through the kit's safe entry point.")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1; others need --allow-remote)")
+    p.add_argument("--port", default="8000", help="port number, or 'any' for the first free one from 8000")
+    p.add_argument("--api-key", help="require this key (Bearer); 'generate' makes one; "
+                   "QWENKIT_API_KEY in the environment works too and keeps it out of your shell history")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (a key is then required)")
+    p.add_argument("--log", metavar="FILE", help="server log file (default: in the kit's cache folder)")
+    p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for the model to load")
+    p.add_argument("--background", action="store_true", help="leave it running; manage with --status/--stop")
+    p.add_argument("--status", action="store_true", help="show the background server")
+    p.add_argument("--stop", action="store_true", help="stop the background server")
+    p.set_defaults(func=cmd_serve)
+
+    q = sub.add_parser("summarize", help="summarize a text file through the server, streaming; prints time and tok/s")
+    q.add_argument("file", metavar="FILE")
+    _add_model_args(q)
+    q.add_argument("--url", help="a running OpenAI-compatible server (default: the background one, else start one)")
+    q.add_argument("--api-key", help="its key, if it has one (or QWENKIT_API_KEY)")
+    q.add_argument("--model-name", help="model name to ask for with --url (default qwen3.5-35b)")
+    q.add_argument("--ctx", dest="n_ctx_summary", type=int, default=None,
+                   help="context size to plan chunks for (default: the server's)")
+    q.add_argument("--language", default="ja", choices=["ja", "en"])
+    q.add_argument("--system-prompt", default=None)
+    q.add_argument("--temperature", type=float, default=0.2)
+    q.add_argument("--max-tokens", type=int, default=1000)
+    q.set_defaults(func=cmd_summarize)
