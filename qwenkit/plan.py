@@ -250,7 +250,7 @@ class MemoryPlan:
 
     def table(self, unit: int = MiB) -> str:
         u = "MiB" if unit == MiB else "GiB"
-        w = 44
+        w = 60
         lines = [self.cfg.summary(),
                  f"{'part':<16}{'':<{w - 16}}{'GPU ' + u:>12}{'RAM ' + u:>12}"]
         for r in self.rows:
