@@ -499,3 +499,48 @@ def compare(p: MemoryPlan, probe) -> dict[str, dict[str, float]]:
         err = (a - b) / b if b else (0.0 if a == b else math.inf)
         out[k] = dict(planned=a, llama=b, rel_error=err)
     return out
+
+
+# ------------------------------------------------------------------------ notebook helpers
+def target_model_info(arch: str = "qwen35moe", mix: str = "q4_k_m"):
+    """ModelInfo of the full-size synthetic model (Qwen3.5-35B-A3B shape for "qwen35moe"),
+    written once as a sparse file (header on disk, tensor data a hole) under the kit's cache."""
+    from qwenkit import synthetic
+    from qwenkit.gguf_info import read_model_info
+    from qwenkit.models import cache_dir
+    path = cache_dir() / "synthetic" / f"{arch}-full-{mix}-sparse-v{synthetic.GENERATOR_VERSION}.gguf"
+    if not path.is_file():
+        synthetic.write_model(path, arch=arch, size="full", weights="sparse", mix=mix, progress=False)
+    return read_model_info(path)
+
+
+def offload_sweep(info, cfg: RunConfig, **kw: Any) -> list[dict[str, Any]]:
+    """GPU and system-RAM bytes for n_cpu_moe = 0 .. n_layer (all layers on the GPU)."""
+    rows = []
+    for n in range(info.n_layer_all + 1):
+        p = plan(info, cfg.replace(n_cpu_moe=n, n_gpu_layers=-1), **kw)
+        rows.append(dict(n_cpu_moe=n, gpu=p.gpu_total, ram=p.cpu_total))
+    return rows
+
+
+def fit_table(info, vram_budget: int, contexts=(8192, 32768, 65536, 131072),
+              kv_types=(("f16", "f16"), ("q8_0", "q8_0"))) -> str:
+    """A text table: for each context and KV type, the fitted n_cpu_moe / n_gpu_layers and the
+    planned GPU use, so the cost of context and of KV quantization can be read side by side."""
+    lines = [f"budget {vram_budget / GiB:.1f} GiB",
+             f"{'n_ctx':>8} {'K/V':>10} {'KV MiB':>8} {'n_cpu_moe':>10} {'n_gpu_layers':>13} {'GPU GiB':>8} {'RAM GiB':>8}"]
+    for n_ctx in contexts:
+        for tk, tv in kv_types:
+            r = fit_report(info, vram_budget, n_ctx, tk, tv)
+            c = r.cfg
+            lines.append(f"{n_ctx:>8} {tk + '/' + tv:>10} {r.plan.kv / MiB:>8.0f} {c.n_cpu_moe:>10} "
+                         f"{c.n_gpu_layers:>13} {r.plan.gpu_total / GiB:>8.2f} {r.plan.cpu_total / GiB:>8.2f}"
+                         + ("" if r.fits else "  (does not fit)"))
+    return "\n".join(lines)
+
+
+def compare_table(cmp: dict[str, dict[str, float]]) -> str:
+    lines = [f"{'':10s} {'planned MiB':>12} {'llama.cpp MiB':>14} {'error':>8}"]
+    for k, v in cmp.items():
+        lines.append(f"{k:10s} {v['planned'] / MiB:12,.2f} {v['llama'] / MiB:14,.2f} {v['rel_error'] * 100:+7.2f}%")
+    return "\n".join(lines)
