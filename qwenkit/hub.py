@@ -531,7 +531,7 @@ def _lock(path: Path):
         except ImportError:  # pragma: no cover - not POSIX
             pass
         except OSError:
-            raise DownloadError(f"another download into {path.parent.parent} is running",
+            raise DownloadError(f"another download into {path.parent} is running",
                                 "wait for it to finish (or stop it); this one would write the same files") from None
         yield
     finally:
@@ -542,7 +542,7 @@ def _lock(path: Path):
 def download(repo: str = DEFAULT_REPO, quant: str = DEFAULT_QUANT, *, revision: str | None = None,
              dest: str | os.PathLike | None = None, endpoint: str | None = None,
              token: str | bool | None = None, progress: bool = True, stall_timeout: float = 60.0,
-             retries: int = 5, retry_wait: float = 2.0, chunk_size: int = 1 << 20) -> LocalModel:
+             retries: int = 5, retry_wait: float = 2.0) -> LocalModel:
     """Download every file of a quant, verified; returns the LocalModel (its `.path` is what
     llama.cpp loads). Safe to run again: verified files are kept, partial ones resume.
 
@@ -565,9 +565,9 @@ def download(repo: str = DEFAULT_REPO, quant: str = DEFAULT_QUANT, *, revision: 
     q = _find_quant(group_quants(files, repo, commit), quant, repo)
     repo_dir = root / _repo_dirname(repo)
     repo_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(repo_dir / INCOMPLETE / ".lock"):
+    with _lock(repo_dir / ".qwenkit.lock"):
         return _download_locked(repo, q, commit, repo_dir, ep, token, progress, stall_timeout, retries,
-                                retry_wait, chunk_size)
+                                retry_wait)
 
 
 class _RetryableStatus(Exception):
@@ -580,7 +580,7 @@ def _part_paths(repo_dir: Path, rel: str) -> tuple[Path, Path]:
 
 
 def _download_locked(repo, q: Quant, commit, repo_dir: Path, ep, token, progress, stall_timeout, retries,
-                     retry_wait, chunk_size) -> LocalModel:
+                     retry_wait) -> LocalModel:
     manifest = _Manifest(repo_dir)
     todo: list[RemoteFile] = []
     for f in q.files:
@@ -612,8 +612,7 @@ def _download_locked(repo, q: Quant, commit, repo_dir: Path, ep, token, progress
     bar = _progress(total, sum(have.values()), f"{q.name}", progress and bool(todo))
     try:
         for f in todo:
-            _fetch(repo, f, commit, repo_dir, ep, token, bar, stall_timeout, retries, retry_wait, chunk_size,
-                   manifest)
+            _fetch(repo, f, commit, repo_dir, ep, token, bar, stall_timeout, retries, retry_wait, manifest)
     finally:
         bar.close()
     return _local_model(repo_dir, q.name, [repo_dir / f.path for f in q.files], manifest, repo)
@@ -635,7 +634,7 @@ def _usable_part(part: Path, meta: Path, f: RemoteFile) -> int:
 
 
 def _fetch(repo, f: RemoteFile, commit, repo_dir: Path, ep, token, bar, stall_timeout, retries, retry_wait,
-           chunk_size, manifest: _Manifest) -> None:
+           manifest: _Manifest) -> None:
     from huggingface_hub import get_session, hf_hub_url
     from huggingface_hub.utils import hf_raise_for_status
     httpx2 = _http()
@@ -681,7 +680,7 @@ def _fetch(repo, f: RemoteFile, commit, repo_dir: Path, ep, token, bar, stall_ti
                         if not cr.startswith(f"bytes {offset}-"):
                             raise DownloadError(f"{url}: asked for bytes from {offset}, got {cr!r}",
                                                 "retry; the server or a proxy mangles Range requests")
-                    for chunk in r.iter_bytes(chunk_size):
+                    for chunk in r.iter_bytes():  # as received: a cut loses nothing already sent
                         if offset + len(chunk) > f.size:
                             raise DownloadError(f"{url}: the server sent more than the {f.size:,} bytes the hub "
                                                 "lists for this file", "retry later; the repo may be changing")
@@ -736,6 +735,10 @@ def _fetch(repo, f: RemoteFile, commit, repo_dir: Path, ep, token, bar, stall_ti
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
     meta.unlink(missing_ok=True)
+    d = part.parent
+    while d != repo_dir and d.is_dir() and not any(d.iterdir()):  # tidy empty .incomplete folders
+        d.rmdir()
+        d = d.parent
     manifest.record(f.path, final, f.sha256 or "", commit, repo)
 
 

@@ -53,6 +53,9 @@ class FakeFile:
     drop_at: list[int] = field(default_factory=list)
     stall_at: int | None = None
     corrupt_at: set[int] = field(default_factory=set)
+    fail_next: int = 0            # answer the next N GETs with fail_status
+    fail_status: int = 503
+    fail_after_cut: int = 0       # after a drop_at cut, answer the next N GETs with fail_status
 
     @property
     def size(self) -> int:
@@ -145,7 +148,8 @@ class FakeHub:
         Handler.hub = hub
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fakehub", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fakehub",
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -175,6 +179,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # quiet
         pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionResetError, BrokenPipeError):  # the client gave up (a watchdog): fine
+            pass
 
     # ---- helpers
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, ctype="application/json") -> None:
@@ -235,10 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
         for f in repo.files.values():
             s = {"rfilename": f.path}
             if blobs:
-                s.update(size=f.size if not f.lfs else 134, blobId=f.blob_id)
+                s.update(size=f.size, blobId=f.blob_id)
                 if f.lfs:
                     s["lfs"] = {"size": f.size, "sha256": f.sha256, "pointerSize": 134}
-                    s["size"] = f.size
             siblings.append(s)
         self._json({"_id": repo.commit[:24], "id": repo.repo_id, "modelId": repo.repo_id, "author": repo.repo_id.split("/")[0],
                     "sha": repo.commit, "private": False, "gated": False, "disabled": False, "tags": ["gguf"],
@@ -279,6 +288,10 @@ class _Handler(BaseHTTPRequestHandler):
         f = repo.files.get(fpath)
         if f is None:
             return self._error(404, "EntryNotFound", f"{fpath} does not exist", {"X-Repo-Commit": repo.commit})
+        if self.command == "GET" and f.fail_next > 0:
+            with self.hub._lock:
+                f.fail_next -= 1
+            return self._error(f.fail_status, "ServiceUnavailable", "try again later")
         size = f.size
         base = {"X-Repo-Commit": repo.commit, "ETag": f'"{f.etag()}"', "Accept-Ranges": "bytes"}
         if f.lfs:
@@ -318,6 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
             if drops:
                 cut = min(drops)
                 f.drop_at.remove(cut)
+                f.fail_next += f.fail_after_cut
         stall = f.stall_at if f.stall_at is not None and start <= f.stall_at < stop else None
         limit = min(x for x in (cut, stall, stop) if x is not None)
         while pos < limit:

@@ -1,0 +1,332 @@
+"""hub: the real huggingface_hub client against a local fake hub serving real GGUF files.
+
+Listing and grouping, remote header reads (bytes counted on the server), download + SHA-256,
+resume within and across runs, corruption, stalls, low disk, offline use, local models, CLI."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures_hub import BIG_FILE, REPO_BIG, REPO_SMOL, REPO_TINY, SMOL_FILE, TINY_FILE
+from qwenkit import hub
+from qwenkit.errors import DownloadError, QwenkitError
+from qwenkit.gguf_info import read_model_info
+
+GiB = 1 << 30
+FAST = dict(progress=False, stall_timeout=5.0, retry_wait=0.01)
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _no_partials(models: Path) -> list[Path]:
+    return [p for p in models.rglob("*") if p.suffix in (".part",) or "incomplete" in p.name]
+
+
+# ------------------------------------------------------------------------------ protocol
+def test_fake_hub_speaks_the_real_clients_protocol(fake_hub, hub_files):
+    """huggingface_hub's own calls work against it, and it never offers Xet."""
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+    api = HfApi(endpoint=fake_hub.endpoint)
+    tree = {f.path: f for f in api.list_repo_tree(REPO_TINY, recursive=True, expand=True) if hasattr(f, "lfs")}
+    assert tree[TINY_FILE].lfs.sha256 == _sha(hub_files["tiny"]) and tree[TINY_FILE].xet_hash is None
+    meta = get_hf_file_metadata(hf_hub_url(REPO_TINY, TINY_FILE, endpoint=fake_hub.endpoint))
+    assert meta.xet_file_data is None and meta.size == hub_files["tiny"].stat().st_size
+    assert meta.etag == _sha(hub_files["tiny"]) and meta.commit_hash == fake_hub.repos[REPO_TINY].commit
+
+
+# ------------------------------------------------------------------------------ listing
+@pytest.mark.parametrize("name,quant", [
+    ("Qwen3.5-35B-A3B-Q4_K_M.gguf", "Q4_K_M"),
+    ("Qwen3.5-35B-A3B-UD-Q4_K_XL.gguf", "UD-Q4_K_XL"),
+    ("Qwen3.5-35B-A3B-UD-IQ3_S.gguf", "UD-IQ3_S"),
+    ("Q8_0/Qwen3.5-35B-A3B-Q8_0-00001-of-00002.gguf", "Q8_0"),
+    ("BF16/Qwen3.5-35B-A3B-BF16-00003-of-00004.gguf", "BF16"),
+    ("Qwen3.5-35B-A3B-MXFP4_MOE.gguf", "MXFP4_MOE"),
+    ("SmolLM2-135M-Instruct.Q4_1.gguf", "Q4_1"),
+    ("model.gguf", None),
+])
+def test_quant_names(name, quant):
+    assert hub.quant_name(name) == quant
+
+
+def test_list_quants_groups_splits_and_gives_verdicts(fake_hub, hub_files):
+    ql = hub.list_quants(REPO_BIG, vram_gb=16, ram_gb=64)
+    assert [q.name for q in ql] == ["Q4_K_M", "Q8_0"]  # smallest first; no mmproj, no README
+    q4, q8 = ql
+    assert q4.size == hub_files["full"].stat().st_size and q4.n_parts == 1
+    assert q8.n_parts == 2 and q8.first.endswith("00001-of-00002.gguf") and q8.size == 2 * 18_450_000_000
+    assert q4.files[0].sha256 == "5" * 64 and q4.revision == fake_hub.repos[REPO_BIG].commit
+    # Q4_K_M (19.7 GiB) does not fit 16 GB whole: experts go to RAM; Q8_0 needs more than 16 + 64
+    assert q4.verdict.kind == "offload" and "system RAM" in q4.verdict.text
+    assert q8.verdict.kind == "offload"
+    assert hub.list_quants(REPO_BIG, vram_gb=16, ram_gb=16)[1].verdict.kind == "no"
+    assert hub.list_quants(REPO_BIG, vram_gb=48, ram_gb=16)[0].verdict.kind == "gpu"
+    assert "Q8_0" in ql.table() and "| Q4_K_M |" in ql._repr_markdown_()
+    assert fake_hub.served(BIG_FILE) == 0  # listing reads no file bytes
+
+
+def test_fit_verdict_from_header_counts_experts(fake_hub):
+    info = hub.read_remote_info(REPO_BIG, "Q4_K_M")
+    v = hub.fit_verdict(info, 16 * GiB, 64 * GiB)
+    assert v.kind == "offload" and v.source == "header" and 5 <= v.n_cpu_moe <= 40
+    assert hub.fit_verdict(info, 24 * GiB, 64 * GiB).kind == "gpu"
+    # non-expert weights alone (1.5 GiB) + reserve exceed 2 GB: no RAM helps
+    assert hub.fit_verdict(info, 2 * GiB, 512 * GiB).kind == "no"
+    assert hub.fit_verdict(10 * GiB, 16 * GiB).kind == "gpu"
+    assert hub.fit_verdict(20 * GiB, 8 * GiB, None).kind == "no"
+
+
+def test_remote_header_of_full_size_model_reads_under_one_percent(fake_hub, hub_files):
+    info = hub.read_remote_info(REPO_BIG, "Q4_K_M")
+    size = hub_files["full"].stat().st_size
+    served = fake_hub.served(BIG_FILE)
+    assert info.arch == "qwen35moe" and info.kv_layers == tuple(range(3, 40, 4))
+    assert info.kv_bytes_per_token() == 20_480 and info.file_size == size
+    assert served == info.header_bytes_read and served < size / 100
+    assert served < 16 << 20, f"{served:,} bytes for a {info.parts[0].header_size:,}-byte header"
+    assert all(r and r.startswith("bytes=") for r in fake_hub.gets(BIG_FILE))  # only Range GETs
+    print(f"remote header read: {served:,} bytes of {size:,} ({100 * served / size:.3f} %)")
+
+
+def test_remote_header_of_split_model_and_quants_with_headers(fake_hub):
+    ql = hub.list_quants(REPO_TINY, vram_gb=8, ram_gb=16, headers=True)
+    split = ql.get("UD-Q2_K_XL")
+    assert split.n_parts == 3 and split.info.n_parts == 3 and split.info.kv_layers == (3, 7)
+    assert split.verdict.source == "header"
+    assert ql.get("Q4_K_M").info.arch == "qwen35moe"
+
+
+def test_unknown_repo_quant_and_revision(fake_hub):
+    with pytest.raises(DownloadError, match="has no quant 'Q5_K_M'") as e:
+        hub.download(REPO_TINY, "Q5_K_M", **FAST)
+    assert "Q4_K_M" in e.value.fix
+    with pytest.raises(DownloadError, match="repo not found"):
+        hub.list_quants("nobody/nothing")
+    with pytest.raises(DownloadError, match="revision not found"):
+        hub.list_quants(REPO_TINY, revision="v9")
+
+
+def test_unreachable_hub_is_a_clear_error(fake_hub, monkeypatch):
+    fake_hub.stop()
+    with pytest.raises(DownloadError, match="cannot reach") as e:
+        hub.list_quants(REPO_TINY)
+    assert "HF_HUB_OFFLINE" in e.value.fix
+
+
+# ------------------------------------------------------------------------------ download
+def test_download_default_model_verifies_and_is_idempotent(fake_hub, hub_files, tmp_path):
+    m = hub.download(REPO_SMOL, "Q4_1", progress=True)
+    assert m.state == hub.STATE_VERIFIED and m.path.name == SMOL_FILE
+    assert m.revision == fake_hub.repos[REPO_SMOL].commit
+    assert _sha(m.path) == _sha(hub_files["smol"]) and m.sha256 == [_sha(m.path)]
+    assert read_model_info(m.path).arch == "llama"
+    assert fake_hub.served(SMOL_FILE) == m.size  # once, no more
+    assert not _no_partials(tmp_path / "models")
+    again = hub.download(REPO_SMOL, "Q4_1", progress=False)
+    assert again.path == m.path and fake_hub.served(SMOL_FILE) == m.size  # nothing fetched again
+    listed = [x for x in hub.local_models() if x.repo == REPO_SMOL]
+    assert [(x.name, x.state) for x in listed] == [("Q4_1", hub.STATE_VERIFIED)]
+
+
+def test_download_pinned_revision(fake_hub):
+    commit = fake_hub.repos[REPO_TINY].commit
+    m = hub.download(REPO_TINY, "Q4_K_M", revision=commit, **FAST)
+    assert m.revision == commit
+    assert all(commit in p for meth, p, _ in fake_hub.requests if "/resolve/" in p)
+
+
+def test_split_quant_downloads_every_part(fake_hub, hub_files):
+    m = hub.download(REPO_TINY, "UD-Q2_K_XL", **FAST)
+    assert len(m.files) == 3 and m.path.name.endswith("00001-of-00003.gguf")
+    assert m.state == hub.STATE_VERIFIED and read_model_info(m.path).n_parts == 3
+
+
+def test_dropped_connection_resumes_with_range_in_the_same_run(fake_hub, hub_files):
+    size = hub_files["tiny"].stat().st_size
+    f = fake_hub.file(REPO_TINY, TINY_FILE)
+    f.drop_at = [size // 3, 2 * size // 3]
+    m = hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert _sha(m.path) == _sha(hub_files["tiny"])
+    assert fake_hub.gets(TINY_FILE) == [None, f"bytes={size // 3}-", f"bytes={2 * size // 3}-"]
+    assert fake_hub.served(TINY_FILE) == size
+
+
+def test_interrupted_download_resumes_across_runs(fake_hub, hub_files, tmp_path):
+    size = hub_files["tiny"].stat().st_size
+    cut = size // 2
+    f = fake_hub.file(REPO_TINY, TINY_FILE)
+    f.drop_at = [cut]
+    f.fail_after_cut = 10
+    # first run: cut at half, then the server keeps failing: the run gives up, keeping the part
+    with pytest.raises(DownloadError) as e:
+        hub.download(REPO_TINY, "Q4_K_M", retries=1, **FAST)
+    assert f"{cut:,} of {size:,} bytes are kept" in str(e.value) and "again to resume" in e.value.fix
+    part = tmp_path / "models" / REPO_TINY.replace("/", "--") / ".incomplete" / (TINY_FILE + ".part")
+    assert part.stat().st_size == cut
+    assert not (part.parent.parent / TINY_FILE).exists()  # nothing that looks complete
+    states = {m.state.split(" (")[0] for m in hub.local_models() if m.repo == REPO_TINY}
+    assert states == {hub.STATE_INCOMPLETE}
+    # second run (a new call, as after a restart): one Range request from the cut
+    f.fail_next = 0  # the server is well again
+    fake_hub.reset_counters()
+    m = hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert fake_hub.gets(TINY_FILE) == [f"bytes={cut}-"]
+    assert fake_hub.served(TINY_FILE) == size - cut
+    assert _sha(m.path) == _sha(hub_files["tiny"]) and m.state == hub.STATE_VERIFIED
+    assert not part.exists()
+
+
+def test_total_bytes_served_stay_under_1_1x_with_cuts(fake_hub, hub_files):
+    size = hub_files["tiny"].stat().st_size
+    f = fake_hub.file(REPO_TINY, TINY_FILE)
+    f.drop_at = [size // 5 * k for k in range(1, 5)]
+    hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert fake_hub.served(TINY_FILE) <= 1.1 * size
+    assert len(fake_hub.gets(TINY_FILE)) == 5
+
+
+def test_flipped_byte_is_caught_and_not_left_in_place(fake_hub, hub_files, tmp_path):
+    f = fake_hub.file(REPO_TINY, TINY_FILE)
+    f.corrupt_at = {123_457}
+    with pytest.raises(DownloadError, match="checksum mismatch") as e:
+        hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert "deleted" in str(e.value)
+    models = tmp_path / "models"
+    assert not list(models.rglob("*.gguf")) and not list(models.rglob("*.part"))
+    assert not [m for m in hub.local_models() if m.repo == REPO_TINY]
+    f.corrupt_at = set()  # the next run downloads afresh and succeeds
+    assert hub.download(REPO_TINY, "Q4_K_M", **FAST).state == hub.STATE_VERIFIED
+
+
+def test_wrong_hub_checksum_is_caught(fake_hub):
+    fake_hub.file(REPO_TINY, TINY_FILE).sha256_override = "0" * 64
+    with pytest.raises(DownloadError, match="lists SHA-256 0000"):
+        hub.download(REPO_TINY, "Q4_K_M", **FAST)
+
+
+def test_stalled_server_is_retried_then_fails_clearly(fake_hub, hub_files, tmp_path):
+    size = hub_files["tiny"].stat().st_size
+    f = fake_hub.file(REPO_TINY, TINY_FILE)
+    f.stall_at = size // 4
+    t = time.monotonic()
+    with pytest.raises(DownloadError, match="stalled") as e:
+        hub.download(REPO_TINY, "Q4_K_M", progress=False, stall_timeout=0.5, retries=2, retry_wait=0.01)
+    took = time.monotonic() - t
+    assert took < 8, took
+    assert "2 retries without progress" in str(e.value) and f"{size // 4:,} of {size:,}" in str(e.value)
+    assert fake_hub.gets(TINY_FILE) == [None] + [f"bytes={size // 4}-"] * 3
+    f.stall_at = None  # the network is back: the next run resumes
+    fake_hub.reset_counters()
+    m = hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert fake_hub.served(TINY_FILE) == size - size // 4 and m.state == hub.STATE_VERIFIED
+
+
+def test_server_errors_are_retried(fake_hub, hub_files):
+    f = fake_hub.file(REPO_TINY, TINY_FILE)
+    f.fail_next = 2
+    m = hub.download(REPO_TINY, "Q4_K_M", retries=3, **FAST)
+    assert m.state == hub.STATE_VERIFIED
+    hub.remove_model("Q4_K_M")
+    f.fail_next = 10
+    with pytest.raises(DownloadError, match="HTTP 503"):
+        hub.download(REPO_TINY, "Q4_K_M", retries=1, **FAST)
+    assert f.fail_next == 8
+
+
+def test_low_disk_fails_before_downloading(fake_hub, monkeypatch):
+    monkeypatch.setattr(hub, "free_bytes", lambda path: 5 << 20)
+    with pytest.raises(DownloadError, match="not enough disk space") as e:
+        hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert "10.1 MiB more" in str(e.value) and "5.0 MiB is free" in str(e.value)
+    assert fake_hub.gets(TINY_FILE) == []  # not one byte requested
+
+
+def test_existing_unverified_file_is_not_overwritten(fake_hub, tmp_path):
+    d = tmp_path / "models" / REPO_TINY.replace("/", "--")
+    d.mkdir(parents=True)
+    (d / TINY_FILE).write_bytes(b"mine")
+    with pytest.raises(DownloadError, match="exists but is not a verified copy"):
+        hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert (d / TINY_FILE).read_bytes() == b"mine"
+
+
+# ------------------------------------------------------------------------------ offline
+def test_offline_uses_the_local_copy_without_network(fake_hub, monkeypatch):
+    m = hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    fake_hub.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    again = hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert again.path == m.path and again.state == hub.STATE_VERIFIED
+    assert [q.name for q in hub.list_quants(REPO_TINY, vram_gb=16)] == ["Q4_K_M"]
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE is set and .* is not downloaded"):
+        hub.download(REPO_TINY, "UD-Q2_K_XL", **FAST)
+
+
+def test_offline_finds_huggingface_hub_cache(fake_hub, hub_files, monkeypatch, tmp_path):
+    from huggingface_hub import hf_hub_download
+    p = hf_hub_download(REPO_TINY, TINY_FILE, endpoint=fake_hub.endpoint, cache_dir=str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    m = hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert m.state == hub.STATE_HF_CACHE and Path(m.path).resolve() == Path(p).resolve()
+    assert any(x.state == hub.STATE_HF_CACHE for x in hub.local_models())
+
+
+# ------------------------------------------------------------------------------ local models
+def test_models_list_verify_remove(fake_hub, hub_files, tmp_path):
+    m = hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    # a partial download of another quant shows as incomplete
+    f = fake_hub.file(REPO_TINY, "UD-Q2_K_XL/" + hub_files["split"][0].name)
+    f.stall_at = 1000
+    with pytest.raises(DownloadError):
+        hub.download(REPO_TINY, "UD-Q2_K_XL", progress=False, stall_timeout=0.3, retries=0, retry_wait=0.01)
+    states = sorted((x.name, x.state.split(" (")[0]) for x in hub.local_models() if x.repo == REPO_TINY)
+    assert states == [("Q4_K_M", hub.STATE_VERIFIED), ("UD-Q2_K_XL", hub.STATE_INCOMPLETE)]
+    assert "verified" in hub.models_table(hub.local_models())
+    assert hub.verify_model("Q4_K_M", progress=False).state == hub.STATE_VERIFIED
+    # a modified file is no longer "verified", and verify says it is corrupted
+    data = bytearray(m.path.read_bytes())
+    data[-10] ^= 1
+    m.path.write_bytes(bytes(data))
+    assert [x.state for x in hub.local_models() if x.name == "Q4_K_M"] == [hub.STATE_MODIFIED]
+    with pytest.raises(DownloadError, match="does not match"):
+        hub.verify_model(TINY_FILE, progress=False)
+    removed = hub.remove_model("Q4_K_M")
+    assert m.path in removed and not m.path.exists()
+    hub.remove_model("UD-Q2_K_XL")
+    assert not [x for x in hub.local_models() if x.repo == REPO_TINY]
+    manifest = json.loads((m.path.parent / hub.MANIFEST).read_text())
+    assert manifest["files"] == {}
+    with pytest.raises(QwenkitError, match="no local model"):
+        hub.remove_model("Q4_K_M")
+
+
+# ------------------------------------------------------------------------------ CLI
+def _cli(argv, capsys) -> tuple[int, str]:
+    from qwenkit.cli import main
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_cli_quants_download_models(fake_hub, capsys, default_model):
+    rc, out = _cli(["quants", REPO_BIG, "--vram", "16", "--ram", "64"], capsys)
+    assert rc == 0 and "Q4_K_M" in out and "Q8_0" in out and "system RAM" in out
+    rc, out = _cli(["quants", REPO_TINY, "--json", "--header", "Q4_K_M"], capsys)
+    rows = {r["quant"]: r for r in json.loads(out)}
+    assert rc == 0 and rows["Q4_K_M"]["info"]["arch"] == "qwen35moe" and rows["UD-Q2_K_XL"]["info"] is None
+    rc, out = _cli(["download", REPO_TINY, "Q4_K_M", "--no-progress"], capsys)
+    assert rc == 0 and "verified" in out and TINY_FILE in out
+    rc, out = _cli(["download", REPO_TINY, "Q9_9", "--no-progress"], capsys)
+    assert rc == 1 and "error:" in out and "fix:" in out and "Traceback" not in out
+    rc, out = _cli(["models", "--no-hf-cache"], capsys)
+    assert rc == 0 and "Q4_K_M" in out and "verified" in out
+    rc, out = _cli(["gguf", str(default_model)], capsys)
+    assert rc == 0 and "llama" in out and "integrity: ok" in out
+    rc, out = _cli(["models", "--remove", "Q4_K_M"], capsys)
+    assert rc == 0 and "removed" in out
