@@ -277,6 +277,17 @@ def load(cfg: RunConfig, **extra: Any):
     return load_llama(qwenkit_llama_class(), **llama_kwargs(cfg, **extra))
 
 
+def last_logits(llm) -> "Any":
+    """Logits of the last evaluated token as a float32 numpy array (a copy). Works with
+    logits_all=False, where `llm.scores` is not filled."""
+    import llama_cpp
+    import numpy as np
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    if not ptr:
+        raise ModelLoadError("no logits: evaluate at least one token first")
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
+
+
 def rss_bytes() -> int:
     """Resident set size of this process (Linux /proc; 0 elsewhere)."""
     try:
