@@ -152,7 +152,7 @@ class QuantList(list):
     def table(self) -> str:
         rows = [("quant", "size", "files", "fit")]
         for q in self:
-            rows.append((q.name, f"{q.size / GiB:.2f} GiB", str(q.n_parts), q.verdict.text if q.verdict else ""))
+            rows.append((q.name, _human(q.size), str(q.n_parts), q.verdict.text if q.verdict else ""))
         w = [max(len(r[i]) for r in rows) for i in range(3)]
         return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]}".rstrip() for r in rows)
 
@@ -162,7 +162,7 @@ class QuantList(list):
     def _repr_markdown_(self) -> str:
         lines = ["| quant | size | files | fit |", "| --- | ---: | ---: | --- |"]
         for q in self:
-            lines.append(f"| {q.name} | {q.size / GiB:.2f} GiB | {q.n_parts} | {q.verdict.text if q.verdict else ''} |")
+            lines.append(f"| {q.name} | {_human(q.size)} | {q.n_parts} | {q.verdict.text if q.verdict else ''} |")
         return "\n".join(lines)
 
     def get(self, name: str) -> Quant:
@@ -285,7 +285,7 @@ def _hub_error(e: Exception, repo: str, endpoint: str, what: str) -> QwenkitErro
         return DownloadError(f"HF_HUB_OFFLINE is set: no network while {what}",
                              "unset HF_HUB_OFFLINE, or use the models already downloaded (python -m qwenkit models)")
     if isinstance(e, (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError)):
-        return DownloadError(f"cannot reach {endpoint} while {what}: {e}",
+        return HubUnreachable(f"cannot reach {endpoint} while {what}: {e}",
                              "check the network (or HF_ENDPOINT); offline, set HF_HUB_OFFLINE=1 to use downloaded models")
     if isinstance(e, hfe.HfHubHTTPError):
         return DownloadError(f"{repo}: the hub answered an error while {what}: {e}".splitlines()[0],
@@ -561,13 +561,25 @@ def download(repo: str = DEFAULT_REPO, quant: str = DEFAULT_QUANT, *, revision: 
                                 "download it once with the network on (unset HF_HUB_OFFLINE)")
         return found
     ep = _endpoint(endpoint)
-    commit, files = repo_files(repo, revision=revision, endpoint=ep, token=token)
+    try:
+        commit, files = repo_files(repo, revision=revision, endpoint=ep, token=token)
+    except HubUnreachable as e:  # like hf_hub_download: a verified local copy still answers
+        found = find_local(repo, quant, dest=root, revision=revision)
+        if found is None:
+            raise
+        import warnings
+        warnings.warn(f"{e.problem}; using the local copy {found.path} ({found.state})", stacklevel=2)
+        return found
     q = _find_quant(group_quants(files, repo, commit), quant, repo)
     repo_dir = root / _repo_dirname(repo)
     repo_dir.mkdir(parents=True, exist_ok=True)
     with _lock(repo_dir / ".qwenkit.lock"):
         return _download_locked(repo, q, commit, repo_dir, ep, token, progress, stall_timeout, retries,
                                 retry_wait)
+
+
+class HubUnreachable(DownloadError):
+    """The hub could not be reached at all (no network, wrong HF_ENDPOINT)."""
 
 
 class _RetryableStatus(Exception):

@@ -103,6 +103,7 @@ class FakeHub:
         self.stall_seconds = stall_seconds
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._conns: set = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -154,11 +155,20 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        """Stop serving and cut every open (keep-alive) connection: the hub is gone."""
+        import socket
         self._stop.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> "FakeHub":
         return self.start()
@@ -179,6 +189,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.hub._lock:
+            self.hub._conns.add(self.connection)
+
+    def finish(self) -> None:
+        with self.hub._lock:
+            self.hub._conns.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
 
     def handle(self) -> None:
         try:

@@ -113,10 +113,15 @@ def test_unknown_repo_quant_and_revision(fake_hub):
 
 
 def test_unreachable_hub_is_a_clear_error(fake_hub, monkeypatch):
+    m = hub.download(REPO_TINY, "Q4_K_M", **FAST)
     fake_hub.stop()
     with pytest.raises(DownloadError, match="cannot reach") as e:
         hub.list_quants(REPO_TINY)
     assert "HF_HUB_OFFLINE" in e.value.fix
+    with pytest.warns(UserWarning, match="using the local copy"):  # a verified copy still answers
+        assert hub.download(REPO_TINY, "Q4_K_M", **FAST).path == m.path
+    with pytest.raises(DownloadError, match="cannot reach"):
+        hub.download(REPO_TINY, "UD-Q2_K_XL", **FAST)
 
 
 # ------------------------------------------------------------------------------ download
