@@ -9,6 +9,7 @@ reports whether its layers really went to the GPU, and a short decode speed.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
