@@ -96,7 +96,8 @@ class FakeRepo:
 
 
 class FakeHub:
-    def __init__(self, stall_seconds: float = 30.0):
+    def __init__(self, stall_seconds: float = 30.0, redirect_lfs: bool = True):
+        self.redirect_lfs = redirect_lfs
         self.repos: dict[str, FakeRepo] = {}
         self.bytes_served: dict[str, int] = {}
         self.requests: list[tuple[str, str, str | None]] = []
@@ -125,8 +126,12 @@ class FakeHub:
         return self.bytes_served.get(path, 0)
 
     def gets(self, path: str) -> list[str | None]:
-        """Range headers of the GET requests for a file (None: no Range)."""
-        return [rng for m, p, rng in self.requests if m == "GET" and p.endswith("/" + path)]
+        """Range headers of the GET requests that fetched a file's bytes (None: no Range); with
+        redirect_lfs an LFS file's bytes come from the /cdn/ URL the resolve URL redirects to."""
+        lfs = any(r.files[path].lfs for r in self.repos.values() if path in r.files)
+        via_cdn = self.redirect_lfs and lfs
+        return [rng for m, p, rng in self.requests
+                if m == "GET" and p.endswith("/" + path) and p.startswith("/cdn/") == via_cdn]
 
     def reset_counters(self) -> None:
         with self._lock:
@@ -180,6 +185,7 @@ class FakeHub:
 _MODEL = re.compile(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?/?$")
 _TREE = re.compile(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?$")
 _RESOLVE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_CDN = re.compile(r"^/cdn/([^/]+/[^/]+)/([0-9a-f]{40})/(.+)$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -255,6 +261,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._model_info(m.group(1), m.group(2), parse_qs(url.query))
             if m := _RESOLVE.match(path):
                 return self._resolve(m.group(1), m.group(2), m.group(3))
+            if m := _CDN.match(path):
+                return self._resolve(m.group(1), m.group(2), m.group(3), cdn=True)
             self._error(404, "NotFound", f"no route {path}")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
@@ -304,13 +312,22 @@ class _Handler(BaseHTTPRequestHandler):
                     for d in sorted(dirs)]
         self._json(entries)
 
-    def _resolve(self, repo_id: str, rev: str, fpath: str) -> None:
+    def _resolve(self, repo_id: str, rev: str, fpath: str, cdn: bool = False) -> None:
         repo = self._repo(repo_id, rev)
         if repo is None:
             return
         f = repo.files.get(fpath)
         if f is None:
             return self._error(404, "EntryNotFound", f"{fpath} does not exist", {"X-Repo-Commit": repo.commit})
+        if f.lfs and not cdn and self.hub.redirect_lfs:
+            # like huggingface.co: an LFS file resolves to a 302 towards the storage CDN, with the
+            # file's size and sha256 in X-Linked-* headers
+            return self._send(302, b"", {
+                "Location": f"{self.hub.endpoint}/cdn/{repo.repo_id}/{repo.commit}/{f.path}",
+                "X-Repo-Commit": repo.commit, "X-Linked-Etag": f'"{f.sha256}"',
+                "X-Linked-Size": str(f.size), "ETag": f'"{f.blob_id}"'}, ctype="text/plain")
+        if cdn and self.headers.get("Authorization"):
+            return self._error(400, "BadRequest", "the CDN does not take hub tokens")
         if self.command == "GET" and f.fail_next > 0:
             with self.hub._lock:
                 f.fail_next -= 1
