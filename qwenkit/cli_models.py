@@ -1,7 +1,6 @@
 """CLI verbs for model files: `quants`, `download`, `models`, `gguf` (python -m qwenkit VERB -h)."""
 from __future__ import annotations
 
-import argparse
 import json
 
 from qwenkit import hub
@@ -74,7 +73,7 @@ def _gguf(args) -> int:
     print(f"  integrity: ok ({info.file_size:,} bytes, tensor data ends at {info.tensor_data_end:,})")
     if args.tensors:
         for t in info.tensors:
-            print(f"  {t.name:<40} {t.type_name:<6} {str(t.shape):<24} {t.nbytes:>14,}")
+            print(f"  {t.name:<40} {t.type_name:<6} {t.shape!s:<24} {t.nbytes:>14,}")
     return 0
 
 

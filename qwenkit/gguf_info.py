@@ -25,9 +25,10 @@ import json
 import os
 import re
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from qwenkit.errors import GGUFError
 
@@ -48,7 +49,7 @@ ReadFn = Callable[[int, int], bytes]
 
 _EXPERT_RE = re.compile(r"blk\.\d+\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
-_SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.I)
+_SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 # llama-arch.cpp llm_arch_is_recurrent / llm_arch_is_hybrid
 RECURRENT_ARCHS = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}

@@ -23,20 +23,25 @@ folder per repo (`owner--name/`, the repo's own paths inside), with a manifest
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
 
 from qwenkit.errors import DownloadError, GGUFError, QwenkitError
-from qwenkit.gguf_info import (ModelInfo, check_split_set, model_info, parse_gguf, read_gguf,
-                               split_parts)
+from qwenkit.gguf_info import (
+    ModelInfo,
+    check_split_set,
+    model_info,
+    parse_gguf,
+    read_gguf,
+    split_parts,
+)
 
 DEFAULT_REPO = "unsloth/Qwen3.5-35B-A3B-GGUF"   # the Qwen3.5-35B-A3B GGUF repo the recipe uses
 DEFAULT_QUANT = "Q4_K_M"
@@ -62,7 +67,7 @@ STATE_HF_CACHE = "hf cache (size-checked only)"
 # ------------------------------------------------------------------------------ names
 _QUANT_RE = re.compile(
     r"(?:^|[-_.])((?:UD-)?(?:I?Q\d(?:_[0-9A-Z]+)*|TQ\d_\d|BF16|F16|F32|FP16|FP32|MXFP4(?:_MOE)?|NVFP4))$",
-    re.I)
+    re.IGNORECASE)
 
 
 def quant_name(filename: str) -> str | None:
@@ -254,6 +259,7 @@ def is_offline() -> bool:
 
 def _hf_headers(token) -> dict[str, str]:
     from huggingface_hub.utils import build_hf_headers
+
     import qwenkit
     h = build_hf_headers(token=token, library_name="qwenkit", library_version=qwenkit.__version__)
     h["Accept-Encoding"] = "identity"
@@ -304,7 +310,7 @@ def repo_files(repo: str = DEFAULT_REPO, *, revision: str | None = None, endpoin
     api = HfApi(endpoint=ep, token=token, library_name="qwenkit")
     try:
         mi = api.model_info(repo, revision=revision, files_metadata=True)
-    except Exception as e:  # noqa: BLE001 - every hub failure becomes one clear error
+    except Exception as e:
         raise _hub_error(e, repo, ep, "listing the repo files") from e
     files = []
     for s in mi.siblings or []:
@@ -434,7 +440,7 @@ def read_remote_info(repo: str = DEFAULT_REPO, quant: str | Quant = DEFAULT_QUAN
             raise
         except QwenkitError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise _hub_error(e, repo, ep, f"reading the header of {f.path}") from e
     check_split_set(parts)
     return model_info(parts)
@@ -720,7 +726,7 @@ def _fetch(repo, f: RemoteFile, commit, repo_dir: Path, ep, token, bar, stall_ti
                 time.sleep(retry_wait * min(2 ** max(failures - 1, 0), 8))
             except QwenkitError:
                 raise
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 out.flush()
                 raise _hub_error(e, repo, ep, f"downloading {f.path}") from e
         out.flush()

@@ -8,12 +8,10 @@ Repos on the fake hub (plain HTTP, no Xet):
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fakehub import FakeHub
 
 REPO_BIG = "qwenkit-test/Qwen3.5-35B-A3B-GGUF"
@@ -89,7 +87,7 @@ def hub_files(tmp_path_factory) -> dict[str, Path | list[Path]]:
     for i in (1, 2):  # listed with their size only; never downloaded
         p = d / f"Qwen3.5-35B-A3B-Q8_0-{i:05d}-of-00002.gguf"
         with open(p, "wb") as f:
-            f.truncate(18_450_000_000 if i == 1 else 18_450_000_000)
+            f.truncate(18_450_000_000)
         q8.append(p)
     return {"full": full, "tiny": tiny_model("qwen35moe"), "split": split, "q8": q8,
             "smol": default_model_path()}

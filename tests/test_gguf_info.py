@@ -7,11 +7,17 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fixtures_hub import hub_write_gguf
+
 from qwenkit.errors import GGUFError
-from qwenkit.gguf_info import (is_expert_tensor, layer_of, parse_gguf, read_gguf, read_model_info,
-                               split_parts)
+from qwenkit.gguf_info import (
+    is_expert_tensor,
+    layer_of,
+    parse_gguf,
+    read_gguf,
+    read_model_info,
+    split_parts,
+)
 
 MiB = 1 << 20
 
@@ -275,7 +281,7 @@ def test_random_header_corruption_never_crashes(tiny_bytes):
             b[i] = rng.randrange(256)
         data = bytes(b)
         try:
-            parse_gguf(lambda off, n: data[off:off + n], size, "fuzz.gguf")
+            parse_gguf(lambda off, n, data=data: data[off:off + n], size, "fuzz.gguf")
             outcomes["ok"] += 1
         except GGUFError:
             outcomes["error"] += 1
