@@ -607,6 +607,12 @@ def _download_locked(repo, q: Quant, commit, repo_dir: Path, ep, token, progress
         known = manifest.files.get(f.path, {})
         if st == STATE_VERIFIED and (f.sha256 is None or known.get("sha256") == f.sha256):
             continue
+        if final.exists() and st == STATE_VERIFIED:
+            raise DownloadError(
+                f"{final} is a verified copy of another version ({known.get('revision', '?')[:10]}); "
+                f"{repo}@{commit[:10]} has SHA-256 {f.sha256}",
+                f"keep it with --revision {known.get('revision')}, or remove it "
+                f"(python -m qwenkit models --remove {final.name}) and download the new version")
         if final.exists():
             raise DownloadError(
                 f"{final} exists but is not a verified copy of {repo}@{commit[:10]} ({st})",

@@ -261,6 +261,13 @@ def test_existing_unverified_file_is_not_overwritten(fake_hub, tmp_path):
     with pytest.raises(DownloadError, match="exists but is not a verified copy"):
         hub.download(REPO_TINY, "Q4_K_M", **FAST)
     assert (d / TINY_FILE).read_bytes() == b"mine"
+    (d / TINY_FILE).unlink()
+    hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    # the repo moves on: the verified old version is kept, and the message says how to update
+    fake_hub.file(REPO_TINY, TINY_FILE).sha256_override = "7" * 64
+    with pytest.raises(DownloadError, match="verified copy of another version") as e:
+        hub.download(REPO_TINY, "Q4_K_M", **FAST)
+    assert "--revision" in e.value.fix
 
 
 # ------------------------------------------------------------------------------ offline
