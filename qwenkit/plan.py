@@ -410,10 +410,21 @@ class FitResult:
 
 def fit_report(info, vram_budget: int, n_ctx: int | None = None, type_k: str = "f16",
                type_v: str = "f16", base: RunConfig | None = None, *, margin: int | None = None,
-               runtime: int | None = None) -> FitResult:
+               runtime: int | None = None, ram_budget: int | None = None) -> FitResult:
     """The config that keeps the most on the GPU within `vram_budget` bytes: every layer on
     the GPU and the fewest expert layers in system RAM; whole layers move to the CPU only
-    for dense models or when all experts in RAM are still too much."""
+    for dense models or when all experts in RAM are still too much. With `ram_budget`, a
+    result that needs more system RAM than that is marked as not fitting."""
+    r = _fit(info, vram_budget, n_ctx, type_k, type_v, base, margin=margin, runtime=runtime)
+    if ram_budget is not None and r.fits and r.plan.cpu_total > ram_budget:
+        r.fits = False
+        r.reason += (f"; but it needs {_gib(r.plan.cpu_total)} of system RAM and "
+                     f"{_gib(ram_budget)} is available")
+    return r
+
+
+def _fit(info, vram_budget: int, n_ctx: int | None, type_k: str, type_v: str,
+         base: RunConfig | None, *, margin: int | None, runtime: int | None) -> FitResult:
     if vram_budget <= 0:
         raise ConfigError(f"vram_budget={vram_budget} must be positive", "pass the GPU's free memory in bytes")
     base = base or RunConfig(model=str(info.source))

@@ -104,6 +104,8 @@ def test_fit_keeps_all_layers_and_fewest_experts(engine_full_sparse):
     # too small for the non-expert part: all experts in RAM, then whole layers move
     small = fit(info, 2 * GiB, n_ctx=8192)
     assert small.n_cpu_moe == 40 and 0 <= small.n_gpu_layers <= 40
+    # system RAM is checked when given
+    assert not fit_report(info, budget, n_ctx=65536, ram_budget=2 * GiB).fits
 
 
 def test_fit_dense_moves_whole_layers(default_model):
