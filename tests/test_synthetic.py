@@ -33,6 +33,7 @@ def _load(path):
 
 @pytest.mark.parametrize("arch", synthetic.ARCHS)
 def test_tiny_model_loads_generates_and_chats(cache, arch):
+    llama_cpp = pytest.importorskip("llama_cpp")
     path = synthetic.tiny_model(arch)
     assert path.is_file() and path.parent == cache / "synthetic"
     assert path.stat().st_size < 16 * 2**20
@@ -40,7 +41,7 @@ def test_tiny_model_loads_generates_and_chats(cache, arch):
     try:
         assert llm.metadata["general.architecture"] == arch
         if arch == "qwen35moe":  # DeltaNet + attention layers: llama.cpp builds a hybrid memory
-            assert llm._is_hybrid
+            assert llama_cpp.llama_model_is_hybrid(llm.model)
             assert llm.metadata["qwen35moe.full_attention_interval"] == "4"
 
         tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog.")
@@ -77,6 +78,7 @@ def test_tiny_model_is_cached_by_version(cache):
 
 
 def test_thinking_template_honours_enable_thinking():
+    pytest.importorskip("llama_cpp")
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     fmt = Jinja2ChatFormatter(synthetic.THINKING_CHAT_TEMPLATE, eos_token="<|im_end|>",
