@@ -240,6 +240,45 @@ def add_template_kwargs(llama) -> None:
     llama.chat_handler = handler
 
 
+def stream_errors_as_events(app_module) -> None:
+    """llama_cpp.server starts a streamed answer (HTTP 200) before the model runs, so an error
+    inside it (a prompt longer than the context) just ends the stream: no finish_reason, no
+    message. Send it as an OpenAI-style `{"error": {...}}` event instead, which the openai
+    client raises as APIError (code context_length_exceeded for an overflow). Unknown errors
+    are logged here and reported without the exception text."""
+    from llama_cpp.server.errors import RouteErrorHandler
+
+    original = app_module.get_event_publisher
+
+    def as_event(e: Exception, body) -> dict:
+        for pattern, fmt in RouteErrorHandler.pattern_and_formatters.items():
+            m = pattern.search(str(e))
+            if m:
+                return {"error": fmt(body, m)[1]}
+        traceback.print_exception(e)
+        return {"error": {"message": "the server failed while streaming (see its log)",
+                          "type": "server_error", "param": None, "code": None}}
+
+    async def publisher(request, inner_send_chan, body, body_model, llama_call, kwargs):
+        def call(llama, **kw):
+            try:
+                it = llama_call(llama, **kw)
+            except Exception as e:  # noqa: BLE001
+                return iter([as_event(e, body)])
+
+            def guarded():
+                try:
+                    yield from it
+                except Exception as e:  # noqa: BLE001
+                    yield as_event(e, body)
+            return guarded()
+
+        return await original(request=request, inner_send_chan=inner_send_chan, body=body,
+                              body_model=body_model, llama_call=call, kwargs=kwargs)
+
+    app_module.get_event_publisher = publisher
+
+
 # ---- expert placement hook -------------------------------------------------------------------
 def apply_expert_placement(cfg, status: Status) -> None:
     """Keep the expert tensors of the first cfg.n_cpu_moe layers in system RAM.
@@ -350,6 +389,7 @@ def main() -> int:
     proxy = app_module._llama_proxy
     llama = proxy._current_model
     add_template_kwargs(llama)
+    stream_errors_as_events(app_module)
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     origins = list(spec.get("allowed_origins") or [])
     if origins:

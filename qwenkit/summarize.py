@@ -274,10 +274,18 @@ def read_document(path: str | Path) -> str:
 
 # ---- the requests -------------------------------------------------------------------------------
 def _is_context_error(e: Exception) -> bool:
+    """A 400 context_length_exceeded, or the same error sent inside a stream."""
     import openai
-    return isinstance(e, openai.BadRequestError) and (
-        "context_length_exceeded" in str(e) or "maximum context length" in str(e).lower()
-        or "exceeds" in str(e).lower() and "context" in str(e).lower())
+    if not isinstance(e, openai.APIError):
+        return False
+    if getattr(e, "code", None) == "context_length_exceeded":
+        return True
+    body = getattr(e, "body", None)
+    if isinstance(body, dict) and (body.get("code") == "context_length_exceeded"
+                                   or (body.get("error") or {}).get("code") == "context_length_exceeded"):
+        return True
+    return isinstance(e, openai.BadRequestError) and "context" in str(e).lower() and (
+        "exceed" in str(e).lower() or "maximum" in str(e).lower())
 
 
 class _Runner:
@@ -320,11 +328,16 @@ class _Runner:
         except openai.APIConnectionError as e:
             raise ServerError(f"no server answers at {self.client.base_url} ({e.__cause__ or e})",
                               "start one: python -m qwenkit serve (or qwenkit.server.start(cfg))") from None
-        except openai.APIStatusError as e:
+        except openai.APIError as e:
             if _is_context_error(e):
                 raise
-            raise ServerError(f"the server answered an error ({e.status_code}): {e.message}",
+            status = getattr(e, "status_code", None)
+            raise ServerError(f"the server answered an error{f' ({status})' if status else ''}: {e.message}",
                               "read the server log (ServerProcess.log_tail())") from None
+        if not raw and finish is None:
+            # a stream that ended with nothing: some servers lose an error inside a stream; ask
+            # once more without streaming, which returns the error (or the answer) properly
+            return self._ask_plain(user, max_tokens, role, on_token, t0)
         tail = flt.flush()
         if on_token and tail:
             on_token(tail)
@@ -337,6 +350,32 @@ class _Runner:
                     decode_s=(last - first) if first and last else 0.0, finish_reason=finish)
         self.calls.append(call)
         return strip_thinking(text).strip(), call, first
+
+
+    def _ask_plain(self, user, max_tokens, role, on_token, t0):
+        import openai
+        try:
+            r = self.client.chat.completions.create(
+                model=self.model, temperature=self.temperature, max_tokens=max_tokens,
+                messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}],
+                extra_body=NO_THINKING)
+        except openai.APIError as e:
+            if _is_context_error(e):
+                raise
+            raise ServerError(f"the server answered an error: {e.message}",
+                              "read the server log (ServerProcess.log_tail())") from None
+        end = time.perf_counter()
+        raw = r.choices[0].message.content or "" if r.choices else ""
+        text = strip_thinking(raw).strip()
+        if on_token and text:
+            on_token(text)
+        usage = getattr(r, "usage", None)
+        call = Call(role=role, prompt_tokens=getattr(usage, "prompt_tokens", None) or self.prompt_tokens(user),
+                    completion_tokens=getattr(usage, "completion_tokens", None) or (self.count(raw) if raw else 0),
+                    seconds=end - t0, first_token_s=None, decode_s=0.0,
+                    finish_reason=r.choices[0].finish_reason if r.choices else None)
+        self.calls.append(call)
+        return text, call, end
 
 
 def _template_overhead(client, model, system: str, count) -> int:
@@ -382,9 +421,34 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
     overhead = _template_overhead(client, model, system, count)
     run = _Runner(client, model, system=system, temperature=temperature, count=count,
                   overhead=overhead, on_progress=say)
+    plan_ctx = n_ctx
+    for _attempt in range(5):
+        try:
+            return _summarize_once(text, run, language, plan_ctx, max_tokens, on_token, say, t0)
+        except Exception as e:  # noqa: BLE001
+            if not _is_context_error(e):
+                raise
+            real = _context_from_error(e)
+            smaller = real if real and real < plan_ctx else int(plan_ctx * 0.7)
+            say(f"the server's context is smaller than n_ctx={plan_ctx}: planning for {smaller}")
+            plan_ctx = smaller
+            if plan_ctx < 128:
+                break
+    raise ContextOverflowError(f"the server keeps refusing prompts as too long (n_ctx={n_ctx} given)",
+                               "pass the server's real n_ctx (ServerProcess.n_ctx)")
 
+
+def _context_from_error(e: Exception) -> int | None:
+    m = re.search(r"maximum context length is (\d+)", str(e))
+    return int(m.group(1)) if m else None
+
+
+def _summarize_once(text: str, run: "_Runner", language: str, n_ctx: int, max_tokens: int,
+                    on_token, say, t0: float) -> Summary:
+    count = run.count
+    first_call = len(run.calls)
     answer = min(max_tokens, max(64, n_ctx // 4))          # room kept for each answer
-    fixed = count(system) + overhead + MARGIN
+    fixed = count(run.system) + run.overhead + MARGIN
 
     def budget_for(template: str) -> int:
         return n_ctx - fixed - count(template.format(i=99, n=99, text="")) - answer
@@ -400,39 +464,30 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
             f"({fixed} tokens) and the answer ({answer})", "use a larger n_ctx or a smaller max_tokens")
 
     rounds = 1
-    first_token_at = None
-    final = None
     if count(text) <= whole_budget:
-        spans = [(0, len(text))]
+        budget, spans = whole_budget, [(0, len(text))]
         say("the document fits in one request")
         user = WHOLE_PROMPTS[language].format(text=text.strip())
-        try:
-            final, call, first_token_at = run.ask(user, final_max(user), "whole", on_token)
-            budget = whole_budget
-        except Exception as e:  # noqa: BLE001
-            if not _is_context_error(e):
-                raise
-            # the server's context is smaller than n_ctx said: go on in smaller chunks
-            say("the server's context is smaller than n_ctx: splitting the document")
-            chunk_budget = min(chunk_budget, whole_budget // 2)
-    if final is None:
+        final, _, first_token_at = run.ask(user, final_max(user), "whole", on_token)
+    else:
         budget = chunk_budget
         spans = split_spans(text, chunk_budget, count)
         partials = _map(run, text, spans, language, answer, say)
         final, first_token_at, rounds = _reduce(run, partials, language, chunk_budget, answer,
                                                 final_max, on_token, say)
     end = time.perf_counter()
-    decode_tokens = sum(max(0, c.completion_tokens - 1) for c in run.calls)
-    decode_s = sum(c.decode_s for c in run.calls)
+    calls = run.calls
+    decode_tokens = sum(max(0, c.completion_tokens - 1) for c in calls if c.decode_s > 0)
+    decode_s = sum(c.decode_s for c in calls)
     return Summary(
         text=final, seconds=end - t0,
-        prompt_tokens=sum(c.prompt_tokens for c in run.calls),
-        completion_tokens=sum(c.completion_tokens for c in run.calls),
+        prompt_tokens=sum(c.prompt_tokens for c in calls),
+        completion_tokens=sum(c.completion_tokens for c in calls),
         tok_per_s=decode_tokens / decode_s if decode_s > 0 else 0.0,
         chunks=len(spans), first_token_s=(first_token_at - t0) if first_token_at else None,
-        truncated=any(c.finish_reason == "length" for c in run.calls), rounds=rounds,
+        truncated=any(c.finish_reason == "length" for c in calls[first_call:]), rounds=rounds,
         chunk_budget=budget, chunk_tokens=[count(text[s:e]) for s, e in spans],
-        chunk_spans=spans, calls=run.calls)
+        chunk_spans=spans, calls=calls)
 
 
 def _map(run: _Runner, text: str, spans, language: str, answer: int, say) -> list[str]:
@@ -441,30 +496,8 @@ def _map(run: _Runner, text: str, spans, language: str, answer: int, say) -> lis
     n = len(todo)
     for i, piece in enumerate(todo, 1):
         say(f"summarizing part {i}/{n}")
-        out.extend(_ask_splitting(run, MAP_PROMPTS[language], piece, i, n, answer, "map"))
+        out.append(run.ask(MAP_PROMPTS[language].format(i=i, n=n, text=piece), answer, "map")[0])
     return out
-
-
-def _ask_splitting(run: _Runner, template: str, piece: str, i: int, n: int, answer: int, role: str) -> list[str]:
-    """Ask; if the server still says the context is exceeded, halve the piece and try again."""
-    try:
-        text, _, _ = run.ask(template.format(i=i, n=n, text=piece), answer, role)
-        return [text]
-    except Exception as e:  # noqa: BLE001
-        if not _is_context_error(e) or len(piece) < 64:
-            raise
-    cut = _middle_boundary(piece)
-    return (_ask_splitting(run, template, piece[:cut], i, n, answer, role)
-            + _ask_splitting(run, template, piece[cut:], i, n, answer, role))
-
-
-def _middle_boundary(piece: str) -> int:
-    mid = len(piece) // 2
-    best = None
-    for m in _SENT.finditer(piece):
-        if best is None or abs(m.end() - mid) < abs(best - mid):
-            best = m.end()
-    return best if best and 0 < best < len(piece) else mid
 
 
 def _reduce(run: _Runner, partials: list[str], language: str, chunk_budget: int, answer: int,
@@ -478,19 +511,15 @@ def _reduce(run: _Runner, partials: list[str], language: str, chunk_budget: int,
             rounds += 1
             say(f"combining {len(items)} partial summaries")
             user = template.format(text=joined)
-            try:
-                final, _, first = run.ask(user, final_max(user), "reduce", on_token)
-                return final, first, rounds
-            except Exception as e:  # noqa: BLE001
-                if not _is_context_error(e) or len(items) == 1:
-                    raise
+            final, _, first = run.ask(user, final_max(user), "reduce", on_token)
+            return final, first, rounds
         # too long to combine at once: combine groups, then go round again
         groups = _group(items, chunk_budget, run.count)
         if len(groups) >= len(items):  # no progress possible by grouping: halve instead
             groups = [items[k:k + 2] for k in range(0, len(items), 2)]
         rounds += 1
         say(f"round {rounds}: combining {len(items)} summaries in {len(groups)} groups")
-        items = [t for g in groups for t in _ask_splitting(run, template, _join(g), 1, 1, answer, "reduce")]
+        items = [run.ask(template.format(text=_join(g)), answer, "reduce")[0] for g in groups]
 
 
 def _join(items: Iterable[str]) -> str:

@@ -1,0 +1,166 @@
+"""Summaries: chunking at paragraph / sentence (。 too) / token boundaries, <think> removal,
+bad input, and a document of more than 10 x n_ctx tokens through the real shared server."""
+from __future__ import annotations
+
+import socket
+import sys
+
+import openai
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qwenkit import summarize
+from qwenkit.data import sample_path, sample_text
+from qwenkit.errors import ContextOverflowError, ServerError
+from qwenkit.summarize import DocumentError, ThinkFilter, split_spans, strip_thinking
+
+
+def assert_covers(text: str, spans: list[tuple[int, int]]) -> None:
+    """Consecutive spans from 0 to len(text): every character is in exactly one chunk."""
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    for (a, b), (c, d) in zip(spans, spans[1:]):
+        assert b == c and a < b
+    assert "".join(text[a:b] for a, b in spans) == text
+
+
+# ---- splitting (a character counter stands in for the tokenizer) -----------------------------
+def test_japanese_sentences_split_at_maru():
+    text = "これは一文目です。これは二文目です。これは三文目です。" * 4
+    spans = split_spans(text, 20, len)
+    assert_covers(text, spans)
+    assert all(b - a <= 20 for a, b in spans)
+    assert all(text[b - 1] == "。" for a, b in spans)  # every cut is after 。
+
+
+def test_paragraphs_first_then_sentences_then_tokens():
+    text = "Short para one.\n\nShort para two.\n\n" + "A long sentence without any stop " * 10 + "end."
+    spans = split_spans(text, 40, len)
+    assert_covers(text, spans)
+    assert all(b - a <= 40 for a, b in spans)
+    assert text[:spans[0][1]].rstrip().endswith("two.")  # two paragraphs packed, cut at a paragraph
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="abc 。.\n", min_size=0, max_size=40), min_size=1, max_size=25),
+       st.integers(min_value=8, max_value=60))
+def test_chunks_cover_everything_within_budget(parts, budget):
+    text = "\n\n".join(parts)
+    if not text:
+        return
+    spans = split_spans(text, budget, len)
+    assert_covers(text, spans)
+    assert all(b - a <= budget for a, b in spans)
+
+
+def test_budget_too_small():
+    with pytest.raises(ContextOverflowError):
+        split_spans("abc", 2, len)
+
+
+# ---- thinking ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("raw,clean", [
+    ("<think>plan</think>\n\nAnswer.", "Answer."),
+    ("Answer.", "Answer."),
+    ("<think>\n\n</think>\n\nA <b>x</b>", "A <b>x</b>"),
+    ("<think>never closed", ""),
+])
+def test_think_filter_any_chunking(raw, clean):
+    assert strip_thinking(raw).strip() == clean
+    for size in (1, 2, 3, 5, 100):
+        f = ThinkFilter()
+        out = "".join(f.feed(raw[i:i + size]) for i in range(0, len(raw), size)) + f.flush()
+        assert out.strip() == clean, (size, out)
+
+
+# ---- documents and bad input -------------------------------------------------------------------
+def test_samples_are_bundled():
+    for lang in ("ja", "en"):
+        assert sample_path(lang).is_file() and len(sample_text(lang)) > 3000
+    assert "。" in sample_text("ja")
+    with pytest.raises(ValueError):
+        sample_path("fr")
+
+
+def test_bad_documents(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "bin.dat").write_bytes(b"\x00\x01GGUF" * 10)
+    with pytest.raises(DocumentError, match="empty"):
+        summarize.read_document(tmp_path / "empty.txt")
+    with pytest.raises(DocumentError, match="not a text file"):
+        summarize.read_document(tmp_path / "bin.dat")
+    with pytest.raises(DocumentError, match="does not exist"):
+        summarize.read_document(tmp_path / "missing.txt")
+    (tmp_path / "sjis.txt").write_bytes("日本語の文書です。".encode("cp932"))
+    assert summarize.read_document(tmp_path / "sjis.txt") == "日本語の文書です。"
+    with pytest.raises(DocumentError, match="empty"):
+        summarize.summarize("", None, "m", n_ctx=1024)
+
+
+def test_server_down_is_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=5)
+    with pytest.raises(ServerError, match="no server answers"):
+        summarize.summarize("Some text.", client, "m", n_ctx=1024)
+
+
+# ---- through the real server -------------------------------------------------------------------
+@pytest.mark.slow
+def test_short_document_in_one_request(served):
+    pieces = []
+    s = summarize.summarize(sample_text("en")[:1500], served.client(), served.alias, n_ctx=served.n_ctx,
+                            language="en", max_tokens=32, on_token=pieces.append)
+    assert s.chunks == 1 and s.text and "".join(pieces).strip() == s.text
+    assert s.completion_tokens > 0 and s.prompt_tokens > 300 and s.tok_per_s > 0
+    assert s.first_token_s is not None and s.seconds >= s.first_token_s
+    assert "tok/s" in str(s)
+
+
+@pytest.mark.slow
+def test_long_document_map_reduce_covers_all_within_budget(served):
+    """A document of more than 10 x n_ctx tokens: chunks cover every character, each fits its
+    budget by the model's own tokenizer, and chunk + prompt + answer fits n_ctx."""
+    n_ctx = 512  # the plan's context; the server has 1024, so every request surely fits
+    client = served.client()
+    count = summarize.TokenCounter(client, served.alias)
+    text = sample_text("en") + "\n\n" + sample_text("ja")[:1600]
+    assert count(text) >= 10 * n_ctx
+    progress = []
+    s = summarize.summarize(text, client, served.alias, n_ctx=n_ctx, language="en", max_tokens=32,
+                            on_progress=progress.append)
+    assert s.chunks > 1 and s.rounds >= 2 and s.text
+    assert_covers(text, s.chunk_spans)
+    assert s.chunk_tokens == [count(text[a:b]) for a, b in s.chunk_spans]
+    assert max(s.chunk_tokens) <= s.chunk_budget < n_ctx
+    for c in s.calls:
+        assert c.prompt_tokens + 32 <= n_ctx, c
+    assert any("part" in p for p in progress)
+    assert all(c.completion_tokens <= 34 for c in s.calls)  # retokenized: a token or two of slack
+
+
+@pytest.mark.slow
+def test_context_exceeded_leads_to_smaller_chunks(served):
+    """n_ctx larger than the server's: the 400 context_length_exceeded answers make it split."""
+    text = sample_text("en")[:5000]  # about 1100 tokens, more than the server's 1024
+    s = summarize.summarize(text, served.client(), served.alias, n_ctx=4096, language="en", max_tokens=24)
+    assert s.text and s.chunks > 1
+
+
+@pytest.mark.slow
+def test_cli_summarize_streams_and_prints_stats(served, capsys, tmp_path):
+    from qwenkit.cli import main
+    doc = tmp_path / "doc.txt"
+    doc.write_text(sample_text("en")[:4000], encoding="utf-8")
+    rc = main(["summarize", str(doc), "--url", served.base_url, "--ctx", "512",
+               "--language", "en", "--max-tokens", "24"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "tok/s" in out and "chunks" in out
+
+
+@pytest.mark.slow
+def test_summary_of_thinking_model_has_no_think_block(served_thinking):
+    s = summarize.summarize("The cache holds keys and values. " * 20, served_thinking.client(),
+                            served_thinking.alias, n_ctx=512, language="en", max_tokens=16)
+    assert "<think>" not in s.text and "</think>" not in s.text
