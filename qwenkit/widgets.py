@@ -16,6 +16,7 @@ The panel is plain ipywidgets, so tests drive it without a browser.
 """
 from __future__ import annotations
 
+import gc
 import html
 import io
 import threading
@@ -453,25 +454,22 @@ class TunePanel:
             rec.ok = True
             if self.measure:
                 self._step(0.7, "measuring pp/tg")
-                rec.bench = quick_bench(self.engine.llm, self.n_prompt, self.n_gen)
+                try:
+                    rec.bench = quick_bench(self.engine.llm, self.n_prompt, self.n_gen)
+                except (ValueError, RuntimeError) as e:  # the model is loaded; only the numbers are missing
+                    rec.bench = {}
+                    self.progress_label.value = f"measurement failed: {html.escape(str(e))}"
             rec.rss_loaded = rss_bytes()
             rec.gpu_free_after = gpu_free_bytes() if self.gpu else None
             self._step(1.0, f"done in {time.time() - rec.started:.1f} s")
-        except (QwenkitError, ValueError, RuntimeError, OSError) as e:
+        except (QwenkitError, ValueError, RuntimeError, OSError, MemoryError) as e:
             rec.ok = False
             rec.error = getattr(e, "problem", None) or f"{type(e).__name__}: {e}"
-            rec.fix = getattr(e, "fix", None)
-            rec.rss_loaded = rss_bytes()
+            rec.fix = getattr(e, "fix", None) or _fix_for(e)
             self._step(1.0, "<span style='color:#b00020'>load failed</span>")
-            if self.restore and previous is not None and not self.engine.loaded:
-                self._step(0.5, "load failed: loading the previous config again")
-                try:
-                    self.engine.load(previous)
-                    rec.restored = previous
-                except (QwenkitError, ValueError, RuntimeError, OSError):
-                    pass
-                self._step(1.0, "<span style='color:#b00020'>load failed</span>")
         finally:
+            if not rec.ok:
+                self._after_failure(rec, previous)
             self._busy = False
             self.history.append(rec)
             self.last = rec
@@ -480,6 +478,22 @@ class TunePanel:
             self._show_history()
             self._refresh_pending()
         return rec
+
+    def _after_failure(self, rec: Relaunch, previous: RunConfig | None) -> None:
+        """After a failed load: free what the half-built model held (the exception's traceback
+        kept it alive), then load the previous config again when `restore` is on."""
+        if rec.error is None:
+            rec.error = "interrupted"
+        gc.collect()
+        rec.rss_loaded = rss_bytes()
+        if self.restore and previous is not None and not self.engine.loaded:
+            self._step(0.5, "load failed: loading the previous config again")
+            try:
+                self.engine.load(previous)
+                rec.restored = previous
+            except (QwenkitError, ValueError, RuntimeError, OSError, MemoryError):
+                gc.collect()
+            self._step(1.0, "<span style='color:#b00020'>load failed</span>")
 
     def _step(self, frac: float | None, text: str) -> None:
         if frac is not None:
@@ -651,6 +665,13 @@ class TunePanel:
             out.append(w)
             todo.extend(getattr(w, "children", ()))
         return out
+
+
+def _fix_for(e: BaseException) -> str | None:
+    from qwenkit.llamalog import fix_for
+    if isinstance(e, MemoryError):
+        return fix_for("out of memory")
+    return fix_for(str(e))
 
 
 class _Ticker:
