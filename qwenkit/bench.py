@@ -452,8 +452,7 @@ def llama_bench_args(cfg: RunConfig) -> list[str]:
     sizes its context to p + n + d)."""
     return ["-t", str(cfg.n_threads), "-ngl", str(999 if cfg.n_gpu_layers < 0 else cfg.n_gpu_layers),
             "-fa", "1" if cfg.flash_attn else "0", "-ctk", cfg.type_k, "-ctv", cfg.type_v,
-            "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch), "-ncmoe", str(cfg.n_cpu_moe),
-            "-mmp", "1" if cfg.use_mmap else "0"]
+            "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch), "-ncmoe", str(cfg.n_cpu_moe)]
 
 
 def run_llama_bench(cfg: RunConfig, p: int = 512, n: int = 128, r: int = 5, d: int = 0,

@@ -208,7 +208,7 @@ class TunePanel:
     def __init__(self, model: str | Path | None = None, *, base: RunConfig | None = None,
                  n_ctx: int | None = None, engine: Engine | None = None, measure: bool = True,
                  n_prompt: int = 64, n_gen: int = 16, save_path: str | Path = DEFAULT_SAVE_PATH,
-                 restore: bool = True, gpu: bool | None = None):
+                 restore: bool = True, gpu: bool | None = None, n_threads: int | None = None):
         import ipywidgets as W
         from qwenkit.gguf_info import read_model_info
 
@@ -220,6 +220,8 @@ class TunePanel:
         elif model is not None:
             base = base.replace(model=str(model))
         base = base.replace(model=str(Path(base.model).resolve()))
+        if n_threads:
+            base = base.replace(n_threads=int(n_threads))
         self.info = read_model_info(base.model)
         self.gpu = gpu_offload_build() if gpu is None else bool(gpu)
         self.engine = engine or Engine()
@@ -747,7 +749,7 @@ def history_png(history: list[Relaunch]) -> bytes:
 def tune_panel(model: str | Path | None = None, **kw: Any) -> TunePanel:
     """The tuning panel for `model` (default: the small default model). Keyword arguments:
     base (a RunConfig for the settings the panel has no control for), n_ctx (the starting
-    stop), engine (an Engine to reuse), measure / n_prompt / n_gen (the pp/tg measurement),
+    stop), n_threads (llama.cpp threads; default all cores), engine (an Engine to reuse), measure / n_prompt / n_gen (the pp/tg measurement),
     save_path, restore (load the previous config again after a failed load), gpu (plan for
     a GPU build; default: what this llama-cpp-python was built with). Nothing loads until
     Relaunch is pressed (or `relaunch_button.click()` is called)."""

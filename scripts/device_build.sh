@@ -13,7 +13,7 @@ cd /tmp/src/llama_cpp_python-0.3.36
 start=$(date +%s)
 CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAVA_BUILD=OFF" \
 CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-  python3 -m pip install -q --no-build-isolation --no-deps --no-cache-dir -C build-dir="$BUILD" . > /tmp/llbuild.log 2>&1 \
+  python3 -m pip install -v --no-build-isolation --no-deps --no-cache-dir -C build-dir="$BUILD" . > /tmp/llbuild.log 2>&1 \
   || { tail -50 /tmp/llbuild.log; exit 1; }
 echo "[device_build] CUDA sm_$ARCH build in $(( $(date +%s) - start )) s; tools: $(ls "$BUILD/bin" | tr '\n' ' ')"
 grep -o "FlashAttention K-V type combinations:.*" /tmp/llbuild.log | head -1 || true

@@ -24,6 +24,7 @@ N_CTX_NEXT = 2048          # the second setting the notebook tries from code
 TYPE_K_NEXT = "q8_0"       # ... with this K cache type
 N_PROMPT = 32              # tokens in the short prefill (pp) measurement after each relaunch
 N_GEN = 8                  # tokens in the short decode (tg) measurement
+N_THREADS = None           # llama.cpp threads; None: all cores
 SAVE_PATH = "tuned.json"   # where Save writes the config
 """),
 ("md", """
@@ -39,7 +40,8 @@ is refused with the reason before anything is closed.
 ("code", """
 from qwenkit import widgets
 
-panel = widgets.tune_panel(MODEL_PATH, n_ctx=N_CTX, n_prompt=N_PROMPT, n_gen=N_GEN, save_path=SAVE_PATH)
+panel = widgets.tune_panel(MODEL_PATH, n_ctx=N_CTX, n_threads=N_THREADS, n_prompt=N_PROMPT, n_gen=N_GEN,
+                           save_path=SAVE_PATH)
 panel
 """),
 ("md", """
