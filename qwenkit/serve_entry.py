@@ -279,6 +279,17 @@ def stream_errors_as_events(app_module) -> None:
     app_module.get_event_publisher = publisher
 
 
+def install_fast_path(llama, status: Status) -> None:
+    """qwenkit.fastgen's lean completion path (llama.cpp's decode and sampler with O(1) Python
+    work per token; requests it does not support fall back to llama-cpp-python's own)."""
+    try:
+        from qwenkit import fastgen
+        fastgen.install(llama)
+        status.write("loading", fastgen="on")
+    except Exception as e:  # noqa: BLE001 - the stock path still works
+        status.write("loading", fastgen=f"not installed: {e}")
+
+
 # ---- expert placement hook -------------------------------------------------------------------
 def apply_expert_placement(cfg, status: Status) -> None:
     """Keep the expert tensors of the first cfg.n_cpu_moe layers in system RAM.
@@ -390,6 +401,8 @@ def main() -> int:
     llama = proxy._current_model
     add_template_kwargs(llama)
     stream_errors_as_events(app_module)
+    if spec.get("fastgen", True):
+        install_fast_path(llama, status)
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
     origins = list(spec.get("allowed_origins") or [])
     if origins:

@@ -255,7 +255,7 @@ def _stop_all() -> None:
 def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_PORT,
           api_key: str | None = None, allow_remote: bool = False, log_path: str | os.PathLike | None = None,
           ready_timeout: float = 120, *, background: bool = False, allowed_origins: list[str] | None = None,
-          access_log: bool = True) -> ServerProcess:
+          access_log: bool = True, fastgen: bool = True) -> ServerProcess:
     """Start the server for `cfg` and wait until GET /v1/models answers.
 
     host: 127.0.0.1 by default; anything else needs allow_remote=True and an api_key.
@@ -263,6 +263,7 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
         before the model loads.
     log_path: the server's log (llama.cpp's messages included); default in the kit's cache folder.
     background: the server outlives this Python process (`qwenkit serve --status/--stop`).
+    fastgen: serve completions through qwenkit.fastgen's lean decode loop (False: llama-cpp-python's).
     Raises ServerError with the log's last lines when the process dies or never answers;
     nothing is left running then.
     """
@@ -308,7 +309,7 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
         "config": cfg.to_dict(), "host": host, "port": port, "api_key": api_key,
         "allow_remote": bool(allow_remote), "status_path": str(status_path),
         "parent_pid": None if background else os.getpid(),
-        "allowed_origins": list(allowed_origins or []), "access_log": access_log,
+        "allowed_origins": list(allowed_origins or []), "access_log": access_log, "fastgen": bool(fastgen),
     }
     log = open(log_path, "ab")
     try:

@@ -63,6 +63,7 @@ def test_recipe_client_plain_and_streamed(served):
     """The recipe's client, as written: any api_key string, model qwen3.5-35b."""
     assert served.base_url.startswith("http://127.0.0.1:") and served.base_url.endswith("/v1")
     assert listening_addresses(served.port) == {"127.0.0.1"}
+    assert served.status().get("fastgen") == "on"  # the kit's lean decode loop serves it
     client = openai.OpenAI(base_url=served.base_url, api_key="anything", timeout=60, max_retries=0)
     assert [m.id for m in client.models.list().data] == ["qwen3.5-35b"]
     r = client.chat.completions.create(model="qwen3.5-35b", max_tokens=16, temperature=0,
