@@ -315,15 +315,15 @@ class TunePanel:
         return f"<TunePanel {self.describe_live()}>"
 
     # ---- the pending config ------------------------------------------------------------------------
-    def set(self, **values: Any) -> "TunePanel":
-        """Set controls from code (names as in `controls`); the plan updates, nothing reloads."""
+    def set(self, **values: Any) -> None:
+        """Set controls from code (names as in `controls`); the plan updates, nothing reloads.
+        Returns None, so a notebook cell ending in `panel.set(...)` does not show a second panel."""
         unknown = set(values) - set(self.controls)
         if unknown:
             raise ConfigError(f"the panel has no control(s) {', '.join(sorted(unknown))}",
                               f"controls: {', '.join(self.controls)}")
         for k, v in values.items():
             self.controls[k].value = v
-        return self
 
     def pending_config(self) -> RunConfig:
         """The RunConfig the controls describe; raises ConfigError (problem + fix) when invalid."""
@@ -636,9 +636,8 @@ class TunePanel:
         cfg = self.pending_config()
         p = Path(path or self.save_path.value).expanduser()
         out = cfg.save(p)
-        live = " (the live config)" if self.engine.cfg == cfg else " (not the live config: relaunch to measure it)"
-        self.save_html.value = (f"<div>saved {html.escape(str(out))}{live}; serve it with "
-                                f"<code>python -m qwenkit serve --config {html.escape(str(out))}</code></div>")
+        self.save_html.value = (f"<div>saved {html.escape(str(out))} ({html.escape(cfg.summary())}); serve it "
+                                f"with <code>python -m qwenkit serve --config {html.escape(str(out))}</code></div>")
         return out
 
     def _save_clicked(self) -> None:

@@ -75,6 +75,10 @@ def widgets_jupyterlab(tmp_path):
     home = tmp_path / "jhome"
     for d in ("config", "runtime", "settings", "workspaces"):
         (home / d).mkdir(parents=True)
+    # no "get notified about Jupyter news?" toast over the panel (nothing would be fetched anyway)
+    note = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    note.parent.mkdir(parents=True)
+    note.write_text('{"fetchNews": "false", "checkForUpdates": false}\n')
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ)
     env.update(JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),
