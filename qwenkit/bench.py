@@ -259,11 +259,12 @@ def loaded(cfg_or_llm, n_ctx_min: int = 0):
 
 
 def bench(cfg_or_llm, p: int = 512, n: int = 128, r: int = 5, d: int = 0, path: str = "kit",
-          warmup: bool = True, seed: int = 1234) -> list[BenchResult]:
+          warmup: bool = True, seed: int = 1234, config: RunConfig | None = None) -> list[BenchResult]:
     """pp{p} and tg{n} (each at depth d) on one path, as llama-bench measures them.
 
     cfg_or_llm: a RunConfig (the model is loaded with n_ctx >= p + n + d, then closed) or a
-    loaded Llama. p=0 or n=0 skips that test. Returns [pp, tg] (those that ran)."""
+    loaded Llama (then `config`, if given, is what the results record). p=0 or n=0 skips that
+    test. Returns [pp, tg] (those that ran)."""
     if path not in PATHS:
         raise BenchError(f"unknown path {path!r}", f"use one of {', '.join(PATHS)}")
     out = []
@@ -272,6 +273,7 @@ def bench(cfg_or_llm, p: int = 512, n: int = 128, r: int = 5, d: int = 0, path: 
             raise BenchError(f"the context holds {llm.n_ctx()} tokens; this test needs {p + n + d}",
                              f"load with n_ctx >= {p + n + d}")
         run = _Runner(llm, seed)
+        cfg = cfg or config
         conf = config_fields(cfg) if cfg else {"n_threads": llm.n_threads, "model": Path(llm.model_path).name}
         for n_p, n_g in ((p, 0), (0, n)):
             if not (n_p or n_g):
@@ -455,13 +457,26 @@ def llama_bench_args(cfg: RunConfig) -> list[str]:
             "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch), "-ncmoe", str(cfg.n_cpu_moe)]
 
 
-def run_llama_bench(cfg: RunConfig, p: int = 512, n: int = 128, r: int = 5, d: int = 0,
-                    bin_dir: Path | None = None, extra_args: Sequence[str] = (),
+def _csv(x) -> str:
+    return ",".join(str(v) for v in x) if isinstance(x, (list, tuple)) else str(x)
+
+
+def run_llama_bench(cfg: RunConfig, p: int | Sequence[int] = 512, n: int | Sequence[int] = 128, r: int = 5,
+                    d: int | Sequence[int] = 0, bin_dir: Path | None = None, extra_args: Sequence[str] = (),
                     env: dict | None = None, timeout: float = 1800) -> list[BenchResult]:
-    """Run llama-bench for cfg's model and settings; its JSON output as BenchResults."""
+    """Run llama-bench for cfg's model and settings; its JSON output as BenchResults.
+    p, n, d take one value or a list (llama-bench runs each; p=0 or n=0 skips that test).
+    extra_args may override a setting (e.g. ["-ub", "256,1024"]): each result's config is
+    read back from llama-bench's own report."""
     exe = _tool("llama-bench", bin_dir)
-    args = [str(exe), "-m", cfg.model, "-p", str(p), "-n", str(n), "-r", str(r), "-d", str(d),
-            *llama_bench_args(cfg), "-o", "json", *extra_args]
+    base = llama_bench_args(cfg)
+    over = {a for a in extra_args if a.startswith("-")}
+    kept = []
+    for i in range(0, len(base), 2):  # a flag given in extra_args replaces the RunConfig's
+        if base[i] not in over:
+            kept += base[i:i + 2]
+    args = [str(exe), "-m", cfg.model, "-p", _csv(p), "-n", _csv(n), "-r", str(r), "-d", _csv(d),
+            *kept, "-o", "json", *extra_args]
     e = _tool_env(exe.parent)
     e.update(env or {})
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=e)
@@ -473,8 +488,17 @@ def run_llama_bench(cfg: RunConfig, p: int = 512, n: int = 128, r: int = 5, d: i
     out = []
     for t in data:
         npmt, ngen, ndep = int(t["n_prompt"]), int(t["n_gen"]), int(t.get("n_depth", 0))
+        c = dict(conf)
+        for k in ("n_batch", "n_ubatch", "n_threads", "type_k", "type_v", "n_gpu_layers", "n_cpu_moe"):
+            if k in t:
+                c[k] = t[k]
+        if "flash_attn" in t:
+            fa = t["flash_attn"]
+            c["flash_attn"] = fa if isinstance(fa, bool) else str(fa).lower() in ("1", "true", "on", "enabled")
+        if c.get("n_gpu_layers") == 999 and cfg.n_gpu_layers < 0:
+            c["n_gpu_layers"] = cfg.n_gpu_layers
         out.append(BenchResult(test_name(npmt, ngen, ndep), "llama-bench", npmt, ngen, ndep,
-                               [float(x) for x in t["samples_ts"]], dict(conf),
+                               [float(x) for x in t["samples_ts"]], c,
                                {"build_commit": t.get("build_commit"), "backends": t.get("backends"),
                                 "cpu_info": t.get("cpu_info"), "gpu_info": t.get("gpu_info"),
                                 "model_type": t.get("model_type"), "model_size": t.get("model_size")}))

@@ -1,0 +1,160 @@
+"""Write benchmarks/RESULTS.md from the committed JSON files in benchmarks/results/.
+
+    python benchmarks/results_md.py            # rewrite RESULTS.md
+    python benchmarks/results_md.py --check    # exit 1 when RESULTS.md differs from the JSON
+
+RESULTS.md is generated, never edited by hand: tests/test_results_md.py fails when the two
+disagree. Each JSON file holds `meta` (machine, CPU, GPU, date, commit, model, load),
+`results` (qwenkit.bench.BenchResult dicts), and optionally `comparisons` (figure / baseline /
+ratio rows), `quality` (qwenkit.quality.KVQuality dicts) and `speed` (KV label -> ratios).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+OUT = HERE / "RESULTS.md"
+
+# files in this order first, then the rest alphabetically
+ORDER = ("cpu_compare.json", "kv_quality.json", "gpu_suite.json")
+TITLES = {
+    "cpu_compare": "2-core CPU: the kit vs llama-bench and llama-server",
+    "kv_quality": "KV cache types: memory saved, quality cost, decode speed cost",
+    "gpu_suite": "GPU: the kit vs llama-bench and llama-server, flags, KV types",
+}
+
+
+def _md(head, rows) -> str:
+    w = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(n) for c, n in zip(cells, w)) + " |"  # noqa: E731
+    return "\n".join([line(head), "| " + " | ".join("-" * n for n in w) + " |", *[line(r) for r in rows]])
+
+
+def _rate(mean, sd, n) -> str:
+    if not n:
+        return "-"
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def _meta_lines(meta: dict) -> list[str]:
+    out = []
+    def add(label, value):
+        if value not in (None, "", [], {}):
+            out.append(f"- {label}: {value}")
+    add("date", meta.get("date"))
+    add("commit", meta.get("commit"))
+    add("machine", f"{meta.get('cpu', '?')}, {meta.get('cpu_count', '?')} cores"
+        + (f"; host {meta['hostname']}" if meta.get("hostname") else ""))
+    add("GPU", meta.get("gpu") or "none")
+    add("model", meta.get("model"))
+    add("llama-cpp-python", meta.get("llama_cpp_python"))
+    tb = meta.get("tools_build")
+    if tb:
+        add("llama.cpp tools", f"{meta.get('tools')} (built with `{tb[1] if len(tb) > 1 else tb}`)")
+    elif meta.get("tools"):
+        add("llama.cpp tools", meta.get("tools"))
+    if meta.get("threads"):
+        add("threads", meta["threads"])
+    if meta.get("reps"):
+        add("repetitions", f"{meta['reps']} (interleaved rounds)" if meta.get("load") else meta["reps"])
+    loads = meta.get("load") or []
+    if loads:
+        vals = [x for l in loads for x in (l["before"][0], l["after"][0])]
+        add("load average (1 min) during the run", f"{min(vals):.2f} - {max(vals):.2f}")
+    if meta.get("wall_s"):
+        add("wall time", f"{meta['wall_s']} s")
+    for n in meta.get("notes", []):
+        out.append(f"- note: {n}")
+    return out
+
+
+def _results_table(results: list[dict]) -> str:
+    keys = ("type_k", "type_v", "flash_attn", "n_gpu_layers", "n_threads", "n_ubatch", "n_ctx")
+    vary = [k for k in keys if len({json.dumps(r.get("config", {}).get(k)) for r in results}) > 1]
+    has_setting = any(r.get("extra", {}).get("setting") for r in results)
+    head = ["path", "test", *(["setting"] if has_setting else []), *vary, "t/s (mean ± sd)", "reps"]
+    rows = []
+    for r in results:
+        rows.append([r["path"], r["test"], *([r.get("extra", {}).get("setting", "")] if has_setting else []),
+                     *[str(r.get("config", {}).get(k, "")) for k in vary],
+                     _rate(r.get("mean", 0), r.get("sd", 0), len(r.get("rates", []))), str(len(r.get("rates", [])))])
+    return _md(head, rows)
+
+
+def _comparisons_table(comps: list[dict]) -> str:
+    rows = [[c["figure"], _rate(c["value"], c["sd"], c.get("reps", 1)),
+             f"{c['baseline_path']} {c['baseline_test']}", _rate(c["baseline"], c["baseline_sd"], c.get("baseline_reps", 1)),
+             f"{c['ratio']:.3f}"] for c in comps]
+    return _md(["figure", "t/s", "baseline (same run)", "baseline t/s", "ratio"], rows)
+
+
+def _quality_table(rows: list[dict], speed: dict | None) -> str:
+    base = next((r for r in rows if r["type_k"] == "f16" and r["type_v"] == "f16"), None)
+    skeys = sorted({k for v in (speed or {}).values() for k in v})
+    head = ["KV K/V", "KV bytes/token", "saved vs f16", "PPL", "ln(PPL/PPL_f16)", "mean KLD", "KLD p99",
+            "same top token", *skeys]
+    out = []
+    for r in rows:
+        kb = r.get("kv_bytes_per_token")
+        saved = f"{1 - kb / base['kv_bytes_per_token']:.0%}" if kb and base and base.get("kv_bytes_per_token") else ""
+        sp = (speed or {}).get(r["label"], {})
+        out.append([r["label"], f"{kb:,.0f}" if kb else "", saved, f"{r['ppl']:.4f} ± {r['ppl_unc']:.4f}",
+                    f"{r['ln_ppl_ratio']:+.5f}", f"{r['kld_mean']:.6f} ± {r['kld_unc']:.6f}", f"{r['kld_p99']:.5f}",
+                    f"{r['same_top']:.2%}", *[(f"{sp[k]:.3f}" if isinstance(sp.get(k), (int, float)) else str(sp.get(k, "")))
+                                               for k in skeys]])
+    return _md(head, out)
+
+
+def files() -> list[Path]:
+    all_ = sorted(RESULTS.glob("*.json"))
+    first = [RESULTS / n for n in ORDER if (RESULTS / n).is_file()]
+    return first + [p for p in all_ if p not in first]
+
+
+def render() -> str:
+    parts = ["# Benchmark results", "",
+             "Generated by `python benchmarks/results_md.py` from the JSON files in `benchmarks/results/`;",
+             "do not edit by hand (`tests/test_results_md.py` checks that the two agree). Every ratio",
+             "compares two figures measured in the same run, on the same model, build and flags.", ""]
+    for f in files():
+        doc = json.loads(f.read_text())
+        meta = doc.get("meta", {})
+        parts += [f"## {TITLES.get(f.stem, f.stem)}", "", f"Source: `benchmarks/results/{f.name}`", ""]
+        parts += _meta_lines(meta) + [""]
+        if doc.get("comparisons"):
+            parts += ["### Figures and their baselines", "", _comparisons_table(doc["comparisons"]), ""]
+        if doc.get("quality"):
+            parts += ["### Quality and cost per KV type", "", _quality_table(doc["quality"], doc.get("speed")), ""]
+            if doc.get("speed_note"):
+                parts += [doc["speed_note"], ""]
+        if doc.get("stages"):
+            st = ", ".join(f"{k}: {v.get('status')}" + (f" ({v.get('seconds')} s)" if v.get("seconds") else "")
+                           for k, v in doc["stages"].items() if isinstance(v, dict))
+            parts += [f"Stages: {st}", ""]
+        if doc.get("results"):
+            parts += ["### All measurements", "", _results_table(doc["results"]), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args(argv)
+    text = render()
+    if a.check:
+        cur = OUT.read_text() if OUT.is_file() else ""
+        if cur != text:
+            print("benchmarks/RESULTS.md is out of date: run python benchmarks/results_md.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""benchmarks/RESULTS.md is generated from the committed JSON: the two must agree, and every
+JSON must say where it came from (machine, date, commit, model) and keep its ratios honest."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _gen():
+    spec = importlib.util.spec_from_file_location("results_md", ROOT / "benchmarks" / "results_md.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["results_md"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_results_md_matches_the_json():
+    md = ROOT / "benchmarks" / "RESULTS.md"
+    assert md.is_file(), "benchmarks/RESULTS.md is missing: run python benchmarks/results_md.py"
+    assert md.read_text() == _gen().render(), \
+        "benchmarks/RESULTS.md disagrees with benchmarks/results/*.json: run python benchmarks/results_md.py"
+
+
+JSONS = sorted(RESULTS.glob("*.json"))
+
+
+def test_there_are_results():
+    assert JSONS, "no committed benchmark results"
+    assert (RESULTS / "cpu_compare.json").is_file()
+
+
+@pytest.mark.parametrize("path", JSONS, ids=lambda p: p.name)
+def test_result_file_says_where_it_came_from(path):
+    doc = json.loads(path.read_text())
+    meta = doc["meta"]
+    for k in ("date", "commit", "model", "cpu"):
+        assert meta.get(k), f"{path.name}: meta.{k} missing"
+    assert "gpu" in meta
+    for r in doc.get("results", []):
+        rates = r["rates"]
+        if rates:
+            assert r["mean"] == pytest.approx(sum(rates) / len(rates))
+    for c in doc.get("comparisons", []):
+        assert c["ratio"] == pytest.approx(c["value"] / c["baseline"])
+
+
+def test_render_is_deterministic():
+    g = _gen()
+    assert g.render() == g.render()
