@@ -394,8 +394,11 @@ class TunePanel:
             f"<td style='text-align:right'>{_mib(r.gpu)}</td><td style='text-align:right'>{_mib(r.cpu)}</td></tr>"
             for r in p.rows)
         verdicts = []
-        if self.gpu:
-            room = (fm["gpu_free"] or 0) + fm["gpu_held"]
+        if self.gpu and fm["gpu_free"] is None:
+            verdicts.append(f"<span style='color:#8a5a00'>GPU: plan {_mib(p.gpu_total)} MiB; llama.cpp sees no GPU "
+                            "here, so its free memory is unknown</span>")
+        elif self.gpu:
+            room = fm["gpu_free"] + fm["gpu_held"]
             ok = p.gpu_total <= room
             verdicts.append(f"<span style='color:{'#137333' if ok else '#b00020'}'>GPU: plan {_mib(p.gpu_total)} MiB "
                             f"vs {_mib(fm['gpu_free'])} MiB free + {_mib(fm['gpu_held'])} MiB held by the live "

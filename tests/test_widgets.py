@@ -80,6 +80,7 @@ def test_relaunch_changes_the_live_model(widgets_panel):
     assert rec.allocated_total == pytest.approx(rec.estimate_total, rel=0.10)
     assert rec.allocated["KV cache"][1] == pytest.approx(rec.estimate["KV cache"][1], rel=0.01)
     assert rec.bench["pp_tok_s"] > 0 and rec.bench["tg_tok_s"] > 0
+    assert p.progress.value == 1.0 and "done" in p.progress_label.value   # the progress indicator ran
     result = _text(p.result_html.value)
     assert "load" in result and "pp" in result and "tg" in result and "llama.cpp" in result
     assert rec.freed > 0                                      # closing the old model gave memory back
@@ -106,6 +107,18 @@ def test_invalid_choice_is_refused_with_its_reason(widgets_panel):
         p.save()                                               # nor saved
     p.set(flash_attn=True)
     assert not p.relaunch_button.disabled
+
+
+def test_plan_for_a_gpu_build_splits_gpu_and_ram(widgets_panel):
+    """Planning for a CUDA build (forced here; CI has no GPU): layers and KV on the GPU, the
+    input layer in RAM, and an honest word where no GPU reports its free memory."""
+    p = widgets_panel(gpu=True, n_ctx=2048)
+    plan = p.plan()
+    assert plan.gpu and plan.kv_k[0] > 0 and plan.weights_cpu > 0
+    text = _text(p.plan_html.value)
+    assert "GPU: plan" in text and "CUDA context" in text
+    p.set(n_gpu_layers=0)
+    assert p.plan().weights_gpu < plan.weights_gpu           # fewer layers on the card
 
 
 def test_unmatched_pair_carries_its_measured_note(widgets_panel):
