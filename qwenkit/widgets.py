@@ -16,22 +16,24 @@ The panel is plain ipywidgets, so tests drive it without a browser.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import html
 import io
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qwenkit.config import KV_TYPES, RunConfig
 from qwenkit.engine import Engine, gpu_free_bytes, rss_bytes
-from qwenkit.errors import ConfigError, ModelLoadError, QwenkitError
+from qwenkit.errors import ConfigError, QwenkitError
 
 MiB = 1024 * 1024
 MIN_CTX = 256          # llama.cpp pads the KV cache to 256 cells: smaller sizes buy nothing
-DEFAULT_SAVE_PATH = "tuned.json"
+DEFAULT_SAVE_NAME = "tuned.json"   # in the kit's cache folder unless a save_path is given
 PROMPT_TEXT = (b"The quick brown fox jumps over the lazy dog. A journey of a thousand miles "
                b"begins with a single step. ")
 
@@ -80,7 +82,7 @@ def _split(buffers: dict[str, float]) -> tuple[int, int]:
     return round(gpu * MiB), round(ram * MiB)
 
 
-def _mib(n: int | float | None) -> str:
+def _mib(n: float | None) -> str:
     return "-" if n is None else f"{n / MiB:,.1f}"
 
 
@@ -207,9 +209,10 @@ class TunePanel:
 
     def __init__(self, model: str | Path | None = None, *, base: RunConfig | None = None,
                  n_ctx: int | None = None, engine: Engine | None = None, measure: bool = True,
-                 n_prompt: int = 64, n_gen: int = 16, save_path: str | Path = DEFAULT_SAVE_PATH,
+                 n_prompt: int = 64, n_gen: int = 16, save_path: str | Path | None = None,
                  restore: bool = True, gpu: bool | None = None, n_threads: int | None = None):
         import ipywidgets as W
+
         from qwenkit.gguf_info import read_model_info
 
         if base is None:
@@ -274,6 +277,9 @@ class TunePanel:
         self.result_html = W.HTML()
         self.history_html = W.HTML()
         self.plot = W.Image(format="png", layout=W.Layout(max_width="900px"))
+        if save_path is None:
+            from qwenkit.models import cache_dir
+            save_path = cache_dir() / "configs" / DEFAULT_SAVE_NAME
         self.save_path = W.Text(value=str(save_path), description="config file", style=style,
                                 layout=W.Layout(width="420px"))
         self.save_button = W.Button(description="Save", icon="save",
@@ -449,8 +455,8 @@ class TunePanel:
                 rec.estimate = estimated(p)
                 if self.gpu:
                     rec.estimate_extra = {"CUDA context (estimate)": p.runtime}
-            except Exception:  # noqa: BLE001 - the plan is informative, the load decides
-                pass
+            except Exception as e:  # noqa: BLE001 - the plan is informative, the load decides
+                self.progress_label.value = f"no estimate: {html.escape(str(e))}"
             self._step(0.15, "loading")
             with _Ticker(lambda s: self._step(None, f"loading… {s:.1f} s")):
                 self.engine.load(cfg)
@@ -610,10 +616,10 @@ class TunePanel:
             return "no relaunches yet"
         cols = ["#", "n_ctx", "live n_ctx", "K/V", "flash_attn", "n_gpu_layers", "n_cpu_moe", "load s",
                 "estimate MiB", "llama.cpp MiB", "pp tok/s", "tg tok/s", "RSS MiB", "result"]
-        fmt = lambda v: "-" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))  # noqa: E731
+        fmt = lambda v: "-" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))
         cells = [[fmt(r[c]) for c in cols] for r in rows]
         widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
-        line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))  # noqa: E731
+        line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))
         return "\n".join([line(cols)] + [line(x) for x in cells])
 
     def _show_history(self) -> None:
@@ -622,7 +628,7 @@ class TunePanel:
             self.history_html.value = ""
             return
         cols = list(rows[0])
-        fmt = lambda v: "-" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))  # noqa: E731
+        fmt = lambda v: "-" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))
         body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r[c]))}</td>" for c in cols) + "</tr>"
                        for r in rows[-50:])
         self.history_html.value = ("<details open><summary><b>history</b> (one row per relaunch)</summary>"
@@ -690,18 +696,16 @@ class _Ticker:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            try:
+            with contextlib.suppress(Exception):   # display only
                 self.fn(time.perf_counter() - self._t0)
-            except Exception:  # noqa: BLE001 - display only
-                pass
 
-    def __enter__(self) -> "_Ticker":
+    def __enter__(self) -> _Ticker:  # noqa: PYI034 - private, never subclassed
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True, name="qwenkit-load-ticker")
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2)
@@ -750,13 +754,25 @@ def history_png(history: list[Relaunch]) -> bytes:
 
 def tune_panel(model: str | Path | None = None, **kw: Any) -> TunePanel:
     """The tuning panel for `model` (default: the small default model). Keyword arguments:
-    base (a RunConfig for the settings the panel has no control for), n_ctx (the starting
-    stop), n_threads (llama.cpp threads; default all cores), engine (an Engine to reuse), measure / n_prompt / n_gen (the pp/tg measurement),
-    save_path, restore (load the previous config again after a failed load), gpu (plan for
-    a GPU build; default: what this llama-cpp-python was built with). Nothing loads until
-    Relaunch is pressed (or `relaunch_button.click()` is called)."""
+    base: a RunConfig for the settings the panel has no control for;
+    n_ctx: the starting stop of the slider; n_threads: llama.cpp threads (default all cores);
+    engine: an Engine to reuse; measure / n_prompt / n_gen: the pp/tg measurement;
+    save_path: default tuned.json in the kit's cache folder;
+    restore: load the previous config again after a failed load (default on);
+    gpu: plan for a GPU build (default: what this llama-cpp-python was built with).
+    Nothing loads until Relaunch is pressed (or `relaunch_button.click()` is called)."""
     return TunePanel(model, **kw)
 
 
-__all__ = ["TunePanel", "Relaunch", "tune_panel", "quick_bench", "ctx_options", "allocated", "estimated",
-           "history_figure", "history_png", "ram_available_bytes"]
+__all__ = [
+    "Relaunch",
+    "TunePanel",
+    "allocated",
+    "ctx_options",
+    "estimated",
+    "history_figure",
+    "history_png",
+    "quick_bench",
+    "ram_available_bytes",
+    "tune_panel",
+]

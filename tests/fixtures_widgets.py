@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def widgets_panel(default_model):
+def widgets_panel(default_model, tmp_path):
     """make(model=None, **kw) -> TunePanel. One llama.cpp thread (the CI machine has 2 cores
     shared with other work; a second spinning thread only adds contention) and a short pp/tg
     measurement. Every panel made is closed (model freed) at teardown."""
@@ -29,7 +29,7 @@ def widgets_panel(default_model):
         base = kw.pop("base", None) or RunConfig(model=str(model or default_model), n_threads=1)
         kw.setdefault("n_prompt", 16)
         kw.setdefault("n_gen", 4)
-        kw.setdefault("save_path", "tuned.json")
+        kw.setdefault("save_path", tmp_path / "tuned.json")
         p = widgets.tune_panel(base=base, **kw)
         made.append(p)
         return p

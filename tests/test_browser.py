@@ -9,6 +9,7 @@ Needs: `apt-get install -y chromium` (scripts/ci_system_deps.sh) and the pip pac
 (CI set), where it fails and says what is missing."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-default-apps", "--disable-extensions", "--mute-audio"]
 # small, quick settings for the copy the browser runs (the 2-core CI machine is shared)
-OVERRIDES = {"N_THREADS": 1, "N_PROMPT": 16, "N_GEN": 4}
+OVERRIDES = {"N_THREADS": 1, "N_PROMPT": 16, "N_GEN": 4, "SAVE_PATH": "tuned.json"}
 
 
 def _need(what: str) -> None:
@@ -114,10 +115,8 @@ def test_tune_panel_in_jupyterlab(tmp_path, widgets_jupyterlab):
                 panel.screenshot(path=str(shot))
             except Exception as e:  # noqa: BLE001 - add what the browser showed, then fail
                 fail = tmp_path / "failure.png"
-                try:
+                with contextlib.suppress(Exception):
                     page.screenshot(path=str(fail))
-                except Exception:  # noqa: BLE001
-                    pass
                 log = info["log"].read_text(errors="replace")[-3000:]
                 pytest.fail(f"browser test failed at step '{step}' after {time.monotonic() - t0:.0f} s: "
                             f"{type(e).__name__}: {str(e)[:1500]}\nscreenshot: {fail}\nJupyterLab log tail:\n{log}")

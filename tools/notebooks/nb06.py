@@ -25,7 +25,7 @@ TYPE_K_NEXT = "q8_0"       # ... with this K cache type
 N_PROMPT = 32              # tokens in the short prefill (pp) measurement after each relaunch
 N_GEN = 8                  # tokens in the short decode (tg) measurement
 N_THREADS = None           # llama.cpp threads; None: all cores
-SAVE_PATH = "tuned.json"   # where Save writes the config
+SAVE_PATH = None           # where Save writes the config; None: tuned.json in the kit's cache folder
 """),
 ("md", """
 ## 1. The panel
