@@ -645,8 +645,8 @@ class TunePanel:
         cfg = self.pending_config()
         p = Path(path or self.save_path.value).expanduser()
         out = cfg.save(p)
-        self.save_html.value = (f"<div>saved {html.escape(str(out))} ({html.escape(cfg.summary())}); serve it "
-                                f"with <code>python -m qwenkit serve --config {html.escape(str(out))}</code></div>")
+        self.save_html.value = (f"<div>saved {html.escape(str(out.resolve()))} ({html.escape(cfg.summary())}); serve it "
+                                f"with <code>python -m qwenkit serve --config {html.escape(str(out.resolve()))}</code></div>")
         return out
 
     def _save_clicked(self) -> None:
