@@ -197,44 +197,52 @@ class LocalModel:
 
 
 # ------------------------------------------------------------------------------ fit
-def fit_verdict(info_or_size: ModelInfo | int, vram_bytes: int, ram_bytes: int | None = None) -> Verdict:
+def fit_verdict(info_or_size: ModelInfo | int, vram_bytes: int, ram_bytes: int | None = None,
+                n_ctx: int = 8192, type_k: str = "f16", type_v: str = "f16") -> Verdict:
     """Does a model fit `vram_bytes` of GPU memory, with `ram_bytes` of system RAM for the
     MoE experts llama.cpp can keep there (--n-cpu-moe)?
 
-    The single place a fit is decided before download: an estimate from the file size
-    (plus GPU_RESERVE for CUDA context, compute buffers and an 8K KV cache). Given a
-    ModelInfo it also uses how many bytes are routed experts. The memory planner
-    (qwenkit.plan) replaces this with a per-tensor plan."""
-    info = info_or_size if isinstance(info_or_size, ModelInfo) else None
-    size = info.weights_bytes if info is not None else int(info_or_size)
-    need = size + GPU_RESERVE
-    src = "header" if info is not None else "file size"
+    Given a ModelInfo (a local or remote header), the memory planner decides
+    (`qwenkit.plan.fit_report`: weights per layer, KV only where the model has it, recurrent
+    state, compute buffers, CUDA context) at `n_ctx` with the given KV types. Given only a
+    file size, an estimate: the size plus GPU_RESERVE."""
     vram_txt = f"{vram_bytes / GiB:.0f} GB VRAM" if vram_bytes % GiB == 0 else f"{vram_bytes / GiB:.1f} GiB VRAM"
+    if isinstance(info_or_size, ModelInfo):
+        return _planned_verdict(info_or_size, vram_bytes, ram_bytes, n_ctx, type_k, type_v, vram_txt)
+    need = int(info_or_size) + GPU_RESERVE
     if need <= vram_bytes:
-        return Verdict("gpu", f"fits in {vram_txt} ({_human(vram_bytes - need)} to spare)", need, vram_bytes,
-                       ram_bytes, 0, src)
+        return Verdict("gpu", f"fits in {vram_txt} ({_human(vram_bytes - need)} to spare; estimate from "
+                       "the file size)", need, vram_bytes, ram_bytes, 0, "file size")
     ram_free = max((ram_bytes or 0) - RAM_RESERVE, 0)
-    excess = need - vram_bytes
-    if info is not None:
-        experts = info.expert_bytes
-        if not info.is_moe or experts < excess or info.non_expert_bytes + GPU_RESERVE > vram_bytes:
-            kind = "no"
-        else:
-            kind = "offload" if excess <= ram_free else "no"
-    else:
-        kind = "offload" if excess <= ram_free else "no"
-    if kind == "offload":
-        n = None
-        hint = ""
-        if info is not None and info.n_layer:
-            per_layer = info.expert_bytes / info.n_layer
-            n = min(info.n_layer, int(-(-excess // per_layer)))
-            hint = f", about --n-cpu-moe {n}"
-        return Verdict("offload", f"needs {_human(need)}: fits {vram_txt} with {_human(excess)} of MoE experts "
-                       f"in system RAM{hint} (slower decode)", need, vram_bytes, ram_bytes, n, src)
+    if need - vram_bytes <= ram_free:
+        return Verdict("offload", f"needs about {_human(need)}: may fit {vram_txt} with "
+                       f"{_human(need - vram_bytes)} of MoE experts in system RAM (estimate from the "
+                       "file size; read the header for a plan)", need, vram_bytes, ram_bytes, None, "file size")
     ram_txt = f" + {ram_bytes / GiB:.0f} GB RAM" if ram_bytes else ""
-    return Verdict("no", f"does not fit: needs {_human(need)}, have {vram_txt}{ram_txt}", need, vram_bytes,
-                   ram_bytes, None, src)
+    return Verdict("no", f"does not fit: needs about {_human(need)}, have {vram_txt}{ram_txt}", need,
+                   vram_bytes, ram_bytes, None, "file size")
+
+
+def _planned_verdict(info: ModelInfo, vram_bytes: int, ram_bytes: int | None, n_ctx: int,
+                     type_k: str, type_v: str, vram_txt: str) -> Verdict:
+    from qwenkit import plan as planner
+
+    n_ctx = min(n_ctx, info.context_length or n_ctx)
+    ram_budget = max(ram_bytes - RAM_RESERVE, 0) if ram_bytes else None
+    r = planner.fit_report(info, vram_bytes, n_ctx, type_k, type_v, ram_budget=ram_budget)
+    p, cfg = r.plan, r.cfg
+    src = "memory plan"
+    ctx = f"at n_ctx {n_ctx} KV {type_k}/{type_v}"
+    if not r.fits:
+        return Verdict("no", f"does not fit {ctx}: {r.reason}", p.gpu_total, vram_bytes, ram_bytes, None, src)
+    if cfg.n_cpu_moe == 0 and cfg.n_gpu_layers < 0:
+        return Verdict("gpu", f"fits in {vram_txt} {ctx}: {_human(p.gpu_total)} planned, "
+                       f"{_human(vram_bytes - p.gpu_total)} to spare", p.gpu_total, vram_bytes, ram_bytes, 0, src)
+    where = (f"--n-cpu-moe {cfg.n_cpu_moe}" if cfg.n_gpu_layers < 0
+             else f"--n-cpu-moe {cfg.n_cpu_moe}, {cfg.n_gpu_layers} layers on the GPU")
+    return Verdict("offload", f"fits {vram_txt} {ctx} with {where}: {_human(p.gpu_total)} on the GPU, "
+                   f"{_human(p.cpu_total)} in system RAM (slower decode)", p.gpu_total, vram_bytes,
+                   ram_bytes, cfg.n_cpu_moe, src)
 
 
 def system_ram_bytes() -> int | None:

@@ -71,13 +71,21 @@ def test_list_quants_groups_splits_and_gives_verdicts(fake_hub, hub_files):
     assert fake_hub.served(BIG_FILE) == 0  # listing reads no file bytes
 
 
-def test_fit_verdict_from_header_counts_experts(fake_hub):
+def test_fit_verdict_from_header_comes_from_the_memory_planner(fake_hub):
+    from qwenkit import plan
+
     info = hub.read_remote_info(REPO_BIG, "Q4_K_M")
     v = hub.fit_verdict(info, 16 * GiB, 64 * GiB)
-    assert v.kind == "offload" and v.source == "header" and 5 <= v.n_cpu_moe <= 40
+    assert v.kind == "offload" and v.source == "memory plan" and 5 <= v.n_cpu_moe <= 40
+    assert v.n_cpu_moe == plan.fit(info, 16 * GiB, 8192).n_cpu_moe  # the planner decides
+    assert f"--n-cpu-moe {v.n_cpu_moe}" in v.text
     assert hub.fit_verdict(info, 24 * GiB, 64 * GiB).kind == "gpu"
-    # non-expert weights alone (1.5 GiB) + reserve exceed 2 GB: no RAM helps
-    assert hub.fit_verdict(info, 2 * GiB, 512 * GiB).kind == "no"
+    # a bigger context or a wider KV type never needs fewer expert layers in RAM
+    assert hub.fit_verdict(info, 16 * GiB, 64 * GiB, n_ctx=65536).n_cpu_moe >= v.n_cpu_moe
+    # too little RAM for the experts that must leave the GPU
+    assert hub.fit_verdict(info, 16 * GiB, 6 * GiB).kind == "no"
+    # less than the CUDA context and compute buffers: nothing helps
+    assert hub.fit_verdict(info, GiB // 4, 512 * GiB).kind == "no"
     assert hub.fit_verdict(10 * GiB, 16 * GiB).kind == "gpu"
     assert hub.fit_verdict(20 * GiB, 8 * GiB, None).kind == "no"
 
@@ -98,7 +106,7 @@ def test_remote_header_of_split_model_and_quants_with_headers(fake_hub):
     ql = hub.list_quants(REPO_TINY, vram_gb=8, ram_gb=16, headers=True)
     split = ql.get("UD-Q2_K_XL")
     assert split.n_parts == 3 and split.info.n_parts == 3 and split.info.kv_layers == (3, 7)
-    assert split.verdict.source == "header"
+    assert split.verdict.source == "memory plan"
     assert ql.get("Q4_K_M").info.arch == "qwen35moe"
 
 
