@@ -85,7 +85,10 @@ class RunConfig:
     n_cpu_moe: int = 0              # expert tensors of the first N layers stay in system RAM
     n_threads: int = field(default_factory=default_threads)
     n_threads_batch: int | None = None
-    n_batch: int = 2048
+    # llama-cpp-python keeps a float32 n_batch x n_vocab array even with logits_all off:
+    # 2048 would cost 1.9 GiB of RAM for Qwen3.5's 248K vocabulary, 512 costs 0.47 GiB, and
+    # llama.cpp computes in n_ubatch steps either way.
+    n_batch: int = 512
     n_ubatch: int = 512
     seed: int = 0
     use_mmap: bool = True
