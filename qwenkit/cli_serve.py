@@ -90,7 +90,8 @@ def cmd_serve(args) -> int:
         print("note:", n)
     t0 = time.perf_counter()
     srv = server.start(cfg, host=args.host, port=port, api_key=key, allow_remote=args.allow_remote,
-                       log_path=args.log, ready_timeout=args.ready_timeout, background=args.background)
+                       log_path=args.log, ready_timeout=args.ready_timeout, background=args.background,
+                       allowed_origins=args.allow_origin, quiet=True)
     print(f"ready in {time.perf_counter() - t0:.1f} s")
     print(srv.describe())
     print(f'client: OpenAI(base_url="{srv.base_url}", api_key="{srv.api_key or "anything"}"), '
@@ -128,7 +129,7 @@ def cmd_summarize(args) -> int:
         if srv is None:
             cfg, _ = config_from_args(args)
             print(f"starting a server: {cfg.summary()}", file=sys.stderr)
-            srv = started = server.start(cfg, port="any")
+            srv = started = server.start(cfg, port="any", quiet=True)
         else:
             print(f"using the background server at {srv.base_url}", file=sys.stderr)
         client, model, n_ctx = srv.client(timeout=600), srv.alias, args.n_ctx_summary or srv.n_ctx
@@ -158,6 +159,8 @@ def add_cli(sub) -> None:
     p.add_argument("--api-key", help="require this key (Bearer); 'generate' makes one; "
                    "QWENKIT_API_KEY in the environment works too and keeps it out of your shell history")
     p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (a key is then required)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin allowed to call the API from a browser (CORS), e.g. http://localhost:3000")
     p.add_argument("--log", metavar="FILE", help="server log file (default: in the kit's cache folder)")
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for the model to load")
     p.add_argument("--background", action="store_true", help="leave it running; manage with --status/--stop")

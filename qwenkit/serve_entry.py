@@ -290,6 +290,26 @@ def install_fast_path(llama, status: Status) -> None:
         status.write("loading", fastgen=f"not installed: {e}")
 
 
+def hide_internal_errors() -> None:
+    """llama_cpp.server answers an unexpected exception with HTTP 500 and the exception's text
+    (paths, internals). Keep the text in the log; the client gets a generic message."""
+    from llama_cpp.server.errors import RouteErrorHandler
+
+    original = RouteErrorHandler.error_message_wrapper
+    if getattr(original, "__qwenkit__", False):
+        return
+
+    def wrapper(self, error, body=None):
+        status, response = original(self, error, body)
+        if status >= 500:
+            traceback.print_exception(error)
+            response = dict(response, message="internal server error (the server's log has the details)")
+        return status, response
+
+    wrapper.__qwenkit__ = True
+    RouteErrorHandler.error_message_wrapper = wrapper
+
+
 # ---- expert placement hook -------------------------------------------------------------------
 def apply_expert_placement(cfg, status: Status) -> None:
     """Keep the expert tensors of the first cfg.n_cpu_moe layers in system RAM.
@@ -401,6 +421,7 @@ def main() -> int:
     llama = proxy._current_model
     add_template_kwargs(llama)
     stream_errors_as_events(app_module)
+    hide_internal_errors()
     if spec.get("fastgen", True):
         install_fast_path(llama, status)
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]

@@ -129,7 +129,9 @@ class ServerProcess:
     # ---- addresses ----
     @property
     def root_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.port}"
+        """The URL a client on this machine uses (a wildcard bind is reached through loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        return f"http://{_url_host(host)}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -207,6 +209,8 @@ class ServerProcess:
         """What a person needs to use it: the URL, the model name, the key if there is one."""
         lines = [f"server: {self.base_url}  (model name: {self.alias}, pid {self.pid})",
                  f"log:    {self.log_path}"]
+        if not _is_loopback(self.host):
+            lines.insert(1, f"listening on {self.host}: reachable from other machines, with the key")
         if self.api_key:
             lines.append(f"key:    {self.api_key}")
         return "\n".join(lines)
@@ -255,7 +259,7 @@ def _stop_all() -> None:
 def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_PORT,
           api_key: str | None = None, allow_remote: bool = False, log_path: str | os.PathLike | None = None,
           ready_timeout: float = 120, *, background: bool = False, allowed_origins: list[str] | None = None,
-          access_log: bool = True, fastgen: bool = True) -> ServerProcess:
+          access_log: bool = True, fastgen: bool = True, quiet: bool = False) -> ServerProcess:
     """Start the server for `cfg` and wait until GET /v1/models answers.
 
     host: 127.0.0.1 by default; anything else needs allow_remote=True and an api_key.
@@ -264,6 +268,7 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
     log_path: the server's log (llama.cpp's messages included); default in the kit's cache folder.
     background: the server outlives this Python process (`qwenkit serve --status/--stop`).
     fastgen: serve completions through qwenkit.fastgen's lean decode loop (False: llama-cpp-python's).
+    quiet: do not print the URL (and key) when it is ready.
     Raises ServerError with the log's last lines when the process dies or never answers;
     nothing is left running then.
     """
@@ -312,6 +317,8 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
         "allowed_origins": list(allowed_origins or []), "access_log": access_log, "fastgen": bool(fastgen),
     }
     log = open(log_path, "ab")
+    log.write(f"\n=== qwenkit server start {time.strftime('%Y-%m-%d %H:%M:%S')}: {cfg.summary()}\n".encode())
+    log.flush()
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "qwenkit.serve_entry"], env=child_environment(spec),
@@ -329,6 +336,9 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
     except BaseException:
         srv.stop(timeout=5)
         raise
+    if not quiet:
+        key = f", key {api_key}" if api_key else ""
+        print(f"server ready: {srv.base_url} (model {srv.alias}{key}); log {srv.log_path}")
     return srv
 
 

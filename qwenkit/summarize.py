@@ -100,15 +100,17 @@ class TokenCounter:
         key = getattr(client, "api_key", None)
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.exact = True
+        self._http = None
         self._bos: int | None = None
         self._count = lru_cache(maxsize=4096)(self._count_uncached)
 
     def _count_uncached(self, text: str) -> int:
         import httpx
         if self.exact:
+            if self._http is None:
+                self._http = httpx.Client(timeout=60, headers=self.headers)  # keep-alive: many small requests
             try:
-                r = httpx.post(self.root + "/extras/tokenize/count", json={"input": text, "model": self.model},
-                               headers=self.headers, timeout=60)
+                r = self._http.post(self.root + "/extras/tokenize/count", json={"input": text, "model": self.model})
                 if r.status_code == 200:
                     return int(r.json()["count"])
                 if r.status_code in (404, 405):

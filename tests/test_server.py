@@ -55,7 +55,7 @@ def gone(pid: int, within: float = 10.0) -> bool:
 
 
 def small_cfg(model, **kw) -> RunConfig:
-    return RunConfig(model=str(model), n_ctx=512, **kw)
+    return RunConfig(model=str(model), n_ctx=512, n_threads=1, **kw)
 
 
 # ---- the shared server --------------------------------------------------------------------------
@@ -230,6 +230,22 @@ def test_truncated_gguf_fails_fast_with_the_log_tail(default_model, tmp_path):
     assert gone(e.value.pid, 2)
 
 
+def test_never_ready_times_out_and_stops_it(default_model):
+    with pytest.raises(ServerError, match="did not answer within") as e:
+        server.start(small_cfg(default_model), port="any", ready_timeout=0.05)
+    assert gone(e.value.pid, 5)
+
+
+def test_internal_errors_do_not_echo_the_exception(served):
+    """A request that makes llama-cpp-python raise (a logit bias key that is not a token id):
+    500 with a generic message; the exception's text goes to the log only."""
+    r = httpx.post(served.base_url + "/completions",
+                   json={"prompt": "hi", "max_tokens": 1, "logit_bias": {"not-a-token": 1.0}})
+    assert r.status_code == 500
+    assert "not-a-token" not in r.text and "invalid literal" not in r.text
+    assert "log" in r.json()["error"]["message"]
+
+
 def test_missing_model_is_reported_without_a_process(tmp_path):
     with pytest.raises(ServerError, match="does not exist"):
         server.start(RunConfig(model=str(tmp_path / "nope.gguf")))
@@ -316,7 +332,7 @@ def test_think_block_stripped_from_a_real_stream(served_thinking):
     from qwenkit.summarize import ThinkFilter, strip_thinking
 
     client = served_thinking.client()
-    grammar = 'root ::= "<think>" [a-z ]{3,12} "</think>" "\\n\\nfinal answer"'
+    grammar = 'root ::= "<think>" "plan" "</think>" "final answer"'
     raw, shown, flt = [], [], ThinkFilter()
     for chunk in client.chat.completions.create(
             model=served_thinking.alias, messages=[{"role": "user", "content": "hi"}], max_tokens=48,
