@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--server-n", type=int, default=128)
     ap.add_argument("--depth", type=int, default=16384)
     ap.add_argument("--budget", type=float, default=450, help="seconds; later stages are skipped past it")
+    ap.add_argument("--stages", default="four,flags,kv,switches", help="comma list of stages to run")
     args = ap.parse_args(argv)
     s = Suite(args)
     bin_dir = Path(args.bin).resolve()
@@ -271,10 +272,10 @@ def main(argv=None) -> int:
                   {"path": "kit", "test": "tg128", "setting": "GGML_CUDA_GRAPH_OPT=1"},
                   {"path": "kit", "test": "tg128", "setting": "default"})
 
-    s.stage("four", 60, four)
-    s.stage("flags", 90, flags)
-    s.stage("kv", 60, kv)
-    s.stage("switches", 45, switches)
+    want = set(args.stages.split(","))
+    for name, need, fn in (("four", 60, four), ("flags", 90, flags), ("kv", 60, kv), ("switches", 45, switches)):
+        if name in want:
+            s.stage(name, need, fn)
     s.doc["meta"]["wall_s"] = round(time.monotonic() - s.t0, 1)
     s.save()
     print()

@@ -238,7 +238,9 @@ class _Runner:
 
 
 def _needed_ctx(p: int, n: int, d: int) -> int:
-    return p + n + d
+    # pp and tg are separate tests, each from a cleared cache (llama-bench: n_ctx = p + n + d
+    # per test, where a pp test has n = 0)
+    return max(p, n) + d
 
 
 @contextlib.contextmanager
@@ -262,16 +264,17 @@ def bench(cfg_or_llm, p: int = 512, n: int = 128, r: int = 5, d: int = 0, path: 
           warmup: bool = True, seed: int = 1234, config: RunConfig | None = None) -> list[BenchResult]:
     """pp{p} and tg{n} (each at depth d) on one path, as llama-bench measures them.
 
-    cfg_or_llm: a RunConfig (the model is loaded with n_ctx >= p + n + d, then closed) or a
+    cfg_or_llm: a RunConfig (the model is loaded with n_ctx >= max(p, n) + d, then closed) or a
     loaded Llama (then `config`, if given, is what the results record). p=0 or n=0 skips that
     test. Returns [pp, tg] (those that ran)."""
     if path not in PATHS:
         raise BenchError(f"unknown path {path!r}", f"use one of {', '.join(PATHS)}")
     out = []
     with loaded(cfg_or_llm, _needed_ctx(p, n, d)) as (llm, cfg):
-        if llm.n_ctx() < _needed_ctx(p, n, d):
-            raise BenchError(f"the context holds {llm.n_ctx()} tokens; this test needs {p + n + d}",
-                             f"load with n_ctx >= {p + n + d}")
+        need = _needed_ctx(p, n, d)
+        if llm.n_ctx() < need:
+            raise BenchError(f"the context holds {llm.n_ctx()} tokens; this test needs {need}",
+                             f"load with n_ctx >= {need}")
         run = _Runner(llm, seed)
         cfg = cfg or config
         conf = config_fields(cfg) if cfg else {"n_threads": llm.n_threads, "model": Path(llm.model_path).name}

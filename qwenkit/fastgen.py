@@ -39,7 +39,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["FastGen", "Sampler", "install", "uninstall", "is_installed", "fast_path_supports"]
+__all__ = ["FastGen", "Sampler", "install", "uninstall", "is_installed", "fast_path_supports",
+           "install_server", "server_hook_dir"]
 
 
 def _lc():
@@ -452,10 +453,106 @@ def uninstall(llm) -> None:
         llm.__dict__.pop("_qwenkit_fastgen", None)
 
 
+# ---- llama_cpp.server: a streaming publisher that does not stall generation -------------------
+def install_server(app_module=None) -> Any:
+    """Replace `llama_cpp.server.app.get_event_publisher` (what every streamed /v1/completions
+    and /v1/chat/completions response goes through) by one where generation runs ahead.
+
+    The original pulls each chunk through `iterate_in_threadpool`: the next token is not even
+    started until the event loop has sent the previous one and handed a new `next()` to a
+    worker thread (a round trip per token, plus an `is_disconnected()` poll per token). Here
+    one worker thread runs the whole generator and posts each chunk, already JSON-encoded, to
+    the event loop without waiting; the loop sends whatever has arrived as one write (the
+    same SSE events, byte for byte). Locking, prepare_request_resources, the final [DONE],
+    interrupt_requests and client disconnects (which stop the generator at the next token)
+    behave as in the original; context variables reach the worker. Call before anything that
+    wraps `get_event_publisher` (serve_entry's stream_errors_as_events). Returns the module."""
+    import asyncio
+    import contextlib
+    import contextvars
+    import json as _json
+    import threading
+
+    import anyio
+
+    if app_module is None:
+        import llama_cpp.server.app as app_module
+    if getattr(app_module.get_event_publisher, "__qwenkit_fast__", False):
+        return app_module
+
+    async def get_event_publisher(request, inner_send_chan, body, body_model, llama_call, kwargs):
+        settings = next(app_module.get_server_settings())
+        interrupt_requests = settings.interrupt_requests if settings else False
+        async with contextlib.asynccontextmanager(app_module.get_llama_proxy)() as llama_proxy:
+            llama = app_module.prepare_request_resources(body, llama_proxy, body_model, kwargs)
+            async with inner_send_chan:
+                loop = asyncio.get_running_loop()
+                queue: asyncio.Queue = asyncio.Queue()
+                stop = threading.Event()
+                put = queue.put_nowait
+                ctx = contextvars.copy_context()
+
+                def produce():
+                    try:
+                        it = ctx.run(llama_call, llama, **kwargs)
+                        try:
+                            for chunk in ctx.run(iter, it):
+                                if stop.is_set():
+                                    break
+                                loop.call_soon_threadsafe(put, (0, _json.dumps(chunk)))
+                        finally:
+                            close = getattr(it, "close", None)
+                            if close:
+                                close()
+                        loop.call_soon_threadsafe(put, (1, None))
+                    except BaseException as e:  # noqa: BLE001 - re-raised in the event loop
+                        loop.call_soon_threadsafe(put, (2, e))
+
+                async def consume():
+                    try:
+                        while True:
+                            items = [await queue.get()]
+                            while not queue.empty():
+                                items.append(queue.get_nowait())
+                            out, done = [], False
+                            for kind, val in items:
+                                if kind == 0:
+                                    out.append(f"data: {val}\n\n")
+                                elif kind == 1:
+                                    out.append("data: [DONE]\n\n")
+                                    done = True
+                                else:
+                                    raise val
+                            if out:
+                                await inner_send_chan.send("".join(out).encode())
+                            if done:
+                                return
+                            if interrupt_requests and app_module.llama_outer_lock.locked():
+                                await inner_send_chan.send(b"data: [DONE]\n\n")
+                                raise anyio.get_cancelled_exc_class()()
+                    finally:
+                        stop.set()
+
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(anyio.to_thread.run_sync, produce)
+                        await consume()
+                except anyio.get_cancelled_exc_class():
+                    stop.set()
+                    print(f"Disconnected from client (via refresh/close) {request.client}")
+                    raise
+
+    get_event_publisher.__qwenkit_fast__ = True  # type: ignore[attr-defined]
+    get_event_publisher.__wrapped_original__ = app_module.get_event_publisher  # type: ignore[attr-defined]
+    app_module.get_event_publisher = get_event_publisher
+    return app_module
+
+
 # ---- a hook for server processes that do not call install() themselves ---------------------------
 _HOOK = '''\
 # written by qwenkit.fastgen.server_hook_dir(): every llama_cpp.Llama built in this process
-# gets qwenkit.fastgen.install() (the kit's lean completion path)
+# gets qwenkit.fastgen.install() (the kit's lean completion path), and llama_cpp.server's
+# streaming publisher is qwenkit.fastgen.install_server()'s
 try:
     import llama_cpp as _lc
     import llama_cpp.llama as _ll
@@ -473,6 +570,13 @@ try:
     _ll.Llama.__init__ = _init
 except Exception:  # noqa: BLE001
     pass
+try:
+    import llama_cpp.server.app as _app
+    from qwenkit import fastgen as _fg2
+    _fg2.install_server(_app)
+except Exception as _e:  # noqa: BLE001
+    import sys
+    print(f"[qwenkit.fastgen] server publisher not installed: {_e}", file=sys.stderr)
 '''
 
 

@@ -67,12 +67,12 @@ def test_bench_from_config_loads_and_closes(default_model):
     res = bench.bench(cfg, p=32, n=8, r=1, d=40)
     assert [r.test for r in res] == ["pp32 @ d40", "tg8 @ d40"]
     assert res[0].config["model"] == default_model.name
-    assert res[0].config["n_ctx"] >= 80
+    assert res[0].config["n_ctx"] >= 72
 
 
 def test_bench_context_too_small(llm):
     with pytest.raises(bench.BenchError, match="needs"):
-        bench.bench(llm, p=400, n=200, r=1)
+        bench.bench(llm, p=400, n=200, r=1, d=200)
 
 
 def test_bench_hybrid_model(tiny_hybrid):
@@ -328,3 +328,41 @@ def test_stop_scan_holds_partial_matches():
     assert s.push("anything") == "anything"
     s = _StopScan(["ab", "b"])
     assert s.push("xab") == "x" and s.hit
+
+
+@pytest.mark.slow
+def test_fast_server_streams_chat_and_survives_disconnects(default_model):
+    """The fast publisher: streamed chat equals the non-streamed answer, a client that drops
+    the connection mid-stream does not leave the model locked, [DONE] ends every stream."""
+    import http.client
+    import urllib.parse
+    cfg = RunConfig(model=str(default_model), n_ctx=1024)
+    msgs = [{"role": "user", "content": "Name three colours."}]
+    with bench.kit_server(cfg, fast=True) as srv:
+        u = urllib.parse.urlsplit(srv.base_url)
+
+        def post(body, read_all=True):
+            c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+            c.request("POST", u.path + "/chat/completions", json.dumps(body),
+                      {"Content-Type": "application/json", **srv.headers()})
+            r = c.getresponse()
+            assert r.status == 200
+            return c, r
+
+        c, r = post({"messages": msgs, "max_tokens": 24, "temperature": 0})
+        full = json.loads(r.read())["choices"][0]["message"]["content"]
+        c.close()
+        c, r = post({"messages": msgs, "max_tokens": 24, "temperature": 0, "stream": True})
+        raw = r.read().decode()
+        c.close()
+        events = [l[6:] for l in raw.split("\n") if l.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+        assert text == full
+        for _ in range(2):  # hang up after the first event, twice
+            c, r = post({"messages": msgs, "max_tokens": 200, "temperature": 0, "stream": True})
+            r.readline()
+            c.close()
+        st = bench.stream_completion(srv.base_url, PROMPT, 16, headers=srv.headers())
+        assert st.n_chunks >= 2 and st.finish_reason == "length"
+        assert "Traceback" not in srv.log_tail(400)
