@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -52,16 +53,23 @@ def comparisons(results: list[bench.BenchResult], p: int, n: int) -> list[dict]:
         ra, rb = get.get(a), get.get(b)
         if not (ra and rb and ra.rates and rb.rates):
             continue
-        out.append({"figure": name, "path": a[0], "test": a[1], "value": ra.mean, "sd": ra.sd,
-                    "baseline_path": b[0], "baseline_test": b[1], "baseline": rb.mean, "baseline_sd": rb.sd,
-                    "ratio": ra.mean / rb.mean, "reps": len(ra.rates), "baseline_reps": len(rb.rates)})
+        c = {"figure": name, "path": a[0], "test": a[1], "value": ra.mean, "sd": ra.sd,
+             "baseline_path": b[0], "baseline_test": b[1], "baseline": rb.mean, "baseline_sd": rb.sd,
+             "ratio": ra.mean / rb.mean, "reps": len(ra.rates), "baseline_reps": len(rb.rates)}
+        if len(ra.rates) == len(rb.rates) > 1:
+            # one repetition of each per round: the ratio within a round sees the same load
+            per_round = [x / y for x, y in zip(ra.rates, rb.rates)]
+            c["ratio_rounds"] = per_round
+            c["ratio_median_of_rounds"] = statistics.median(per_round)
+        out.append(c)
     return out
 
 
 def print_comparisons(comps: list[dict]) -> None:
     rows = [[c["figure"], f"{c['value']:.2f} ± {c['sd']:.2f}", f"{c['baseline_path']} {c['baseline_test']}",
-             f"{c['baseline']:.2f} ± {c['baseline_sd']:.2f}", f"{c['ratio']:.3f}"] for c in comps]
-    print(bench._md(["figure", "t/s", "baseline", "baseline t/s", "ratio"], rows))
+             f"{c['baseline']:.2f} ± {c['baseline_sd']:.2f}", f"{c['ratio']:.3f}",
+             f"{c['ratio_median_of_rounds']:.3f}" if "ratio_median_of_rounds" in c else ""] for c in comps]
+    print(bench._md(["figure", "t/s", "baseline", "baseline t/s", "ratio of means", "median ratio per round"], rows))
 
 
 def main(argv=None) -> int:
@@ -75,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-servers", action="store_true")
     ap.add_argument("--no-stock", action="store_true", help="skip the reference paths")
     ap.add_argument("--bin", default=None, help="folder with llama-bench / llama-server")
+    ap.add_argument("--switches", action="store_true",
+                    help="also sweep n_threads (tg) and n_ubatch (pp) on the kit and llama-bench")
     ap.add_argument("--out", default=str(HERE / "results" / "cpu_compare.json"))
     args = ap.parse_args(argv)
 
@@ -131,6 +141,17 @@ def main(argv=None) -> int:
     for r in merged:
         r.config = bench.config_fields(cfg)
     comps = comparisons(merged, args.p, args.n)
+    if args.switches:
+        sw: list[bench.BenchResult] = []
+        for k in range(args.reps):  # interleaved too
+            for field, values, p_, n_ in (("n_threads", sorted({1, args.threads}), 0, args.n),
+                                          ("n_ubatch", [128, 256, 512], args.p, 0)):
+                for v in values:
+                    c = cfg.replace(**{field: v})
+                    sw += [dict_setting(x, f"{field}={v}") for x in bench.bench(c, p=p_, n=n_, r=1, path="kit")]
+                    sw += [dict_setting(x, f"{field}={v}") for x in
+                           bench.run_llama_bench(c, p=p_, n=n_, r=1, bin_dir=bin_dir)]
+        merged += bench.merge(sw)
     meta["load"] = loads
     bench.save_json(merged, args.out, meta=meta, comparisons=comps)
     print(bench.table(merged))
@@ -138,6 +159,11 @@ def main(argv=None) -> int:
     print_comparisons(comps)
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
+
+
+def dict_setting(r: bench.BenchResult, setting: str) -> bench.BenchResult:
+    r.extra["setting"] = setting
+    return r
 
 
 def _headers(s) -> dict:

@@ -86,10 +86,14 @@ def _results_table(results: list[dict]) -> str:
 
 
 def _comparisons_table(comps: list[dict]) -> str:
+    per_round = any("ratio_median_of_rounds" in c for c in comps)
     rows = [[c["figure"], _rate(c["value"], c["sd"], c.get("reps", 1)),
              f"{c['baseline_path']} {c['baseline_test']}", _rate(c["baseline"], c["baseline_sd"], c.get("baseline_reps", 1)),
-             f"{c['ratio']:.3f}"] for c in comps]
-    return _md(["figure", "t/s", "baseline (same run)", "baseline t/s", "ratio"], rows)
+             f"{c['ratio']:.3f}",
+             *([f"{c['ratio_median_of_rounds']:.3f}" if "ratio_median_of_rounds" in c else ""] if per_round else [])]
+            for c in comps]
+    return _md(["figure", "t/s", "baseline (same run)", "baseline t/s", "ratio",
+                *(["median of per-round ratios"] if per_round else [])], rows)
 
 
 def _quality_table(rows: list[dict], speed: dict | None) -> str:

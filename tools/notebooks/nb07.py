@@ -19,10 +19,10 @@ for the side-by-side comparison; without them those cells say how to get them an
 ("code", """
 # Parameters (the test suite overrides these; raise them for real measurements)
 MODEL_PATH = None        # None: the small default model (SmolLM2-135M-Instruct); or your Qwen3.5-35B-A3B GGUF
-N_PROMPT = 128           # llama-bench's default is 512
-N_GEN = 32               # llama-bench's default is 128
+N_PROMPT = 64            # llama-bench's default is 512
+N_GEN = 16               # llama-bench's default is 128
 REPS = 2                 # llama-bench's default is 5
-LONG_DEPTH = 512         # tokens already in the cache for the "long context" measurements (try 16384)
+LONG_DEPTH = 256         # tokens already in the cache for the "long context" measurements (try 16384)
 SERVER = True            # also measure the kit's server (streamed, as a client sees it)
 KV_TYPES = ["f16/f16", "q8_0/q8_0", "q4_0/q4_0", "q8_0/f16"]
 PPL_CTX = 128            # perplexity chunk size (llama-perplexity's usual is 512)
