@@ -267,7 +267,7 @@ _CHILD = """
 import os, sys, time
 from qwenkit import server
 from qwenkit.config import RunConfig
-srv = server.start(RunConfig(model={model!r}, n_ctx=512), port="any")
+srv = server.start(RunConfig(model={model!r}, n_ctx=512, n_threads=1), port="any", quiet=True)
 print(srv.pid, flush=True)
 if sys.argv[1] == "hang":
     time.sleep(600)
