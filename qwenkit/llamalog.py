@@ -380,8 +380,10 @@ def model_load_error(log: LlamaLog, exc: BaseException | None, path: str | None 
         problem = f"{bare}{'' if path and path in bare else where}"
     fix = fix_for(reason or "") or fix_for(bare)
     if fix is None and "llama_context" in bare:
-        fix = ("llama.cpp could not create the context: check n_ctx, type_k/type_v and "
-               "flash_attn; run with verbose=True to see its full log")
+        # with no reason logged, memory for the KV cache / compute buffers is the usual cause
+        fix = ("not enough memory is the usual cause: use a smaller n_ctx, a quantized KV cache "
+               "(type_k/type_v q8_0) or a larger n_cpu_moe; also check that type_v is f16 when "
+               "flash_attn is off. Run with verbose=True to see llama.cpp's full log")
     err = ModelLoadError(problem, fix)
     err.reason = reason  # type: ignore[attr-defined]
     err.log = log  # type: ignore[attr-defined]
