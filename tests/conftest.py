@@ -1,6 +1,8 @@
 """Shared fixtures: the small default model and tiny synthetic ones, small contexts."""
 from __future__ import annotations
 
+import qwenkit  # noqa: F401  first: it loads llama.cpp before numpy (see qwenkit/__init__.py)
+
 import sys
 from pathlib import Path
 
