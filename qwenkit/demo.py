@@ -34,7 +34,7 @@ def run_demo(model: str | Path | None = None, language: str | None = None, n_ctx
             say(f"      fix: {report.fix_command}")
     cfg = RunConfig(model=str(model), n_ctx=n_ctx)
     say(f"[2/4] serving {cfg.summary()}")
-    with server.start(cfg, port="any") as srv:
+    with server.start(cfg, port="any", quiet=True) as srv:
         say(f"      OpenAI-compatible API at {srv.base_url} (model name {srv.alias!r})")
         text = doc.read_text(encoding="utf-8")
         say(f"[3/4] summarizing {doc.name} ({len(text):,} characters, language {language}):")

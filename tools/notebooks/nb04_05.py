@@ -1,0 +1,277 @@
+import nbformat
+from nbformat.v4 import new_notebook, new_markdown_cell as md, new_code_cell as code
+
+def params(src):
+    c = code(src); c.metadata["tags"] = ["parameters"]; return c
+
+nb04 = new_notebook(cells=[
+md("""# 04 · Serve the model: an OpenAI-compatible API on your own machine
+
+**What you learn:** how to start `llama_cpp.server` from a `RunConfig` so that the recipe's
+client (`OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="anything")`) works as written,
+which of the server's defaults hurt (memory, speed, streams cut off, exposure to web pages) and
+how the kit fixes each one, and how to check, log and stop the server.
+
+**Time:** about 1 minute with the small default model; loading Qwen3.5-35B-A3B adds its load time
+(tens of seconds from a fast disk). **Needs:** the kit installed (`make setup`). A GPU is optional;
+put the model you downloaded in notebook 02 (and the config you fitted in notebook 03) in the
+parameters below."""),
+params("""# Parameters (the test suite overrides these)
+MODEL_PATH = None    # None: the small default model (SmolLM2-135M-Instruct); or your Qwen3.5 GGUF
+CONFIG_PATH = None   # a RunConfig saved by notebook 03 / 06 (JSON); wins over MODEL_PATH and N_CTX
+N_CTX = 2048         # context size for this demo; the recipe uses 8192
+PORT = "any"         # 8000 is the recipe's; "any" takes the first free port from 8000 up
+MAX_TOKENS = 64      # tokens per answer in this notebook
+N_CONCURRENT = 4     # streams started at the same time in section 5"""),
+md("""## 1. One configuration, rendered for the server
+
+The recipe starts the server with `python -m llama_cpp.server --cache_type_k q8_0 --n_gpu_layers -1
+--flash_attn True --n_ctx 8192 ...`. Two things in such a command are wrong for llama-cpp-python
+0.3.36: `--cache_type_k` is not one of its flags (`--cache_type` is the *prompt* cache; the KV types
+are `--type_k/--type_v` with GGML type ids), and the server's defaults that the command leaves alone
+cost memory and speed: `logits_all=True` (a float32 array of n_ctx x vocabulary: about 2 GB at
+2048 tokens for Qwen3.5's 248K vocabulary), half the CPU cores, and `interrupt_requests=True`
+(a new request silently ends the answer still streaming).
+
+`from_recipe_flags` translates the recipe's flags; `server_args()` shows what the server gets."""),
+code("""from pathlib import Path
+from qwenkit.config import RunConfig, from_recipe_flags
+from qwenkit.models import default_model_path
+
+model = MODEL_PATH or str(default_model_path())
+recipe, _, notes = from_recipe_flags(
+    f"--model {model} --cache_type_k q8_0 --n_gpu_layers -1 --flash_attn True --n_ctx 8192")
+print("recipe flags ->", recipe.summary())
+for n in notes:
+    print("  note:", n)
+
+cfg = RunConfig.load(CONFIG_PATH) if CONFIG_PATH else RunConfig(model=model, n_ctx=N_CTX)
+print("\\nthis notebook's config:", cfg.summary())
+print("server arguments:", " ".join(cfg.server_args()))"""),
+md("""## 2. Start it (safe by default)
+
+`server.start(cfg)` runs the server in a **child process** (a crash in llama.cpp, such as a CUDA
+out-of-memory abort, cannot take this notebook's kernel with it) and waits until `GET /v1/models`
+answers. On the way it:
+
+- binds **127.0.0.1** only, and checks the address it really listens on;
+- reports a port already in use *before* the model loads (llama_cpp.server itself loads the whole
+  model first and only then fails);
+- passes settings through a clean environment: `HOST=0.0.0.0` or `API_KEY=...` in your shell do
+  not reach it (llama_cpp.server lets such variables override its flags);
+- writes everything, llama.cpp's own messages included, to a log file."""),
+code("""from qwenkit import server
+
+srv = server.start(cfg, port=PORT)   # prints the URL (and the key, when there is one)
+print(srv)
+print("context size the server really has:", srv.n_ctx)"""),
+md("""## 3. The recipe's client, as written
+
+No key is needed on 127.0.0.1 (section 4 explains why that is safe here), so any `api_key`
+string works, and the model name the recipe asks for, `qwen3.5-35b`, is the server's alias."""),
+code("""import time
+from openai import OpenAI
+
+client = OpenAI(base_url=srv.base_url, api_key="anything", timeout=120, max_retries=1)
+print([m.id for m in client.models.list().data])
+
+t0 = time.perf_counter()
+r = client.chat.completions.create(
+    model="qwen3.5-35b", max_tokens=MAX_TOKENS, temperature=0.2,
+    messages=[{"role": "user", "content": "In two sentences: what is a KV cache?"}])
+print(r.choices[0].message.content)
+print(f"{r.usage.prompt_tokens} prompt + {r.usage.completion_tokens} completion tokens "
+      f"in {time.perf_counter() - t0:.2f} s")"""),
+md("""Streaming shows tokens as they come. The decode speed below is measured by the client:
+tokens after the first, divided by the time after the first."""),
+code("""t0 = time.perf_counter(); first = None; n = 0
+for chunk in client.chat.completions.create(
+        model="qwen3.5-35b", max_tokens=MAX_TOKENS, stream=True,
+        messages=[{"role": "user", "content": "Explain GGUF in three short sentences."}]):
+    piece = chunk.choices[0].delta.content if chunk.choices else None
+    if piece:
+        first = first or time.perf_counter(); n += 1
+        print(piece, end="", flush=True)
+end = time.perf_counter()
+print(f"\\n\\nfirst token after {first - t0:.2f} s; decode {(n - 1) / max(end - first, 1e-9):.1f} tok/s "
+      f"({n} streamed pieces)")"""),
+md("""## 4. Why no key is needed on 127.0.0.1, and when one is
+
+A server on 127.0.0.1 is not reachable from other machines, but a web page you visit *is*
+running on your machine: with llama_cpp.server's defaults (any `Host` header, CORS `*`), a page can
+point a hostname of its own at 127.0.0.1 ("DNS rebinding") and drive the model. The kit's entry
+point accepts only `localhost` Host headers and no foreign `Origin`, so such requests are refused:"""),
+code("""import httpx
+
+ok = httpx.get(srv.base_url + "/models")
+rebinding = httpx.get(srv.base_url + "/models", headers={"Host": "attacker.example"})
+web_page = httpx.post(srv.base_url + "/chat/completions", headers={"Origin": "https://attacker.example"},
+                      json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+print("normal request:         ", ok.status_code)
+print("foreign Host (rebinding):", rebinding.status_code, rebinding.json()["error"]["message"])
+print("foreign web Origin:      ", web_page.status_code, web_page.json()["error"]["message"])"""),
+md("""Any other address (`host="0.0.0.0"` to share the model on your network) needs
+`allow_remote=True` **and** an API key; requests without `Authorization: Bearer <key>` then get
+401, the API docs pages included. `server.new_api_key()` makes a key, and `srv.client()` knows it:
+
+```python
+lan = server.start(cfg, host="0.0.0.0", allow_remote=True, api_key=server.new_api_key())
+print(lan.describe())          # prints the key; give it to the clients that may use the model
+```"""),
+code("""try:
+    server.start(cfg, host="0.0.0.0")
+except Exception as e:
+    print(type(e).__name__, "-", e)"""),
+md("""## 5. Several clients at once
+
+The server answers one request at a time. With llama_cpp.server's default `interrupt_requests=True`,
+a new request silently *ends* the answer that is streaming (no error, no `finish_reason`). The kit
+turns that off: requests queue, and every stream finishes."""),
+code("""import threading
+
+results = {}
+
+def ask(i):
+    c = srv.client(timeout=300)
+    text, finish, t0 = [], None, time.perf_counter()
+    for chunk in c.chat.completions.create(
+            model=srv.alias, max_tokens=MAX_TOKENS // 2, stream=True,
+            messages=[{"role": "user", "content": f"Give one fact about the number {i}."}]):
+        if chunk.choices:
+            text.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    results[i] = (finish, time.perf_counter() - t0, "".join(text).strip())
+
+threads = [threading.Thread(target=ask, args=(i,)) for i in range(N_CONCURRENT)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(f"{'stream':>6} {'finish':>7} {'seconds':>8}  answer")
+for i in sorted(results):
+    finish, secs, text = results[i]
+    print(f"{i:>6} {finish!s:>7} {secs:>8.2f}  {text[:60]!r}")
+assert all(r[0] for r in results.values()), "a stream ended without a finish_reason"
+"""),
+md("""## 6. The log, and stopping
+
+The log holds llama.cpp's messages (model load, memory, per-request timings) and one line per request.
+When a server does not come up (a wrong path, a truncated download, out of memory), `server.start`
+raises an error that quotes the last lines of this log, and nothing is left running."""),
+code("""print(srv.log_path)
+print(srv.log_tail(12))"""),
+md("""`srv.stop()` ends the server (terminate, wait, kill if it has to); `with server.start(cfg) as srv:`
+does it at the end of the block, and a server is also stopped when this kernel exits.
+
+To keep a server running outside a notebook, use the command line:
+
+```
+python -m qwenkit serve --config my_run.json --background    # prints the URL (and key, if any)
+python -m qwenkit serve --status
+python -m qwenkit serve --stop
+```"""),
+code("""srv.stop()
+print("running:", srv.alive())"""),
+])
+
+nb05 = new_notebook(cells=[
+md("""# 05 · Summarize long technical documents through the server
+
+**What you learn:** the recipe's payoff, summarizing a long technical document through the local
+OpenAI-compatible API, done so that it works on documents far longer than the context:
+split at paragraph and sentence boundaries (Japanese `。` too), counted with the model's own
+tokenizer, summarized part by part and combined (map-reduce), streamed as it is written, with the
+numbers that tell you how fast it ran.
+
+**Time:** 1-3 minutes with the small default model on a CPU; with Qwen3.5-35B-A3B on a GPU about
+as long as its answer takes to write. **Needs:** the kit installed (`make setup`); notebook 04
+explains the server. The bundled sample documents are technical texts (Japanese and English)
+about GGUF and memory for local inference, written for this kit."""),
+params("""# Parameters (the test suite overrides these)
+MODEL_PATH = None    # None: the small default model (SmolLM2-135M-Instruct); or your Qwen3.5 GGUF
+CONFIG_PATH = None   # a RunConfig saved by notebook 03 / 06 (JSON); wins over MODEL_PATH and N_CTX
+DOCUMENT = None      # a text file to summarize; None: the bundled sample in LANGUAGE
+LANGUAGE = None      # "ja" (the recipe's) or "en"; None: "en" for the small default model
+                     # (SmolLM2-135M writes only English), "ja" for any other model
+N_CTX = 2048         # the server's context; the recipe uses 8192
+MAX_TOKENS = 128     # the recipe uses 1000; small here so the small model finishes quickly
+TEMPERATURE = 0.2"""),
+md("""## 1. A server and a document"""),
+code("""from pathlib import Path
+from qwenkit import server, summarize
+from qwenkit.config import RunConfig
+from qwenkit.data import sample_path
+from qwenkit.models import default_model_path
+
+cfg = (RunConfig.load(CONFIG_PATH) if CONFIG_PATH
+       else RunConfig(model=MODEL_PATH or str(default_model_path()), n_ctx=N_CTX))
+srv = server.start(cfg, port="any")
+
+language = LANGUAGE or ("en" if not (MODEL_PATH or CONFIG_PATH) else "ja")
+doc_path = Path(DOCUMENT) if DOCUMENT else sample_path(language)
+text = summarize.read_document(doc_path)   # clear errors for a missing, binary or empty file
+client = srv.client(timeout=600)
+count = summarize.TokenCounter(client, srv.alias)   # the model's own tokenizer, via the server
+print(f"{doc_path.name}: {len(text):,} characters, {count(text):,} tokens for this model, "
+      f"context {srv.n_ctx}")
+print(text[:300], "...")"""),
+md("""## 2. How the document is cut
+
+A chunk must leave room in the context for the system prompt, the chat template's own tokens and
+the answer. The cuts fall at paragraph breaks first, then after sentences (`。！？` and `.!?`),
+and only a sentence longer than a whole chunk is cut between tokens. Token counts come from the
+server's `/extras/tokenize`, so they are the model's own, not a guess from characters
+(Japanese takes very different numbers of tokens per character in different tokenizers)."""),
+code("""budget = srv.n_ctx - 400   # an illustration; summarize() computes the exact budget itself
+spans = summarize.split_spans(text, budget, count)
+for i, (a, b) in enumerate(spans, 1):
+    piece = text[a:b]
+    print(f"chunk {i}: {count(piece):>5} tokens, ends with {piece.rstrip()[-25:]!r}")"""),
+md("""## 3. Summarize, streaming
+
+Qwen3.5 *thinks* before it answers by default: a summary would start with a long `<think>` block
+that costs time and tokens. The kit asks the chat template not to
+(`chat_template_kwargs={"enable_thinking": False}`) and removes a `<think>` block if one still
+comes. Parts are summarized first (progress lines), then the final summary streams below."""),
+code("""s = summarize.summarize(
+    text, client, srv.alias, n_ctx=srv.n_ctx, language=language, temperature=TEMPERATURE,
+    max_tokens=MAX_TOKENS,
+    on_progress=lambda msg: print(f"[{msg}]"),
+    on_token=lambda piece: print(piece, end="", flush=True))
+print("\\n")
+print(s)"""),
+md("""## 4. Where the time went
+
+Each request's prompt and answer sizes and times. Prompt processing is usually fast; the answer's
+decode speed (tokens per second) is what a person waits for. `truncated` says whether an answer was
+cut by `max_tokens`."""),
+code("""print(f"{'request':>8} {'prompt':>7} {'answer':>7} {'seconds':>8} {'decode tok/s':>13} finish")
+for c in s.calls:
+    rate = (c.completion_tokens - 1) / c.decode_s if c.decode_s > 0 else float("nan")
+    print(f"{c.role:>8} {c.prompt_tokens:>7} {c.completion_tokens:>7} {c.seconds:>8.2f} {rate:>13.1f} {c.finish_reason}")
+print(f"\\nchunks: {s.chunks}, rounds: {s.rounds}, cut by max_tokens: {s.truncated}")"""),
+code("""import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(6, 2.5))
+ax.bar(range(1, len(s.chunk_tokens) + 1), s.chunk_tokens, label="tokens in the chunk")
+ax.axhline(s.chunk_budget, color="red", linestyle="--", label=f"budget ({s.chunk_budget})")
+ax.set_xlabel("chunk"); ax.set_ylabel("tokens"); ax.legend(loc="lower right")
+ax.set_title(f"{doc_path.name}: every chunk within its budget (n_ctx {srv.n_ctx})")
+plt.show()"""),
+md("""## 5. The same from the command line, and cleaning up
+
+```
+python -m qwenkit summarize report.txt                 # the background server, or a fresh one
+python -m qwenkit summarize report.txt --language en --max-tokens 500
+python -m qwenkit summarize notes.txt --url http://127.0.0.1:8000/v1 --ctx 8192
+```
+
+It streams the summary and ends with the same stats line as `print(s)` above."""),
+code("""srv.stop()
+print("running:", srv.alive())"""),
+])
+for nb, name in ((nb04, "04_serve"), (nb05, "05_summarize")):
+    for i, c in enumerate(nb.cells):
+        c.id = f"{name[:2]}-{i:02d}"
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nbformat.validate(nb)
+    nbformat.write(nb, f"/work/main/notebooks/{name}.ipynb")
