@@ -24,7 +24,7 @@ _RECIPE_FLAGS = [
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="a saved RunConfig (JSON, from the tuning panel or RunConfig.save)")
-    p.add_argument("--model", "-m", help="GGUF file (default: the config's, or the small default model)")
+    p.add_argument("--model", "-m", help="GGUF file, or REPO:QUANT from the hub (downloaded, verified) (default: the config's, or the small default model)")
     g = p.add_argument_group("model flags (the recipe's spelling works; --cache_type_k q8_0 becomes --type_k 8)")
     for names, kw in _RECIPE_FLAGS:
         g.add_argument(*names, dest="recipe" + names[0].replace("-", "_"), metavar="V", default=None, **kw)
@@ -56,6 +56,23 @@ def _api_key(args) -> str | None:
     return key
 
 
+def _real_model(cfg, args):
+    """REPO:QUANT -> local verified GGUF (downloaded when missing); --fit -> the plan's config."""
+    from qwenkit import realmodel
+
+    if realmodel.is_hub_spec(cfg.model):
+        cfg = cfg.replace(model=str(realmodel.resolve_model(cfg.model)))
+    if args.fit:
+        from qwenkit.cli_fit import parse_bytes
+
+        vram = None if args.vram in (None, "auto") else parse_bytes(args.vram)
+        ram = parse_bytes(args.ram) if args.ram else None
+        result = realmodel.fit_config(cfg, vram, ram)
+        print(result)  # the reason and the memory plan table
+        cfg = result.cfg
+    return cfg
+
+
 def cmd_serve(args) -> int:
     from qwenkit import server
     from qwenkit.errors import ServerError
@@ -77,6 +94,7 @@ def cmd_serve(args) -> int:
         return 1
 
     cfg, notes = config_from_args(args)
+    cfg = _real_model(cfg, args)
     key = _api_key(args)
     if args.allow_remote and not key:
         key = server.new_api_key()
@@ -163,6 +181,11 @@ def add_cli(sub) -> None:
                    help="a web origin allowed to call the API from a browser (CORS), e.g. http://localhost:3000")
     p.add_argument("--log", metavar="FILE", help="server log file (default: in the kit's cache folder)")
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for the model to load")
+    p.add_argument("--fit", action="store_true", help="plan memory and keep the fewest expert layers in "
+                   "system RAM so the model fits the GPU (the one path to the real model: "
+                   "--model unsloth/Qwen3.5-35B-A3B-GGUF:Q4_K_M --fit)")
+    p.add_argument("--vram", default=None, help="with --fit: GPU budget (16GiB, ...; default: the GPU's free memory)")
+    p.add_argument("--ram", default=None, help="with --fit: system RAM the experts may use (e.g. 32GiB)")
     p.add_argument("--background", action="store_true", help="leave it running; manage with --status/--stop")
     p.add_argument("--status", action="store_true", help="show the background server")
     p.add_argument("--stop", action="store_true", help="stop the background server")
