@@ -310,6 +310,15 @@ def hide_internal_errors() -> None:
     RouteErrorHandler.error_message_wrapper = wrapper
 
 
+def disable_unsafe_features(model_settings) -> None:
+    """Never the prompt cache (its disk form unpickles files: code execution from a cache
+    folder) and never RPC servers (llama.cpp's RPC backend has known CVEs), whatever the
+    settings say (FACTS.md, reliability and security)."""
+    model_settings.cache = False
+    model_settings.cache_type = "ram"
+    model_settings.rpc_servers = None
+
+
 # ---- expert placement hook -------------------------------------------------------------------
 def apply_expert_placement(cfg, status: Status) -> None:
     """Keep the expert tensors of the first cfg.n_cpu_moe layers in system RAM.
@@ -402,6 +411,7 @@ def main() -> int:
     server_settings.interrupt_requests = False  # never cut off a response still streaming
     model_settings.logits_all = False
     model_settings.verbose = True  # llama.cpp's reasons (truncated file, OOM) go to the log file
+    disable_unsafe_features(model_settings)
 
     apply_expert_placement(cfg, status)
 
