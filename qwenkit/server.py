@@ -168,6 +168,29 @@ class ServerProcess:
     def log_tail(self, n: int = 40) -> str:
         return _tail(self.log_path, n)
 
+    def check(self) -> None:
+        """Raise ServerError when the server process has died (killed, out of memory, crashed),
+        saying how it ended, with the log's last lines; return quietly while it runs. The
+        notebook that started it keeps working either way (the server is a child process)."""
+        if self.alive():
+            return
+        rc = self.returncode()
+        if rc is not None and rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            how = f"was killed by {name}"
+        else:
+            how = f"exited with code {rc}" if rc is not None else "is no longer running"
+        fix = "start it again: server.start(cfg)"
+        if rc == -signal.SIGKILL:
+            fix = ("SIGKILL often means the system ran out of memory (use a smaller n_ctx or model); "
+                   + fix)
+        _live.discard(self)
+        raise _error(self, f"the server process {self.pid} ({self.base_url}) {how}"
+                     f"\n--- last lines of {self.log_path} ---\n{self.log_tail(15)}", fix)
+
     def ping(self, timeout: float = 2.0) -> bool:
         """True when GET /v1/models answers 200."""
         import httpx
