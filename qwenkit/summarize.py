@@ -47,6 +47,10 @@ MARGIN = 16            # tokens of slack per request (token merges at chunk join
 MAX_ROUNDS = 6
 
 
+_CUT_FIX = ("check that the server still runs (ServerProcess.alive(), .check(), .log_tail()); "
+            "start it again if it died, then repeat the request")
+
+
 class DocumentError(QwenkitError, ValueError):
     """A document that cannot be summarized (empty, not text, unreadable)."""
 
@@ -301,7 +305,9 @@ class _Runner:
         return self.count(self.system) + self.count(user) + self.overhead
 
     def ask(self, user: str, max_tokens: int, role: str, on_token=None) -> tuple[str, Call, float | None]:
-        """One streamed chat request; returns (answer without thinking, call stats, first-token time)."""
+        """One streamed chat request; returns (answer without thinking, call stats, first-token time).
+        A stream that ends without a finish_reason raises ServerError (it was cut, not finished)."""
+        import httpx
         import openai
         t0 = time.perf_counter()
         first = last = None
@@ -328,6 +334,9 @@ class _Runner:
                 if ch.finish_reason:
                     finish = ch.finish_reason
         except openai.APIConnectionError as e:
+            if raw:  # it answered, then the connection broke
+                raise ServerError(f"the answer from {self.client.base_url} broke off after {len(raw)} pieces "
+                                  f"({e.__cause__ or e})", _CUT_FIX) from None
             raise ServerError(f"no server answers at {self.client.base_url} ({e.__cause__ or e})",
                               "start one: python -m qwenkit serve (or qwenkit.server.start(cfg))") from None
         except openai.APIError as e:
@@ -336,6 +345,14 @@ class _Runner:
             status = getattr(e, "status_code", None)
             raise ServerError(f"the server answered an error{f' ({status})' if status else ''}: {e.message}",
                               "read the server log (ServerProcess.log_tail())") from None
+        except httpx.HTTPError as e:  # the connection broke while the answer streamed
+            raise ServerError(f"the answer from {self.client.base_url} broke off after {len(raw)} pieces "
+                              f"({type(e).__name__}: {e})", _CUT_FIX) from None
+        if raw and finish is None:
+            # a stream that stops without a finish_reason was cut (server killed, restarted or
+            # out of memory, or a new request ended it): an error, never a short answer
+            raise ServerError(f"the answer from {self.client.base_url} ended without a finish_reason "
+                              f"after {len(raw)} pieces: the server stopped in the middle of it", _CUT_FIX)
         if not raw and finish is None:
             # a stream that ended with nothing: some servers lose an error inside a stream; ask
             # once more without streaming, which returns the error (or the answer) properly
