@@ -136,3 +136,22 @@ def test_malicious_template_through_the_server(malicious_template_model, faults_
                    input="the same GGUF behind qwenkit.server", fault="code in a chat template",
                    result="HTTP 500 with a generic message (SecurityError in the log only); no file "
                    "created; server still answers")
+
+
+# ---- the README table ---------------------------------------------------------------------------
+def test_readme_table_matches_committed_json():
+    """README's fault table is exactly what tools/faults_table.py renders from the committed
+    benchmarks/faults/faults.json (regenerate: QWENKIT_FAULTS_JSON=... pytest -m faults, then
+    python tools/faults_table.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("faults_table", ROOT / "tools" / "faults_table.py")
+    ft = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ft)
+    data = json.loads(ft.JSON_PATH.read_text())
+    ids = {r["id"] for r in data["records"]}
+    assert {"file:" + c for c in CASES} <= ids and "load:sequential_and_concurrent" in ids
+    readme = ft.README.read_text()
+    assert readme.count(ft.BEGIN) == 1 and readme.count(ft.END) == 1
+    assert ft.splice(readme, ft.render(data)) == readme, "README's fault table differs from faults.json"
+    assert ft.main(["--check"]) == 0
