@@ -49,7 +49,7 @@ _LOADER = textwrap.dedent("""
 def llama_results(broken_files) -> dict[str, dict]:
     paths = [str(broken_files[c][0]) for c in CASES]
     p = subprocess.run([sys.executable, "-c", _LOADER, *paths], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT)
+                       timeout=120, cwd=ROOT, check=False)
     lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
     done = {Path(r["path"]).stem: r for r in lines if "type" in r}
     started = [Path(r["path"]).stem for r in lines if r.get("start")]

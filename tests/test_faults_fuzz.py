@@ -19,8 +19,8 @@ from qwenkit.gguf_info import model_info, parse_gguf, read_gguf
 
 pytestmark = pytest.mark.faults
 MiB = 1 << 20
-FUZZ = dict(deadline=None, derandomize=True, database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = {"deadline": None, "derandomize": True, "database": None,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 N = {"bit_flips": 1000, "truncation": 500, "inflated_field": 1000, "overwrite": 500}
 
 _state: dict = {}

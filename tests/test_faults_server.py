@@ -325,7 +325,7 @@ class _Hang(http.server.BaseHTTPRequestHandler):
     """Accepts a request and never answers (counts the attempts)."""
     attempts = 0
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         type(self).attempts += 1
         time.sleep(5)
 
@@ -350,7 +350,7 @@ def test_client_timeout_and_at_most_one_retry(served, faults_log):
     assert counter._http.timeout.read == 60
     # against a server that never answers: a timeout, after at most one retry
     _Hang.attempts = 0
-    httpd, root = _serve(_Hang)
+    httpd, _root = _serve(_Hang)
     try:
         fake = server.ServerProcess(None, host="127.0.0.1", port=httpd.server_address[1], api_key=None,
                                     alias="x", log_path=Path("/dev/null"), status_path=Path("/dev/null"),
@@ -385,7 +385,7 @@ def _stream_handler(mode: str):
             self.end_headers()
             self.wfile.write(body)
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             req = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
             if self.path.endswith("/tokenize/count"):
                 return self._json({"count": 1 + len(req.get("input", "").split())})
