@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 ENV_VAR = "QWENKIT_SERVE"
 ANY_PORT_START = 8000
@@ -65,7 +65,7 @@ class Status:
             json.dump(self.data, f)
         os.replace(tmp, self.path)
 
-    def fail(self, code: int, problem: str, fix: str | None = None) -> "NoReturn":  # type: ignore[name-defined]
+    def fail(self, code: int, problem: str, fix: str | None = None) -> NoReturn:
         self.write("error", problem=problem, fix=fix, exit_code=code)
         sys.exit(code)
 

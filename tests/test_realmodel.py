@@ -13,7 +13,7 @@ from qwenkit.config import RunConfig
 from qwenkit.errors import ConfigError, GGUFError
 from qwenkit.gguf_info import read_model_info
 
-from fixtures_hub import REPO_BIG, REPO_TINY
+from fixtures_hub import REPO_TINY
 
 GiB = 1 << 30
 

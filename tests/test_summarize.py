@@ -3,7 +3,6 @@ bad input, and a document of more than 10 x n_ctx tokens through the real shared
 from __future__ import annotations
 
 import socket
-import sys
 
 import openai
 import pytest
