@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bin", default=None, help="folder with llama-bench / llama-server")
     ap.add_argument("--switches", action="store_true",
                     help="also sweep n_threads (tg) and n_ubatch (pp) on the kit and llama-bench")
+    ap.add_argument("--note", action="append", default=[], help="a line for RESULTS.md (repeatable)")
     ap.add_argument("--out", default=str(HERE / "results" / "cpu_compare.json"))
     args = ap.parse_args(argv)
 
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
                            bench.run_llama_bench(c, p=p_, n=n_, r=1, bin_dir=bin_dir)]
         merged += bench.merge(sw)
     meta["load"] = loads
+    meta["notes"] = list(args.note)
     bench.save_json(merged, args.out, meta=meta, comparisons=comps)
     print(bench.table(merged))
     print()

@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import re
 import subprocess
 import sys
@@ -46,6 +48,27 @@ def llama_perplexity(bin_dir: Path, model: str, text: str, n_ctx: int, threads: 
         os.unlink(f.name)
 
 
+def _speed_note(n: int, depth: int, mem_ctx: int) -> str:
+    return (f"Speed columns: decode rate with this KV pair relative to the f16/f16 cache, median over the "
+            f"interleaved rounds of the ratio within a round (kit in-kernel path and llama-bench, tg{n} at "
+            f"depth 0 and {depth}); KV MiB at {mem_ctx} tokens from the GGUF header. At depth 0 the cache "
+            f"holds a few dozen tokens: differences there are this shared machine's noise, not the KV type.")
+
+
+def speed_ratios(results, speed, labels, pairs, n, depth) -> None:
+    """Decode rate of each KV pair relative to f16/f16: the median over rounds of the ratio
+    within a round (each round ran every pair once, so a load burst hits a round's pair alike;
+    this machine's neighbours made single repetitions collapse by 10-50x now and then)."""
+    get = {(r.path, r.test, r.config.get("type_k"), r.config.get("type_v")): r for r in results}
+    for lab, (k, v) in zip(labels, pairs):
+        for d in (0, depth):
+            t = bench.test_name(0, n, d)
+            for path in ("kit", "llama-bench"):
+                a, b = get.get((path, t, k, v)), get.get((path, t, "f16", "f16"))
+                if a and b and a.rates and len(a.rates) == len(b.rates):
+                    speed[lab][f"{path} {t} vs f16"] = statistics.median(x / y for x, y in zip(a.rates, b.rates))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -58,15 +81,31 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--mem-ctx", type=int, default=8192)
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--recompute", action="store_true",
+                    help="only recompute the speed ratios and the file's tables from --out's results")
     ap.add_argument("--bin", default=None)
+    ap.add_argument("--note", action="append", default=[], help="a line for RESULTS.md (repeatable)")
     ap.add_argument("--out", default=str(HERE / "results" / "kv_quality.json"))
     args = ap.parse_args(argv)
 
+    if args.recompute:
+        doc = json.loads(Path(args.out).read_text())
+        res = [bench.BenchResult.from_dict(d) for d in doc["results"]]
+        labels = [f"{k}/{v}" for k, v in quality.DEFAULT_KV]
+        speed = {lab: {k: v for k, v in doc["speed"][lab].items() if not k.endswith("vs f16")} for lab in labels}
+        m = doc["meta"]
+        speed_ratios(res, speed, labels, list(quality.DEFAULT_KV), int(res[0].n_gen), int(m["depth"]))
+        doc["speed"] = speed
+        doc["speed_note"] = _speed_note(int(res[0].n_gen), int(m["depth"]), int(m.get("kv_mib_at", {}).get("n_ctx", 8192)))
+        Path(args.out).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+        print(quality.table([quality.KVQuality(**{k: v for k, v in q.items() if k != "label"}) for q in doc["quality"]], speed))
+        return 0
     model = args.model or str(default_model_path())
     text = Path(args.text).read_text() if Path(args.text).is_file() else quality.bundled_text(args.text)
     pairs = list(quality.DEFAULT_KV)
     labels = [f"{k}/{v}" for k, v in pairs]
     meta = bench.machine_info()
+    meta["notes"] = list(args.note)
     meta.update(model=Path(model).name, model_path=model, threads=args.threads, reps=args.reps,
                 text=args.text, n_ctx_ppl=args.n_ctx_ppl, depth=args.depth, suite="kv_quality")
     bin_dir = Path(args.bin) if args.bin else bench.find_tools(("llama-bench",))
@@ -80,8 +119,8 @@ def main(argv=None) -> int:
         ref = llama_perplexity(bin_dir, model, text, args.n_ctx_ppl, args.threads, args.chunks or None)
         meta["llama_perplexity_f16"] = ref
         base = next(r for r in rows if r.label == "f16/f16")
-        meta["notes"] = [f"f16 perplexity: qwenkit.quality {base.ppl:.4f}, llama.cpp llama-perplexity {ref}"
-                         f" (same text, n_ctx {args.n_ctx_ppl}, {base.n_chunks} chunks, {base.n_scored} scored tokens)"]
+        meta.setdefault("notes", []).append(f"f16 perplexity: qwenkit.quality {base.ppl:.4f}, llama.cpp llama-perplexity {ref}"
+                         f" (same text, n_ctx {args.n_ctx_ppl}, {base.n_chunks} chunks, {base.n_scored} scored tokens)")
 
     # 2. memory
     from qwenkit.gguf_info import read_model_info
@@ -91,7 +130,7 @@ def main(argv=None) -> int:
 
     # 3. speed, interleaved over the pairs
     results: list[bench.BenchResult] = []
-    speed: dict[str, dict[str, float]] = {lab: {f"KV MiB @ {args.mem_ctx}": round(mem[lab], 1)} for lab in labels}
+    speed: dict[str, dict[str, float]] = {lab: {f"KV MiB @ {args.mem_ctx}": f"{mem[lab]:.1f}"} for lab in labels}
     loads = []
     if not args.no_speed:
         from qwenkit.engine import load
@@ -125,19 +164,10 @@ def main(argv=None) -> int:
             for llm, _ in llms.values():
                 llm.close()
         results = bench.merge(results)
-        get = {(r.path, r.test, r.config.get("type_k"), r.config.get("type_v")): r for r in results}
-        for lab, (k, v) in zip(labels, pairs):
-            for d in (0, args.depth):
-                t = bench.test_name(0, args.n, d)
-                for path in ("kit", "llama-bench"):
-                    a, b = get.get((path, t, k, v)), get.get((path, t, "f16", "f16"))
-                    if a and b and a.rates and b.rates:
-                        speed[lab][f"{path} {t} vs f16"] = a.mean / b.mean
+        speed_ratios(results, speed, labels, pairs, args.n, args.depth)
         meta["load"] = loads
     bench.save_json(results, args.out, meta=meta, quality=[r.to_dict() for r in rows], speed=speed,
-                    speed_note=(f"Speed columns: decode rate relative to the f16/f16 cache in the same run "
-                                f"(kit in-kernel path and llama-bench, tg{args.n} at depth 0 and {args.depth}); "
-                                f"KV MiB at {args.mem_ctx} tokens from the GGUF header."))
+                    speed_note=_speed_note(args.n, args.depth, args.mem_ctx))
     print()
     print(quality.table(rows, speed))
     if results:

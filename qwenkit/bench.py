@@ -149,7 +149,8 @@ class _Runner:
         vocab = llm._model.vocab
         self.bos = lc.llama_vocab_bos(vocab) if lc.llama_vocab_get_add_bos(vocab) else None
         self.rng = np.random.default_rng(seed)
-        self._state: tuple[int, Any] | None = None   # (depth, saved sequence state)
+        # (depth, saved sequence state), kept on the Llama so later bench() calls reuse it
+        self._state: tuple[int, Any] | None = llm.__dict__.get("_qwenkit_depth_state")
 
     def rand_tokens(self, n: int, first: bool) -> list[int]:
         toks = self.rng.integers(0, self.n_vocab, size=n).tolist()
@@ -176,6 +177,7 @@ class _Runner:
         buf = (ctypes.c_uint8 * size)()
         lc.llama_state_seq_get_data(self.ctx, buf, size, 0)
         self._state = (n_depth, buf)
+        self.llm.__dict__["_qwenkit_depth_state"] = self._state
 
     def prompt(self, n: int, path: str = "kit") -> None:
         toks = self.rand_tokens(n, first=self.llm.n_tokens == 0)
