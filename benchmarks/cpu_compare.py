@@ -23,14 +23,13 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qwenkit import bench  # noqa: E402
-from qwenkit.config import RunConfig, default_threads  # noqa: E402
-from qwenkit.models import default_model_path  # noqa: E402
+from qwenkit import bench
+from qwenkit.config import RunConfig, default_threads
+from qwenkit.models import default_model_path
 
 HERE = Path(__file__).resolve().parent
 
@@ -115,7 +114,7 @@ def main(argv=None) -> int:
                 servers["llama_cpp.server"] = stack.enter_context(bench.StockServer(
                     model, ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]))
             servers["llama-server"] = stack.enter_context(bench.NativeServer(cfg, bin_dir=bin_dir))
-            for label, s in servers.items():  # one warm-up request each
+            for s in servers.values():  # one warm-up request each
                 bench.stream_completion(s.base_url, bench.DEFAULT_SERVER_PROMPT, 8, headers=_headers(s))
         kernel_paths = ["kit", "decode"] + ([] if args.no_stock else ["llama-cpp-python"])
         warm = set()
@@ -169,7 +168,7 @@ def dict_setting(r: bench.BenchResult, setting: str) -> bench.BenchResult:
 
 
 def _headers(s) -> dict:
-    return s.headers() if hasattr(s, "headers") and callable(getattr(s, "headers")) else {}
+    return s.headers() if hasattr(s, "headers") and callable(s.headers) else {}
 
 
 if __name__ == "__main__":

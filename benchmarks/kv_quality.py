@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qwenkit import bench, quality  # noqa: E402
-from qwenkit.config import RunConfig, default_threads  # noqa: E402
-from qwenkit.models import default_model_path  # noqa: E402
+from qwenkit import bench, quality
+from qwenkit.config import RunConfig, default_threads
+from qwenkit.models import default_model_path
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,7 +41,7 @@ def llama_perplexity(bin_dir: Path, model: str, text: str, n_ctx: int, threads: 
     try:
         args = [str(exe), "-m", model, "-f", f.name, "-c", str(n_ctx), "-b", str(n_ctx), "-t", str(threads),
                 "-fa", "on", "-ctk", "f16", "-ctv", "f16"] + (["--chunks", str(chunks)] if chunks else [])
-        out = subprocess.run(args, capture_output=True, text=True, timeout=3600, env=bench._tool_env(bin_dir))
+        out = subprocess.run(args, check=False, capture_output=True, text=True, timeout=3600, env=bench._tool_env(bin_dir))
         m = re.search(r"Final estimate: PPL = ([0-9.]+)", out.stdout + out.stderr)
         return float(m.group(1)) if m else None
     finally:

@@ -38,10 +38,8 @@ import ctypes
 import dataclasses
 import http.client
 import json
-import math
 import os
 import platform
-import shutil
 import socket
 import statistics
 import subprocess
@@ -49,9 +47,10 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from qwenkit.config import RunConfig
 from qwenkit.errors import QwenkitError
@@ -95,7 +94,7 @@ class BenchResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BenchResult":
+    def from_dict(cls, d: dict[str, Any]) -> BenchResult:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -139,6 +138,7 @@ class _Runner:
     def __init__(self, llm, seed: int = 1234):
         import llama_cpp as lc
         import numpy as np
+
         from qwenkit.fastgen import FastGen
 
         self.lc, self.llm = lc, llm
@@ -429,7 +429,7 @@ def find_tools(required: Sequence[str] = ("llama-bench", "llama-server")) -> Pat
     script = ROOT / "scripts" / "build_tools.sh"
     if script.is_file():
         try:
-            out = subprocess.run(["bash", str(script), "--print"], capture_output=True, text=True, timeout=30)
+            out = subprocess.run(["bash", str(script), "--print"], check=False, capture_output=True, text=True, timeout=30)
             if out.returncode == 0 and out.stdout.strip():
                 cands.append(Path(out.stdout.strip().splitlines()[-1]))
         except (OSError, subprocess.SubprocessError):
@@ -484,7 +484,7 @@ def run_llama_bench(cfg: RunConfig, p: int | Sequence[int] = 512, n: int | Seque
             *kept, "-o", "json", *extra_args]
     e = _tool_env(exe.parent)
     e.update(env or {})
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=e)
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, timeout=timeout, env=e)
     if proc.returncode != 0:
         raise BenchError(f"llama-bench failed (exit {proc.returncode}): {proc.stderr[-800:]}",
                          "check the flags against `llama-bench --help`")
@@ -532,7 +532,7 @@ class NativeServer:
                 "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch), "-np", "1", "--no-webui",
                 "-a", cfg.alias, *(["--n-cpu-moe", str(cfg.n_cpu_moe)] if cfg.n_cpu_moe else []),
                 *extra_args]
-        self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115 - the process writes it
         e = _tool_env(exe.parent)
         e.update(env or {})
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e,
@@ -570,7 +570,7 @@ class NativeServer:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def __enter__(self) -> "NativeServer":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -589,7 +589,7 @@ class StockServer:
                  ready_timeout: float = 300, env: dict | None = None):
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = tempfile.NamedTemporaryFile(prefix="llama_cpp-server-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix="llama_cpp-server-", suffix=".log", delete=False)  # noqa: SIM115 - the process writes it
         e = {k: v for k, v in os.environ.items() if k.upper() not in ("HOST", "PORT", "API_KEY", "MODEL")}
         e.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model,
@@ -669,7 +669,7 @@ def table(results: Sequence[BenchResult], baseline: Callable[[BenchResult], Benc
 
 def _md(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     w = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(n) for c, n in zip(cells, w)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(str(c).ljust(n) for c, n in zip(cells, w)) + " |"
     return "\n".join([line(head), "| " + " | ".join("-" * n for n in w) + " |", *[line(r) for r in rows]])
 
 
@@ -718,13 +718,13 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",  # noqa: PLW1510
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
         info["gpu"] = out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         info["gpu"] = None
     try:
-        info["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        info["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],  # noqa: PLW1510
                                         capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         info["commit"] = None
@@ -733,7 +733,7 @@ def machine_info() -> dict[str, Any]:
         info["llama_cpp_python"] = llama_cpp.__version__
         info["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
         info["system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001, S110 - optional facts
         pass
     return info
 

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -36,8 +35,9 @@ def parse_sweep(spec: str) -> tuple[str, list[Any]]:
     field = field.strip().replace("-", "_")
     if not sep or not vals:
         raise ConfigError(f"cannot read --sweep {spec!r}", "write --sweep FIELD=V1,V2,... e.g. n_threads=1,2")
-    from qwenkit.config import RunConfig
     import dataclasses
+
+    from qwenkit.config import RunConfig
     if field not in {f.name for f in dataclasses.fields(RunConfig)}:
         raise ConfigError(f"--sweep: RunConfig has no field {field!r}",
                           "use e.g. type_k, type_v, n_threads, n_batch, n_ubatch, n_cpu_moe, flash_attn, n_ctx")

@@ -35,13 +35,23 @@ import ctypes
 import random
 import time
 import uuid
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["FastGen", "Sampler", "install", "uninstall", "is_installed", "fast_path_supports",
-           "install_server", "server_hook_dir", "generation_executor",
-           "run_on_generation_thread"]
+__all__ = [
+    "FastGen",
+    "Sampler",
+    "fast_path_supports",
+    "generation_executor",
+    "install",
+    "install_server",
+    "is_installed",
+    "run_on_generation_thread",
+    "server_hook_dir",
+    "uninstall",
+]
 
 
 def _lc():
@@ -75,7 +85,7 @@ class Sampler:
         if self.argmax:
             return
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        add = lambda s: lc.llama_sampler_chain_add(chain, s)  # noqa: E731 - the chain owns s
+        add = lambda s: lc.llama_sampler_chain_add(chain, s)
         if logit_bias:
             arr = (lc.llama_logit_bias * len(logit_bias))()
             for i, (tok, bias) in enumerate(logit_bias.items()):
@@ -125,7 +135,7 @@ class Sampler:
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
             self.close()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001, S110 - best effort
             pass
 
 
@@ -626,11 +636,12 @@ except Exception as _e:  # noqa: BLE001
 '''
 
 
-def server_hook_dir() -> "Any":
+def server_hook_dir() -> Any:
     """A folder holding a sitecustomize.py that installs the fast path on every Llama created
     in a process that has the folder on its PYTHONPATH: for benchmarking a server entry point
     that does not call `install()` itself (qwenkit.bench.kit_server uses it)."""
     from pathlib import Path
+
     from qwenkit.models import cache_dir
     d = Path(cache_dir()) / "fastgen-hook"
     d.mkdir(parents=True, exist_ok=True)

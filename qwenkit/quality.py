@@ -23,11 +23,10 @@ every context in turn, so the comparison needs no stored logits file.
 """
 from __future__ import annotations
 
-import ctypes
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +96,7 @@ class KVContext:
             self.lc.llama_free(self.ctx)
             self.ctx = None
 
-    def __enter__(self) -> "KVContext":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

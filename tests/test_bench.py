@@ -125,7 +125,7 @@ def test_table_with_ratio():
     t = bench.table(res, baseline=lambda r: lb.get(r.test))
     assert "type_k" in t.splitlines()[0]
     assert "105.00 ± 7.07" in t
-    row = [l for l in t.splitlines() if "kit" in l and "tg128" in l][0]
+    row = next(l for l in t.splitlines() if "kit" in l and "tg128" in l)
     assert f"{51.0 / 55.0:.3f}" in row
 
 
