@@ -25,6 +25,7 @@ TITLES = {
     "cpu_compare": "2-core CPU: the kit vs llama-bench and llama-server",
     "kv_quality": "KV cache types: memory saved, quality cost, decode speed cost",
     "gpu_suite": "GPU: the kit vs llama-bench and llama-server, flags, KV types",
+    "gpu_four_after_server_fix": "GPU: the four paths again, after the server's generation thread fix",
 }
 
 
