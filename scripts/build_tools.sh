@@ -23,31 +23,9 @@ CACHE="${QWENKIT_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/qwenkit/tools}"
 TARGETS="${QWENKIT_TOOLS_TARGETS:-llama-bench llama-server llama-perplexity}"
 log() { printf '[build_tools] %s\n' "$*" >&2; }
 
-# ---- flags: the same decision as scripts/setup.sh ---------------------------------------
-cuda_arch() {
-  command -v nvidia-smi >/dev/null 2>&1 || return 1
-  nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' .'
-}
-ARCH=""
-if [ -n "${QWENKIT_CMAKE_ARGS:-}" ]; then
-  CMAKE_ARGS="$QWENKIT_CMAKE_ARGS"; FLAVOR="custom"
-elif [ "${QWENKIT_FORCE_CPU:-0}" != "1" ] && command -v nvcc >/dev/null 2>&1 && ARCH="$(cuda_arch)" && [ -n "$ARCH" ]; then
-  CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=$ARCH"; FLAVOR="cuda-sm$ARCH"
-else
-  flags="$(grep -m1 -E '^(flags|Features)' /proc/cpuinfo 2>/dev/null || true)"
-  has() { [[ " $flags " == *" $1 "* ]]; }
-  CMAKE_ARGS="-DGGML_NATIVE=OFF"
-  if [ "$(uname -m)" = "x86_64" ]; then
-    has avx && CMAKE_ARGS+=" -DGGML_AVX=ON"
-    has avx2 && CMAKE_ARGS+=" -DGGML_AVX2=ON"
-    has fma && CMAKE_ARGS+=" -DGGML_FMA=ON"
-    has f16c && CMAKE_ARGS+=" -DGGML_F16C=ON"
-    has avx512f && CMAKE_ARGS+=" -DGGML_AVX512=ON"
-  fi
-  FLAVOR="cpu"
-fi
-# same key as setup.sh's wheel cache, so a tools build and a wheel build with one key match
-KEY="$(printf '%s %s' "$LLAMA_VERSION" "$CMAKE_ARGS" | sha256sum | cut -c1-12)"
+# ---- flags: the same decision (and cache key) as scripts/setup.sh ------------------------
+# shellcheck source=llama_flags.sh
+source "$(dirname "${BASH_SOURCE[0]}")/llama_flags.sh"
 OUTDIR="$CACHE/$FLAVOR-$KEY"
 
 if [ "${1:-}" = "--print" ]; then

@@ -19,6 +19,8 @@ from qwenkit import server
 from qwenkit.config import RunConfig
 from qwenkit.errors import ServerError
 
+from netutil import listening_addresses
+
 pytestmark = pytest.mark.faults
 
 ROUTES = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
@@ -29,27 +31,6 @@ BODIES = {"/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"
 # the bound this suite states for the load test: the server's resident memory may grow by at
 # most this much from after warm-up to the end of 250 streamed requests
 RSS_GROWTH_BOUND_MIB = 64
-
-
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses with a LISTEN socket on `port`, from /proc/net/tcp{,6}."""
-    out = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            addr, p = f[1].rsplit(":", 1)
-            if int(p, 16) == port and f[3] == "0A":
-                if name == "tcp":
-                    out.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
-                else:
-                    out.add(socket.inet_ntop(socket.AF_INET6, b"".join(
-                        bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, 32, 8))))
-    return out
-
 
 def non_loopback_address() -> str | None:
     """An address of this machine that is not loopback (the outgoing interface), if any."""

@@ -21,29 +21,10 @@ from qwenkit import server
 from qwenkit.config import RunConfig
 from qwenkit.errors import ServerError
 
+from netutil import listening_addresses
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses with a LISTEN socket on `port`, from /proc/net/tcp{,6}."""
-    out = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            addr, p = f[1].rsplit(":", 1)
-            if int(p, 16) == port and f[3] == "0A":
-                if name == "tcp":
-                    out.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
-                else:
-                    out.add(socket.inet_ntop(socket.AF_INET6, b"".join(
-                        bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, 32, 8))))
-    return out
-
 
 def gone(pid: int, within: float = 10.0) -> bool:
     end = time.monotonic() + within
