@@ -621,22 +621,10 @@ class StockServer:
 
 @contextlib.contextmanager
 def kit_server(cfg: RunConfig, fast: bool = True, **start_kw) -> Iterator[Any]:
-    """The kit's server (qwenkit.server.start) for cfg. fast=True makes sure the child runs
-    qwenkit.fastgen's completion path even before serve_entry installs it itself (through a
-    sitecustomize on the child's PYTHONPATH; harmless once serve_entry does it)."""
+    """The kit's server (qwenkit.server.start) for cfg; fast=False serves through
+    llama-cpp-python's own completion path and publisher (a reference point)."""
     from qwenkit import server
-    old = os.environ.get("PYTHONPATH")
-    if fast:
-        from qwenkit.fastgen import server_hook_dir
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(server_hook_dir())] + ([old] if old else []))
-    try:
-        srv = server.start(cfg, port="any", access_log=False, **start_kw)
-    finally:
-        if fast:
-            if old is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = old
+    srv = server.start(cfg, port="any", access_log=False, fastgen=fast, **start_kw)
     try:
         yield srv
     finally:
