@@ -22,10 +22,15 @@ Stages (each writes the JSON again, so a stage that runs out of time loses only 
  3. "kv": KV pairs f16/f16, q8_0/q8_0, q4_0/q4_0, q8_0/f16 at depth 0 and --depth (16384):
     llama-bench and the kit's in-kernel path.
  4. "switches": GGML_CUDA_GRAPH_OPT=1 for llama-bench and the kit in-kernel; n_ubatch.
+ 5. "server": where the kit server's streamed decode goes, variants side by side against
+    llama-server (interleaved rounds): the kit's defaults; a request sending llama_cpp.server's
+    old default repeat_penalty 1.1; the plain call_soon_threadsafe wake-up instead of the
+    GIL-keeping hand-off; stream writes grouped per 25 ms; 4 threads for both servers.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -273,8 +278,47 @@ def main(argv=None) -> int:
                   {"path": "kit", "test": "tg128", "setting": "GGML_CUDA_GRAPH_OPT=1"},
                   {"path": "kit", "test": "tg128", "setting": "default"})
 
+    # ---- 5. the kit server's per-token costs -----------------------------------------------------
+    def server():
+        t = f"tg{sn} (stream)"
+        few = kit.replace(n_threads=4)
+        with contextlib.ExitStack() as st:
+            ns = st.enter_context(bench.NativeServer(kit, bin_dir=bin_dir))
+            ks = st.enter_context(bench.kit_server(kit))
+            variants = [("llama-server", ns, None, "kit defaults"),
+                        ("kit server", ks, None, "kit defaults"),
+                        ("kit server", ks, {"repeat_penalty": 1.1}, "request repeat_penalty 1.1"),
+                        ("kit server", st.enter_context(bench.kit_server(kit, env={"QWENKIT_GIL_HANDOFF": "0"})),
+                         None, "plain wake-up"),
+                        ("kit server", st.enter_context(bench.kit_server(kit, stream_flush_ms=25)), None,
+                         "stream_flush_ms 25"),
+                        ("llama-server", st.enter_context(bench.NativeServer(few, bin_dir=bin_dir)), None, "4 threads"),
+                        ("kit server", st.enter_context(bench.kit_server(few)), None, "4 threads")]
+            for _, srv, extra, _ in variants:  # one warm-up each
+                bench.stream_completion(srv.base_url, bench.DEFAULT_SERVER_PROMPT, 8,
+                                        headers=srv.headers() if hasattr(srv, "headers") else {}, extra=extra)
+            for k in range(max(2, r)):
+                order = variants if k % 2 == 0 else variants[::-1]
+                for label, srv, extra, setting in order:
+                    s.add([bench.bench_server(srv.base_url, n=sn, r=1, label=label, warmup=False, extra_body=extra,
+                                              headers=srv.headers() if hasattr(srv, "headers") else {},
+                                              config=bench.config_fields(few if setting == "4 threads" else kit))],
+                          "server", setting)
+        _merge_stage(s, "server")
+        for setting in ("kit defaults", "request repeat_penalty 1.1", "plain wake-up", "stream_flush_ms 25"):
+            s.compare(f"server stage: kit server ({setting}) vs llama-server",
+                      {"path": "kit server", "test": t, "stage": "server", "setting": setting},
+                      {"path": "llama-server", "test": t, "stage": "server", "setting": "kit defaults"})
+        s.compare("server stage: kit server vs llama-server, both 4 threads",
+                  {"path": "kit server", "test": t, "stage": "server", "setting": "4 threads"},
+                  {"path": "llama-server", "test": t, "stage": "server", "setting": "4 threads"})
+        s.compare("server stage: llama-server 4 threads vs its kit-default threads",
+                  {"path": "llama-server", "test": t, "stage": "server", "setting": "4 threads"},
+                  {"path": "llama-server", "test": t, "stage": "server", "setting": "kit defaults"})
+
     want = set(args.stages.split(","))
-    for name, need, fn in (("four", 60, four), ("flags", 90, flags), ("kv", 60, kv), ("switches", 45, switches)):
+    for name, need, fn in (("four", 60, four), ("flags", 90, flags), ("kv", 60, kv), ("switches", 45, switches),
+                           ("server", 90, server)):
         if name in want:
             s.stage(name, need, fn)
     s.doc["meta"]["wall_s"] = round(time.monotonic() - s.t0, 1)

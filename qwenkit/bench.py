@@ -620,11 +620,22 @@ class StockServer:
 
 
 @contextlib.contextmanager
-def kit_server(cfg: RunConfig, fast: bool = True, **start_kw) -> Iterator[Any]:
+def kit_server(cfg: RunConfig, fast: bool = True, env: dict[str, str] | None = None,
+               **start_kw) -> Iterator[Any]:
     """The kit's server (qwenkit.server.start) for cfg; fast=False serves through
-    llama-cpp-python's own completion path and publisher (a reference point)."""
+    llama-cpp-python's own completion path and publisher (a reference point). env: variables
+    set while the process starts (only those the server passes on, e.g. GGML_*, QWENKIT_GIL_HANDOFF)."""
     from qwenkit import server
-    srv = server.start(cfg, port="any", access_log=False, fastgen=fast, **start_kw)
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        srv = server.start(cfg, port="any", access_log=False, fastgen=fast, quiet=True, **start_kw)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     try:
         yield srv
     finally:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import os
 import random
 import time
 import uuid
@@ -567,11 +568,11 @@ class Handoff:
     def __init__(self, loop):
         import asyncio
         import collections
-        import os
         self.loop = loop
         self.items: collections.deque = collections.deque()
         self.ready = asyncio.Event()
-        self._write = _held_write()
+        # QWENKIT_GIL_HANDOFF=0: the plain call_soon_threadsafe wake-up (for A/B benchmarks)
+        self._write = _held_write() if os.environ.get("QWENKIT_GIL_HANDOFF", "1") != "0" else None
         self._r = self._w = -1
         if self._write is not None:
             try:
@@ -592,7 +593,6 @@ class Handoff:
             self.loop.call_soon_threadsafe(self.ready.set)
 
     def _drain(self) -> None:
-        import os
         try:
             while os.read(self._r, 4096):
                 pass
@@ -616,7 +616,6 @@ class Handoff:
         return self.take()
 
     def _close_fds(self) -> None:
-        import os
         for fd in (self._r, self._w):
             if fd >= 0:
                 os.close(fd)

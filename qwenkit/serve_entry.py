@@ -279,7 +279,7 @@ def stream_errors_as_events(app_module) -> None:
     app_module.get_event_publisher = publisher
 
 
-def install_fast_path(llama, status: Status, app_module=None) -> None:
+def install_fast_path(llama, status: Status, app_module=None, flush_ms: float = 0.0) -> None:
     """qwenkit.fastgen's lean completion path (llama.cpp's decode and sampler with O(1) Python
     work per token; requests it does not support fall back to llama-cpp-python's own), and one
     generation thread for the server (a new OpenMP team per worker thread cost 2-core decode
@@ -288,8 +288,8 @@ def install_fast_path(llama, status: Status, app_module=None) -> None:
         from qwenkit import fastgen
         fastgen.install(llama)
         if app_module is not None:
-            fastgen.install_server(app_module)
-        status.write("loading", fastgen="on")
+            fastgen.install_server(app_module, flush_ms=flush_ms)
+        status.write("loading", fastgen="on", stream_flush_ms=flush_ms)
     except Exception as e:  # noqa: BLE001 - the stock path still works
         status.write("loading", fastgen=f"not installed: {e}")
 
@@ -463,7 +463,7 @@ def main() -> int:
     add_template_kwargs(llama)
     use_llama_server_defaults(app_module)
     if spec.get("fastgen", True):  # before the error wrapper, which wraps its publisher
-        install_fast_path(llama, status, app_module)
+        install_fast_path(llama, status, app_module, float(spec.get("stream_flush_ms") or 0.0))
     stream_errors_as_events(app_module)
     hide_internal_errors()
     app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]

@@ -41,7 +41,7 @@ DEFAULT_PORT = 8000
 # dropped: llama_cpp.server lets the environment override its flags).
 _ENV_KEEP = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
              "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SYSTEMROOT", "XDG_CACHE_HOME",
-             "QWENKIT_CACHE", "OMP_NUM_THREADS"}
+             "QWENKIT_CACHE", "QWENKIT_GIL_HANDOFF", "OMP_NUM_THREADS"}
 _ENV_KEEP_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "GGML_", "HIP_", "ROCR_", "HSA_", "VK_", "ONEAPI_")
 
 _live: "weakref.WeakSet[ServerProcess]" = weakref.WeakSet()
@@ -282,7 +282,8 @@ def _stop_all() -> None:
 def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_PORT,
           api_key: str | None = None, allow_remote: bool = False, log_path: str | os.PathLike | None = None,
           ready_timeout: float = 120, *, background: bool = False, allowed_origins: list[str] | None = None,
-          access_log: bool = True, fastgen: bool = True, quiet: bool = False) -> ServerProcess:
+          access_log: bool = True, fastgen: bool = True, stream_flush_ms: float = 0.0,
+          quiet: bool = False) -> ServerProcess:
     """Start the server for `cfg` and wait until GET /v1/models answers.
 
     host: 127.0.0.1 by default; anything else needs allow_remote=True and an api_key.
@@ -291,6 +292,8 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
     log_path: the server's log (llama.cpp's messages included); default in the kit's cache folder.
     background: the server outlives this Python process (`qwenkit serve --status/--stop`).
     fastgen: serve completions through qwenkit.fastgen's lean decode loop (False: llama-cpp-python's).
+    stream_flush_ms: > 0 groups a stream's events into at most one socket write per this many
+        milliseconds (every token is still its own event; the first goes out at once).
     quiet: do not print the URL (and key) when it is ready.
     Raises ServerError with the log's last lines when the process dies or never answers;
     nothing is left running then.
@@ -338,6 +341,7 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
         "allow_remote": bool(allow_remote), "status_path": str(status_path),
         "parent_pid": None if background else os.getpid(),
         "allowed_origins": list(allowed_origins or []), "access_log": access_log, "fastgen": bool(fastgen),
+        "stream_flush_ms": float(stream_flush_ms),
     }
     log = open(log_path, "ab")
     log.write(f"\n=== qwenkit server start {time.strftime('%Y-%m-%d %H:%M:%S')}: {cfg.summary()}\n".encode())
