@@ -24,8 +24,8 @@ Stages (each writes the JSON again, so a stage that runs out of time loses only 
  4. "switches": GGML_CUDA_GRAPH_OPT=1 for llama-bench and the kit in-kernel; n_ubatch.
  5. "server": where the kit server's streamed decode goes, variants side by side against
     llama-server (interleaved rounds): the kit's defaults; a request sending llama_cpp.server's
-    old default repeat_penalty 1.1; the plain call_soon_threadsafe wake-up instead of the
-    GIL-keeping hand-off; stream writes grouped per 25 ms; 4 threads for both servers.
+    old default repeat_penalty 1.1; stream writes grouped per 25 ms; 4 threads for both servers;
+    GGML_CUDA_GRAPH_OPT=1 for both servers.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ from qwenkit import bench
 from qwenkit.config import RunConfig, from_recipe_flags
 
 RECIPE_FLAGS = "--n_gpu_layers -1 --flash_attn True --n_ctx 8192 --cache_type_k q8_0"
+GRAPH_OPT = {"GGML_CUDA_GRAPH_OPT": "1"}
 KV_PAIRS = (("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16"))
 
 
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
 
     # ---- 4. llama.cpp's speed switches -----------------------------------------------------------
     def switches():
-        env = {"GGML_CUDA_GRAPH_OPT": "1"}
+        env = GRAPH_OPT
         s.add(bench.run_llama_bench(kit, p=0, r=r, bin_dir=bin_dir, env=env), "switches", "GGML_CUDA_GRAPH_OPT=1")
         s.add(bench.run_llama_bench(kit, p=0, r=r, bin_dir=bin_dir), "switches", "default")
         # the kit in a fresh process with the variable set (it is read when the backend starts)
@@ -267,7 +268,10 @@ def main(argv=None) -> int:
                    "-r", str(r), "--path", "kit,decode", "--n-ctx", "8192", "--json", str(out)]
             root = str(Path(__file__).resolve().parent.parent)
             pp = os.pathsep.join([root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-            subprocess.run(cmd, env={**os.environ, **e, "PYTHONPATH": pp}, check=True, timeout=max(60, s.left()))
+            done = subprocess.run(cmd, env={**os.environ, **e, "PYTHONPATH": pp}, capture_output=True, text=True,
+                                  timeout=max(60, s.left()))
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
             _, res = bench.load_json(out)
             s.add(res, "switches", label)
         s.add(bench.run_llama_bench(kit, r=r, bin_dir=bin_dir, extra_args=["-ub", "256,1024"]), "switches", "n_ubatch")
@@ -288,12 +292,14 @@ def main(argv=None) -> int:
             variants = [("llama-server", ns, None, "kit defaults"),
                         ("kit server", ks, None, "kit defaults"),
                         ("kit server", ks, {"repeat_penalty": 1.1}, "request repeat_penalty 1.1"),
-                        ("kit server", st.enter_context(bench.kit_server(kit, env={"QWENKIT_GIL_HANDOFF": "0"})),
-                         None, "plain wake-up"),
                         ("kit server", st.enter_context(bench.kit_server(kit, stream_flush_ms=25)), None,
                          "stream_flush_ms 25"),
                         ("llama-server", st.enter_context(bench.NativeServer(few, bin_dir=bin_dir)), None, "4 threads"),
-                        ("kit server", st.enter_context(bench.kit_server(few)), None, "4 threads")]
+                        ("kit server", st.enter_context(bench.kit_server(few)), None, "4 threads"),
+                        ("llama-server", st.enter_context(bench.NativeServer(kit, bin_dir=bin_dir, env=GRAPH_OPT)),
+                         None, "GGML_CUDA_GRAPH_OPT=1"),
+                        ("kit server", st.enter_context(bench.kit_server(kit, env=GRAPH_OPT)), None,
+                         "GGML_CUDA_GRAPH_OPT=1")]
             for _, srv, extra, _ in variants:  # one warm-up each
                 bench.stream_completion(srv.base_url, bench.DEFAULT_SERVER_PROMPT, 8,
                                         headers=srv.headers() if hasattr(srv, "headers") else {}, extra=extra)
@@ -305,13 +311,17 @@ def main(argv=None) -> int:
                                               config=bench.config_fields(few if setting == "4 threads" else kit))],
                           "server", setting)
         _merge_stage(s, "server")
-        for setting in ("kit defaults", "request repeat_penalty 1.1", "plain wake-up", "stream_flush_ms 25"):
+        for setting in ("kit defaults", "request repeat_penalty 1.1", "stream_flush_ms 25"):
             s.compare(f"server stage: kit server ({setting}) vs llama-server",
                       {"path": "kit server", "test": t, "stage": "server", "setting": setting},
                       {"path": "llama-server", "test": t, "stage": "server", "setting": "kit defaults"})
         s.compare("server stage: kit server vs llama-server, both 4 threads",
                   {"path": "kit server", "test": t, "stage": "server", "setting": "4 threads"},
                   {"path": "llama-server", "test": t, "stage": "server", "setting": "4 threads"})
+        for path in ("llama-server", "kit server"):
+            s.compare(f"server stage: {path} GGML_CUDA_GRAPH_OPT=1 vs default",
+                      {"path": path, "test": t, "stage": "server", "setting": "GGML_CUDA_GRAPH_OPT=1"},
+                      {"path": path, "test": t, "stage": "server", "setting": "kit defaults"})
         s.compare("server stage: llama-server 4 threads vs its kit-default threads",
                   {"path": "llama-server", "test": t, "stage": "server", "setting": "4 threads"},
                   {"path": "llama-server", "test": t, "stage": "server", "setting": "kit defaults"})

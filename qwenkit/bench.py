@@ -624,7 +624,7 @@ def kit_server(cfg: RunConfig, fast: bool = True, env: dict[str, str] | None = N
                **start_kw) -> Iterator[Any]:
     """The kit's server (qwenkit.server.start) for cfg; fast=False serves through
     llama-cpp-python's own completion path and publisher (a reference point). env: variables
-    set while the process starts (only those the server passes on, e.g. GGML_*, QWENKIT_GIL_HANDOFF)."""
+    set while the process starts (only those the server passes on, e.g. GGML_*, CUDA_*)."""
     from qwenkit import server
     old = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})

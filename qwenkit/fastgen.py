@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import os
 import random
 import time
 import uuid
@@ -43,7 +42,6 @@ import numpy as np
 
 __all__ = [
     "FastGen",
-    "Handoff",
     "Sampler",
     "fast_path_supports",
     "generation_executor",
@@ -58,41 +56,6 @@ __all__ = [
 def _lc():
     import llama_cpp
     return llama_cpp
-
-
-# The short llama.cpp calls made once per token, bound through ctypes.PyDLL so they keep the GIL.
-# A ctypes.CDLL call releases the GIL and takes it back; in a server, every release hands the
-# GIL to the event-loop thread, and the generation thread then waits until that thread lets go
-# (up to its whole per-token Python work, or the 5 ms switch interval). Holding the GIL through
-# these microsecond calls leaves llama_decode as the one release per token: the event loop does
-# its work while the model computes, not in between.
-_PER_TOKEN_CALLS = ("llama_get_logits_ith", "llama_vocab_is_eog", "llama_token_to_piece",
-                    "llama_batch_get_one", "llama_sampler_sample", "llama_sampler_accept")
-_HELD = None
-
-
-def held_calls():
-    """A namespace of the per-token calls that keep the GIL (the ordinary bindings when the
-    library cannot be opened again as a PyDLL)."""
-    global _HELD
-    if _HELD is None:
-        import types
-        lc = _lc()
-        ns = types.SimpleNamespace()
-        try:
-            import llama_cpp.llama_cpp as bindings
-            lib = ctypes.PyDLL(bindings._lib._name)  # dlopen of the same file: the same loaded library
-            for name in _PER_TOKEN_CALLS:
-                src, f = getattr(lc, name), getattr(lib, name)
-                f.argtypes, f.restype = src.argtypes, src.restype
-                setattr(ns, name, f)
-            ns.holds_gil = True
-        except (AttributeError, OSError, TypeError):
-            for name in _PER_TOKEN_CALLS:
-                setattr(ns, name, getattr(lc, name))
-            ns.holds_gil = False
-        _HELD = ns
-    return _HELD
 
 
 # ---- sampling ----------------------------------------------------------------------------------
@@ -111,7 +74,6 @@ class Sampler:
                  logit_bias: dict[int, float] | None = None):
         lc = _lc()
         self._lc = lc
-        self._held = held_calls()
         self.n_vocab = int(llm.n_vocab())
         self.temperature = float(temperature)
         penalties = (repeat_penalty != 1.0 or frequency_penalty != 0.0 or presence_penalty != 0.0)
@@ -150,19 +112,19 @@ class Sampler:
     def sample(self, ctx) -> int:
         """The next token from the logits of the last decoded position (accepted into the chain)."""
         if self.argmax:
-            ptr = self._held.llama_get_logits_ith(ctx, -1)
+            ptr = self._lc.llama_get_logits_ith(ctx, -1)
             addr = ctypes.cast(ptr, ctypes.c_void_p).value
             if addr != self._view_addr:  # llama.cpp may move its output buffer; reuse the view when not
                 self._view = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
                 self._view_addr = addr
             return int(self._view.argmax())
-        return int(self._held.llama_sampler_sample(self.chain, ctx, -1))
+        return int(self._lc.llama_sampler_sample(self.chain, ctx, -1))
 
     def accept_prompt(self, tokens: Sequence[int]) -> None:
         """Feed prompt tokens to the chain's history (penalties look at them, as in llama.cpp)."""
         if self.chain is not None:
             for t in tokens:
-                self._held.llama_sampler_accept(self.chain, int(t))
+                self._lc.llama_sampler_accept(self.chain, int(t))
 
     def close(self) -> None:
         if self.chain is not None:
@@ -183,7 +145,7 @@ class _Detok:
     dropping the leading space after a BOS."""
 
     def __init__(self, vocab, special: bool = False):
-        self._to_piece = held_calls().llama_token_to_piece
+        self._lc = _lc()
         self.vocab = vocab
         self.special = special
         self.size = 256
@@ -191,11 +153,11 @@ class _Detok:
         self.dec = codecs.getincrementaldecoder("utf-8")(errors="ignore")
 
     def piece(self, token: int) -> bytes:
-        n = self._to_piece(self.vocab, token, self.buf, self.size, 0, self.special)
+        n = self._lc.llama_token_to_piece(self.vocab, token, self.buf, self.size, 0, self.special)
         if n < 0:  # buffer too small: llama.cpp says how much it needs
             self.size = -n + 16
             self.buf = ctypes.create_string_buffer(self.size)
-            n = self._to_piece(self.vocab, token, self.buf, self.size, 0, self.special)
+            n = self._lc.llama_token_to_piece(self.vocab, token, self.buf, self.size, 0, self.special)
         return self.buf.raw[:n]
 
     def text(self, token: int) -> str:
@@ -252,7 +214,6 @@ class FastGen:
     def __init__(self, llm):
         lc = _lc()
         self._lc = lc
-        self._held = held_calls()
         self.llm = llm
         self.ctx = llm.ctx
         self.vocab = llm._model.vocab
@@ -282,7 +243,7 @@ class FastGen:
             m = min(self.n_batch, n - i)
             ptr = arr if i == 0 else ctypes.cast(ctypes.byref(arr, i * ctypes.sizeof(lc.llama_token)),
                                                    ctypes.POINTER(lc.llama_token))
-            rc = lc.llama_decode(self.ctx, self._held.llama_batch_get_one(ptr, m))  # the one GIL release
+            rc = lc.llama_decode(self.ctx, lc.llama_batch_get_one(ptr, m))
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
         self.llm.input_ids[n0:n0 + n] = tokens
@@ -318,7 +279,7 @@ class FastGen:
                stop_at_eog: bool = True, reuse_prefix: bool = True) -> Iterator[int]:
         """Generated token ids (the end-of-generation token is not yielded). The context grows
         by the yielded tokens; generation ends at max_tokens, EOG or a full context."""
-        ctx, vocab, is_eog = self.ctx, self.vocab, self._held.llama_vocab_is_eog
+        lc, ctx, vocab = self._lc, self.ctx, self.vocab
         own = sampler is None
         sampler = sampler or Sampler(self.llm)
         try:
@@ -330,7 +291,7 @@ class FastGen:
             n = 0
             while n < max_tokens:
                 tok = sampler.sample(ctx)
-                if stop_at_eog and is_eog(vocab, tok):
+                if stop_at_eog and lc.llama_vocab_is_eog(vocab, tok):
                     self.last_timings["eog"] = True
                     break
                 n += 1
@@ -538,95 +499,6 @@ async def run_on_generation_thread(func, *args, **kwargs):
         return await fut
 
 
-_LIBC_WRITE = None
-
-
-def _held_write():
-    """libc's write(2) bound through ctypes.PyDLL (the GIL stays held during the call), or None."""
-    global _LIBC_WRITE
-    if _LIBC_WRITE is None:
-        try:
-            w = ctypes.PyDLL(None).write
-            w.argtypes, w.restype = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t], ctypes.c_ssize_t
-            _LIBC_WRITE = w
-        except (AttributeError, OSError, TypeError):  # Windows: no libc symbols in the process
-            _LIBC_WRITE = False
-    return _LIBC_WRITE or None
-
-
-class Handoff:
-    """Items from the generation thread to an asyncio loop, without the GIL changing hands.
-
-    `loop.call_soon_threadsafe` wakes the loop with a socket send, and the send releases the
-    GIL: the loop thread takes it, runs its whole per-token work (SSE framing, ASGI, h11, the
-    client write), and only then does generation continue - per token, the loop's work is added
-    to the decode time. Here the wake-up byte goes down a pipe through a libc write that keeps
-    the GIL, so the loop runs while the next llama_decode computes (that call releases the GIL).
-    Measured on 2 cores, SmolLM2, 1 thread: the gap between decodes fell from 0.25 ms to ~0.07 ms
-    (what it is in-kernel). Falls back to call_soon_threadsafe where pipes cannot be watched."""
-
-    def __init__(self, loop):
-        import asyncio
-        import collections
-        self.loop = loop
-        self.items: collections.deque = collections.deque()
-        self.ready = asyncio.Event()
-        # QWENKIT_GIL_HANDOFF=0: the plain call_soon_threadsafe wake-up (for A/B benchmarks)
-        self._write = _held_write() if os.environ.get("QWENKIT_GIL_HANDOFF", "1") != "0" else None
-        self._r = self._w = -1
-        if self._write is not None:
-            try:
-                self._r, self._w = os.pipe()
-                os.set_blocking(self._r, False)
-                os.set_blocking(self._w, False)
-                loop.add_reader(self._r, self._drain)
-            except (NotImplementedError, OSError, AttributeError):
-                self._close_fds()
-                self._write = None
-
-    def put(self, item) -> None:
-        """From any thread."""
-        self.items.append(item)
-        if self._write is not None:
-            self._write(self._w, b"\0", 1)  # a full pipe (EAGAIN) is fine: the loop is already due to wake
-        else:
-            self.loop.call_soon_threadsafe(self.ready.set)
-
-    def _drain(self) -> None:
-        try:
-            while os.read(self._r, 4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-        self.ready.set()
-
-    def take(self) -> list:
-        out = []
-        while self.items:
-            out.append(self.items.popleft())
-        return out
-
-    async def get_all(self) -> list:
-        """Everything posted so far; waits for at least one item."""
-        while not self.items:
-            self.ready.clear()
-            if self.items:
-                break
-            await self.ready.wait()
-        return self.take()
-
-    def _close_fds(self) -> None:
-        for fd in (self._r, self._w):
-            if fd >= 0:
-                os.close(fd)
-        self._r = self._w = -1
-
-    def close(self) -> None:
-        if self._r >= 0:
-            self.loop.remove_reader(self._r)
-        self._close_fds()
-
-
 def install_server(app_module=None, flush_ms: float = 0.0) -> Any:
     """Make llama_cpp.server's model calls fast: every call runs on one generation thread
     (`generation_executor`), and `get_event_publisher` (what every streamed /v1/completions
@@ -636,8 +508,8 @@ def install_server(app_module=None, flush_ms: float = 0.0) -> Any:
     started until the event loop has sent the previous one and handed a new `next()` to a
     worker thread (a round trip per token, plus an `is_disconnected()` poll per token). Here
     the generation thread runs the whole generator and posts each chunk, already JSON-encoded,
-    to the event loop without waiting and without giving up the GIL (`Handoff`); the loop sends
-    whatever has arrived as one write (the same SSE events, byte for byte). Locking, prepare_request_resources, the final [DONE],
+    to the event loop without waiting; the loop sends whatever has arrived as one write (the
+    same SSE events, byte for byte). Locking, prepare_request_resources, the final [DONE],
     interrupt_requests and client disconnects (which stop the generator at the next token)
     behave as in the original; context variables reach the generation thread. Non-streamed
     requests (`run_in_threadpool` in the routes) run on the same thread. Call before anything
@@ -645,7 +517,12 @@ def install_server(app_module=None, flush_ms: float = 0.0) -> Any:
 
     flush_ms > 0 coalesces: at most one socket write per flush_ms (the first token still goes
     out at once). Measured on 2 shared cores, 128-token streams: 0 -> 0.927, 10 -> 0.946,
-    25 -> 0.951 of native llama-server; left at 0 (every token is written when it is made)."""
+    25 -> 0.951 of native llama-server; on an H200 (full-size Qwen3.5-35B-A3B-like) 25 ms
+    gained nothing (1.095 vs 1.101). Left at 0: every token is written when it is made.
+
+    Tried and dropped (no gain measured on either machine): waking the loop through a pipe
+    written with the GIL held instead of call_soon_threadsafe, and binding the per-token
+    llama.cpp calls through ctypes.PyDLL so they keep the GIL."""
     import asyncio
     import contextlib
     import contextvars
@@ -667,8 +544,9 @@ def install_server(app_module=None, flush_ms: float = 0.0) -> Any:
             llama = app_module.prepare_request_resources(body, llama_proxy, body_model, kwargs)
             async with inner_send_chan:
                 loop = asyncio.get_running_loop()
-                handoff = Handoff(loop)
+                queue: asyncio.Queue = asyncio.Queue()
                 stop = threading.Event()
+                put = queue.put_nowait
                 ctx = contextvars.copy_context()
 
                 def produce():
@@ -678,26 +556,27 @@ def install_server(app_module=None, flush_ms: float = 0.0) -> Any:
                             for chunk in it:
                                 if stop.is_set():
                                     break
-                                handoff.put((0, _json.dumps(chunk)))
+                                loop.call_soon_threadsafe(put, (0, _json.dumps(chunk)))
                         finally:
                             close = getattr(it, "close", None)
                             if close:
                                 close()
-                        handoff.put((1, None))
+                        loop.call_soon_threadsafe(put, (1, None))
                     except BaseException as e:  # noqa: BLE001 - re-raised in the event loop
-                        handoff.put((2, e))
+                        loop.call_soon_threadsafe(put, (2, e))
 
                 fut = loop.run_in_executor(generation_executor(), ctx.run, produce)
                 last = 0.0
                 try:
                     while True:
-                        items = await handoff.get_all()
+                        items = [await queue.get()]
                         if flush_s and last:  # coalesce: at most one write per flush_s
                             wait = flush_s - (loop.time() - last)
                             if wait > 0:
                                 await asyncio.sleep(wait)
-                                items += handoff.take()
                         last = loop.time()
+                        while not queue.empty():
+                            items.append(queue.get_nowait())
                         out, done = [], False
                         for kind, val in items:
                             if kind == 0:
@@ -721,7 +600,6 @@ def install_server(app_module=None, flush_ms: float = 0.0) -> Any:
                     stop.set()  # the generator ends at its next token; the lock is held until then
                     with anyio.CancelScope(shield=True):
                         await fut
-                    handoff.close()
 
     get_event_publisher.__qwenkit_fast__ = True  # type: ignore[attr-defined]
     get_event_publisher.__wrapped_original__ = app_module.get_event_publisher  # type: ignore[attr-defined]

@@ -41,7 +41,7 @@ DEFAULT_PORT = 8000
 # dropped: llama_cpp.server lets the environment override its flags).
 _ENV_KEEP = {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
              "PYTHONPATH", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SYSTEMROOT", "XDG_CACHE_HOME",
-             "QWENKIT_CACHE", "QWENKIT_GIL_HANDOFF", "OMP_NUM_THREADS"}
+             "QWENKIT_CACHE", "OMP_NUM_THREADS"}
 _ENV_KEEP_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "GGML_", "HIP_", "ROCR_", "HSA_", "VK_", "ONEAPI_")
 
 _live: "weakref.WeakSet[ServerProcess]" = weakref.WeakSet()

@@ -1,0 +1,37 @@
+"""The kit server's sampling defaults are llama-server's: a request that leaves out
+repeat_penalty is not penalized (a real server on the small default model)."""
+from __future__ import annotations
+
+from qwenkit import bench
+from qwenkit.serve_entry import LLAMA_SERVER_DEFAULTS
+
+REPEATS = "The list of words: apple, apple, apple, apple,"
+
+
+def test_left_out_repeat_penalty_is_llama_servers_default(served):
+    """A request without repeat_penalty is not penalized (llama-server's 1.0, not
+    llama_cpp.server's 1.1); one that sends it gets what it sent."""
+    assert LLAMA_SERVER_DEFAULTS["repeat_penalty"] == 1.0
+
+    def text(extra=None):
+        return bench.stream_completion(served.base_url, REPEATS, 24, headers=served.headers(), extra=extra).text
+
+    left_out, off, on = text(), text({"repeat_penalty": 1.0}), text({"repeat_penalty": 1.1})
+    assert left_out == off
+    assert on != off  # the greedy answer repeats "apple"; a penalty breaks the run
+    assert left_out.count("apple") > on.count("apple")
+
+
+def test_left_out_repeat_penalty_non_streamed_chat(served):
+    import json
+    import urllib.request
+    msgs = [{"role": "user", "content": "Repeat after me: apple, apple, apple, apple, apple"}]
+
+    def answer(extra):
+        body = {"messages": msgs, "max_tokens": 24, "temperature": 0, **extra}
+        req = urllib.request.Request(served.base_url + "/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json", **served.headers()})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return json.loads(r.read())["choices"][0]["message"]["content"]
+
+    assert answer({}) == answer({"repeat_penalty": 1.0})
