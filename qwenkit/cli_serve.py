@@ -109,7 +109,7 @@ def cmd_serve(args) -> int:
     t0 = time.perf_counter()
     srv = server.start(cfg, host=args.host, port=port, api_key=key, allow_remote=args.allow_remote,
                        log_path=args.log, ready_timeout=args.ready_timeout, background=args.background,
-                       allowed_origins=args.allow_origin, quiet=True)
+                       allowed_origins=args.allow_origin, stream_flush_ms=args.stream_flush_ms, quiet=True)
     print(f"ready in {time.perf_counter() - t0:.1f} s")
     print(srv.describe())
     print(f'client: OpenAI(base_url="{srv.base_url}", api_key="{srv.api_key or "anything"}"), '
@@ -181,6 +181,9 @@ def add_cli(sub) -> None:
                    help="a web origin allowed to call the API from a browser (CORS), e.g. http://localhost:3000")
     p.add_argument("--log", metavar="FILE", help="server log file (default: in the kit's cache folder)")
     p.add_argument("--ready-timeout", type=float, default=300, help="seconds to wait for the model to load")
+    p.add_argument("--stream-flush-ms", type=float, default=None, metavar="MS",
+                   help="group a stream's tokens into one write per MS milliseconds (default: 25 when the "
+                   "model's threads take every core and the CPU computes, else 0 = every token at once)")
     p.add_argument("--fit", action="store_true", help="plan memory and keep the fewest expert layers in "
                    "system RAM so the model fits the GPU (the one path to the real model: "
                    "--model unsloth/Qwen3.5-35B-A3B-GGUF:Q4_K_M --fit)")

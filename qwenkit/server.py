@@ -282,7 +282,7 @@ def _stop_all() -> None:
 def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_PORT,
           api_key: str | None = None, allow_remote: bool = False, log_path: str | os.PathLike | None = None,
           ready_timeout: float = 120, *, background: bool = False, allowed_origins: list[str] | None = None,
-          access_log: bool = True, fastgen: bool = True, stream_flush_ms: float = 0.0,
+          access_log: bool = True, fastgen: bool = True, stream_flush_ms: float | None = None,
           quiet: bool = False) -> ServerProcess:
     """Start the server for `cfg` and wait until GET /v1/models answers.
 
@@ -293,7 +293,8 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
     background: the server outlives this Python process (`qwenkit serve --status/--stop`).
     fastgen: serve completions through qwenkit.fastgen's lean decode loop (False: llama-cpp-python's).
     stream_flush_ms: > 0 groups a stream's events into at most one socket write per this many
-        milliseconds (every token is still its own event; the first goes out at once).
+        milliseconds (every token is still its own event; the first goes out at once). None:
+        serve_entry.stream_flush_default() decides (25 when llama.cpp's threads take every core).
     quiet: do not print the URL (and key) when it is ready.
     Raises ServerError with the log's last lines when the process dies or never answers;
     nothing is left running then.
@@ -341,7 +342,7 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
         "allow_remote": bool(allow_remote), "status_path": str(status_path),
         "parent_pid": None if background else os.getpid(),
         "allowed_origins": list(allowed_origins or []), "access_log": access_log, "fastgen": bool(fastgen),
-        "stream_flush_ms": float(stream_flush_ms),
+        "stream_flush_ms": None if stream_flush_ms is None else float(stream_flush_ms),
     }
     log = open(log_path, "ab")
     log.write(f"\n=== qwenkit server start {time.strftime('%Y-%m-%d %H:%M:%S')}: {cfg.summary()}\n".encode())

@@ -35,3 +35,26 @@ def test_left_out_repeat_penalty_non_streamed_chat(served):
             return json.loads(r.read())["choices"][0]["message"]["content"]
 
     assert answer({}) == answer({"repeat_penalty": 1.0})
+
+
+def test_server_runs_uvloop_and_httptools(served):
+    st = served.status()
+    assert st["event_loop"] == "uvloop" and st["http"] == "httptools"
+
+
+def test_stream_flush_default_groups_writes_only_when_the_model_takes_every_core(served):
+    import os
+
+    import llama_cpp
+
+    from qwenkit.config import RunConfig
+    from qwenkit.serve_entry import stream_flush_default
+    c = RunConfig(model="m.gguf", n_threads=16)
+    assert stream_flush_default(c, gpu_offload=True, cores=16) == 0.0              # model on the GPU
+    assert stream_flush_default(c.replace(n_cpu_moe=11), gpu_offload=True, cores=16) == 25.0  # experts in RAM
+    assert stream_flush_default(c, gpu_offload=False, cores=16) == 25.0             # CPU build
+    assert stream_flush_default(c.replace(n_gpu_layers=0), gpu_offload=True, cores=16) == 25.0
+    assert stream_flush_default(c.replace(n_threads=8), gpu_offload=False, cores=16) == 0.0  # spare cores
+    # the running server applied the rule to its own config and machine
+    want = stream_flush_default(served.cfg, bool(llama_cpp.llama_supports_gpu_offload()), os.cpu_count() or 1)
+    assert served.status()["stream_flush_ms"] == want
