@@ -22,6 +22,8 @@ Stages (each writes the JSON again, so a stage that runs out of time loses only 
  3. "kv": KV pairs f16/f16, q8_0/q8_0, q4_0/q4_0, q8_0/f16 at depth 0 and --depth (16384):
     llama-bench and the kit's in-kernel path.
  4. "switches": GGML_CUDA_GRAPH_OPT=1 for llama-bench and the kit in-kernel; n_ubatch.
+ 6. "offload": --n-cpu-moe layers' experts in system RAM (the 16 GB-card case): llama-bench,
+    the kit in-kernel, llama-server and the kit server (automatic stream grouping, and none).
  5. "server": where the kit server's streamed decode goes, variants side by side against
     llama-server (interleaved rounds): the kit's defaults; a request sending llama_cpp.server's
     old default repeat_penalty 1.1; stream writes grouped per 25 ms; GGML_CUDA_GRAPH_OPT=1 for
@@ -120,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--server-n", type=int, default=128)
     ap.add_argument("--depth", type=int, default=16384)
+    ap.add_argument("--n-cpu-moe", type=int, default=11, help="offload stage: layers whose experts stay in RAM "
+                    "(11: what `qwenkit fit` chose for a 16 GiB budget on this model)")
     ap.add_argument("--budget", type=float, default=450, help="seconds; later stages are skipped past it")
     ap.add_argument("--stages", default="four,flags,kv,switches", help="comma list of stages to run")
     args = ap.parse_args(argv)
@@ -314,9 +318,41 @@ def main(argv=None) -> int:
                       {"path": "kit server", "test": t, "stage": "server", "setting": setting},
                       {"path": "llama-server", "test": t, "stage": "server", "setting": "kit defaults"})
 
+    # ---- 6. experts of the first layers in system RAM (the 16 GB-card case) ---------------------
+    def offload():
+        t = f"tg{sn} (stream)"
+        off = kit.replace(n_cpu_moe=args.n_cpu_moe)
+        label = f"n_cpu_moe={args.n_cpu_moe}"
+        s.add(bench.run_llama_bench(off, p=0, r=r, bin_dir=bin_dir), "offload", label)
+        from qwenkit.engine import load
+        llm = load(off)
+        try:
+            s.add(bench.bench(llm, p=0, r=r, path="kit"), "offload", label)
+        finally:
+            llm.close()
+        with contextlib.ExitStack() as st:
+            variants = [("llama-server", st.enter_context(bench.NativeServer(off, bin_dir=bin_dir)), label),
+                        ("kit server", st.enter_context(bench.kit_server(off)), label + ", flush auto"),
+                        ("kit server", st.enter_context(bench.kit_server(off, stream_flush_ms=0)), label + ", flush 0")]
+            for _, srv, _ in variants:
+                bench.stream_completion(srv.base_url, bench.DEFAULT_SERVER_PROMPT, 8,
+                                        headers=srv.headers() if hasattr(srv, "headers") else {})
+            s.doc["meta"]["offload_kit_server_status"] = variants[1][1].status()
+            for k in range(max(2, r)):
+                for name, srv, setting in (variants if k % 2 == 0 else variants[::-1]):
+                    s.add([bench.bench_server(srv.base_url, n=sn, r=1, label=name, warmup=False,
+                                              headers=srv.headers() if hasattr(srv, "headers") else {},
+                                              config=bench.config_fields(off))], "offload", setting)
+        _merge_stage(s, "offload")
+        s.compare(f"{label}: kit in-kernel tg128 vs llama-bench", {"path": "kit", "test": "tg128", "stage": "offload"},
+                  {"path": "llama-bench", "test": "tg128", "stage": "offload"})
+        for setting in (label + ", flush auto", label + ", flush 0"):
+            s.compare(f"{setting}: kit server vs llama-server", {"path": "kit server", "test": t, "setting": setting},
+                      {"path": "llama-server", "test": t, "setting": label})
+
     want = set(args.stages.split(","))
     for name, need, fn in (("four", 60, four), ("flags", 90, flags), ("kv", 60, kv), ("switches", 45, switches),
-                           ("server", 90, server)):
+                           ("server", 90, server), ("offload", 90, offload)):
         if name in want:
             s.stage(name, need, fn)
     s.doc["meta"]["wall_s"] = round(time.monotonic() - s.t0, 1)
