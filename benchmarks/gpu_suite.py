@@ -317,6 +317,10 @@ def main(argv=None) -> int:
             s.compare(f"server stage: kit server ({setting}) vs llama-server",
                       {"path": "kit server", "test": t, "stage": "server", "setting": setting},
                       {"path": "llama-server", "test": t, "stage": "server", "setting": "kit defaults"})
+        for path in ("llama-server", "kit server"):
+            s.compare(f"server stage: {path} GGML_CUDA_GRAPH_OPT=1 vs default",
+                      {"path": path, "test": t, "stage": "server", "setting": "GGML_CUDA_GRAPH_OPT=1"},
+                      {"path": path, "test": t, "stage": "server", "setting": "kit defaults"})
 
     # ---- 6. experts of the first layers in system RAM (the 16 GB-card case) ---------------------
     def offload():

@@ -20,13 +20,13 @@ RESULTS = HERE / "results"
 OUT = HERE / "RESULTS.md"
 
 # files in this order first, then the rest alphabetically
-ORDER = ("cpu_compare.json", "gpu_h200_final.json", "gpu_h200_server_stage.json", "gpu_h200_flags.json",
+ORDER = ("cpu_compare.json", "gpu_h200_final.json", "gpu_h200_flags.json", "gpu_h200_switches.json",
          "kv_quality.json", "gpu_suite.json", "gpu_h200_server_ab.json")
 TITLES = {
     "cpu_compare": "2-core CPU: the kit vs llama-bench and llama-server",
-    "gpu_h200_final": "H200: the kit vs llama-bench and llama-server at the kit's defaults; llama.cpp's speed switches",
-    "gpu_h200_server_stage": "H200: where the kit server's streamed decode goes (server variants side by side)",
+    "gpu_h200_final": "H200: the kit vs llama-bench and llama-server (defaults, server variants, experts in RAM)",
     "gpu_h200_flags": "H200: the kit's defaults vs llama-cpp-python's defaults and the recipe's flags",
+    "gpu_h200_switches": "H200: llama.cpp's speed switches (GGML_CUDA_GRAPH_OPT, n_ubatch)",
     "kv_quality": "KV cache types: memory saved, quality cost, decode speed cost",
     "gpu_suite": "H200, first full run (before the server fixes; its KV stage is the GPU KV measurement)",
     "gpu_h200_server_ab": "H200: A/B of a wake-up variant that was dropped, and of CPU threads",

@@ -51,7 +51,7 @@ def test_stream_flush_default_groups_writes_only_when_the_model_takes_every_core
     from qwenkit.serve_entry import stream_flush_default
     c = RunConfig(model="m.gguf", n_threads=16)
     assert stream_flush_default(c, gpu_offload=True, cores=16) == 0.0              # model on the GPU
-    assert stream_flush_default(c.replace(n_cpu_moe=11), gpu_offload=True, cores=16) == 25.0  # experts in RAM
+    assert stream_flush_default(c.replace(n_cpu_moe=11), gpu_offload=True, cores=16) == 0.0  # experts in RAM
     assert stream_flush_default(c, gpu_offload=False, cores=16) == 25.0             # CPU build
     assert stream_flush_default(c.replace(n_gpu_layers=0), gpu_offload=True, cores=16) == 25.0
     assert stream_flush_default(c.replace(n_threads=8), gpu_offload=False, cores=16) == 0.0  # spare cores
