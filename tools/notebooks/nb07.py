@@ -114,6 +114,19 @@ if SERVER:
         print(r, " time to first token:", ", ".join(f"{t:.3f} s" for t in r.extra["ttft_s"]))
 """),
 ("md", """
+Where a Python server loses time, per token (measured; `benchmarks/RESULTS.md`):
+
+- **Sampling settings the client never asked for.** `llama_cpp.server` applies `repeat_penalty=1.1` to
+  every request that leaves it out: a penalty pass and a sampler over the whole 248K vocabulary per
+  token, where greedy decoding needs one argmax. On an H200 that alone cut the kit's server to 0.79 of
+  `llama-server`. The kit's server uses llama.cpp's default (1.0, off) unless the request sends one.
+- **The event loop's work per token** (SSE framing, ASGI, HTTP): with uvloop + httptools it is small,
+  and on a machine whose every core runs the model the kit groups a stream's tokens into one write per
+  25 ms (each token is still its own event; the first and the last go out at once).
+- Result on the full-size model on an H200: the kit's server streams at 1.12x `llama-server`
+  (its decode loop is leaner than llama-server's slot machinery); on 2 CPU cores, at parity.
+"""),
+("md", """
 ## 5. Does a quantized KV cache speed things up?
 
 The recipe says KV q8_0 "speeds up inference". A quantized cache is **smaller**; reading it needs
