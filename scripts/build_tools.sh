@@ -7,7 +7,7 @@
 #   scripts/build_tools.sh --print    # prints the bin directory if built (exit 1 if not)
 #
 # Sources: the llama-cpp-python 0.3.36 sdist (QWENKIT_SDIST=dir of an extracted sdist, else
-# /tmp/qk/sdist/llama_cpp_python-0.3.36 when present, else `pip download` into the cache).
+# `pip download` into the cache).
 # Flags: exactly setup.sh's choice (QWENKIT_CMAKE_ARGS, else CUDA where nvcc and a GPU exist,
 # else GGML_NATIVE=OFF plus the instruction sets /proc/cpuinfo lists), configured through the
 # sdist's top-level CMakeLists.txt as pip does (shared libraries, Release, LLAVA_BUILD off).
@@ -39,9 +39,6 @@ fi
 
 # ---- sources ----------------------------------------------------------------------------
 SRC="${QWENKIT_SDIST:-}"
-if [ -z "$SRC" ] && [ -f "/tmp/qk/sdist/llama_cpp_python-$LLAMA_VERSION/CMakeLists.txt" ]; then
-  SRC="/tmp/qk/sdist/llama_cpp_python-$LLAMA_VERSION"
-fi
 if [ -z "$SRC" ]; then
   SRC="$CACHE/src/llama_cpp_python-$LLAMA_VERSION"
   if [ ! -f "$SRC/CMakeLists.txt" ]; then
