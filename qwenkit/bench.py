@@ -516,43 +516,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class NativeServer:
-    """llama.cpp's `llama-server` for a RunConfig, on 127.0.0.1 (one slot, no web UI)."""
+class _ServerRun:
+    """A benchmark server process on 127.0.0.1: started, polled until `ready_path` answers 200,
+    stopped on exit; its output goes to a temporary log file."""
+    name = "server"
+    ready_path = "/health"
 
-    def __init__(self, cfg: RunConfig, bin_dir: Path | None = None, port: int | None = None,
-                 extra_args: Sequence[str] = (), env: dict | None = None, ready_timeout: float = 300):
-        exe = _tool("llama-server", bin_dir)
-        self.port = port or free_port()
+    def _launch(self, args: Sequence[str], env: dict, log_prefix: str, ready_timeout: float) -> None:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        args = [str(exe), "-m", cfg.model, "--host", "127.0.0.1", "--port", str(self.port),
-                "-c", str(cfg.n_ctx), "-t", str(cfg.n_threads),
-                "-tb", str(cfg.n_threads_batch or cfg.n_threads),
-                "-ngl", str(999 if cfg.n_gpu_layers < 0 else cfg.n_gpu_layers),
-                "-fa", "on" if cfg.flash_attn else "off", "-ctk", cfg.type_k, "-ctv", cfg.type_v,
-                "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch), "-np", "1", "--no-webui",
-                "-a", cfg.alias, *(["--n-cpu-moe", str(cfg.n_cpu_moe)] if cfg.n_cpu_moe else []),
-                *extra_args]
-        self.log = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)  # noqa: SIM115 - the process writes it
-        e = _tool_env(exe.parent)
-        e.update(env or {})
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=e,
+        self.log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)  # noqa: SIM115 - the process writes it
+        self.proc = subprocess.Popen(list(args), stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      stdin=subprocess.DEVNULL)
         t0 = time.monotonic()
         while True:
             if self.proc.poll() is not None:
-                raise BenchError(f"llama-server exited ({self.proc.returncode}): {self.log_tail()}")
+                raise BenchError(f"{self.name} exited ({self.proc.returncode}): {self.log_tail()}")
             try:
                 c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/health")
-                if c.getresponse().status == 200:
-                    c.close()
-                    break
+                c.request("GET", self.ready_path)
+                ok = c.getresponse().status == 200
                 c.close()
+                if ok:
+                    return
             except OSError:
                 pass
             if time.monotonic() - t0 > ready_timeout:
                 self.stop()
-                raise BenchError(f"llama-server did not become ready in {ready_timeout:.0f} s: {self.log_tail()}")
+                raise BenchError(f"{self.name} did not become ready in {ready_timeout:.0f} s: {self.log_tail()}")
             time.sleep(0.2)
 
     def log_tail(self, n: int = 2000) -> str:
@@ -577,46 +567,44 @@ class NativeServer:
         self.stop()
 
 
+class NativeServer(_ServerRun):
+    """llama.cpp's `llama-server` for a RunConfig, on 127.0.0.1 (one slot, no web UI)."""
+    name = "llama-server"
+
+    def __init__(self, cfg: RunConfig, bin_dir: Path | None = None, port: int | None = None,
+                 extra_args: Sequence[str] = (), env: dict | None = None, ready_timeout: float = 300):
+        exe = _tool("llama-server", bin_dir)
+        self.port = port or free_port()
+        args = [str(exe), "-m", cfg.model, "--host", "127.0.0.1", "--port", str(self.port),
+                "-c", str(cfg.n_ctx), "-t", str(cfg.n_threads),
+                "-tb", str(cfg.n_threads_batch or cfg.n_threads),
+                "-ngl", str(999 if cfg.n_gpu_layers < 0 else cfg.n_gpu_layers),
+                "-fa", "on" if cfg.flash_attn else "off", "-ctk", cfg.type_k, "-ctv", cfg.type_v,
+                "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch), "-np", "1", "--no-webui",
+                "-a", cfg.alias, *(["--n-cpu-moe", str(cfg.n_cpu_moe)] if cfg.n_cpu_moe else []),
+                *extra_args]
+        e = _tool_env(exe.parent)
+        e.update(env or {})
+        self._launch(args, e, "llama-server-", ready_timeout)
+
+
 def start_llama_server(cfg: RunConfig, **kw) -> NativeServer:
     return NativeServer(cfg, **kw)
 
 
-class StockServer:
+class StockServer(_ServerRun):
     """`python -m llama_cpp.server` with llama-cpp-python's own defaults plus the given
     arguments (a reference point: what a user of the plain package gets)."""
+    name = "llama_cpp.server"
+    ready_path = "/v1/models"
 
     def __init__(self, model: str, args: Sequence[str] = (), port: int | None = None,
                  ready_timeout: float = 300, env: dict | None = None):
         self.port = port or free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.log = tempfile.NamedTemporaryFile(prefix="llama_cpp-server-", suffix=".log", delete=False)  # noqa: SIM115 - the process writes it
         e = {k: v for k, v in os.environ.items() if k.upper() not in ("HOST", "PORT", "API_KEY", "MODEL")}
         e.update(env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model,
-                                      "--host", "127.0.0.1", "--port", str(self.port), *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=e, stdin=subprocess.DEVNULL)
-        t0 = time.monotonic()
-        while True:
-            if self.proc.poll() is not None:
-                raise BenchError(f"llama_cpp.server exited ({self.proc.returncode}): {self.log_tail()}")
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                c.request("GET", "/v1/models")
-                if c.getresponse().status == 200:
-                    c.close()
-                    break
-                c.close()
-            except OSError:
-                pass
-            if time.monotonic() - t0 > ready_timeout:
-                self.stop()
-                raise BenchError(f"llama_cpp.server did not become ready: {self.log_tail()}")
-            time.sleep(0.2)
-
-    log_tail = NativeServer.log_tail
-    stop = NativeServer.stop
-    __enter__ = NativeServer.__enter__
-    __exit__ = NativeServer.__exit__
+        self._launch([sys.executable, "-m", "llama_cpp.server", "--model", model,
+                      "--host", "127.0.0.1", "--port", str(self.port), *args], e, "llama_cpp-server-", ready_timeout)
 
 
 @contextlib.contextmanager
