@@ -34,7 +34,9 @@ def test_left_out_repeat_penalty_non_streamed_chat(served):
         with urllib.request.urlopen(req, timeout=120) as r:
             return json.loads(r.read())["choices"][0]["message"]["content"]
 
-    assert answer({}) == answer({"repeat_penalty": 1.0})
+    left_out = answer({})
+    assert left_out == answer({"repeat_penalty": 1.0})
+    assert left_out != answer({"repeat_penalty": 1.1})  # llama_cpp.server's own default would differ
 
 
 def test_server_runs_uvloop_and_httptools(served):
