@@ -373,8 +373,8 @@ class _Runner:
 
     def _ask_plain(self, user, max_tokens, role, on_token, t0):
         import openai
-        try:
-            r = self.client.chat.completions.create(
+        try:  # this call is already the second asking: no client retry on top (at most 3 submissions)
+            r = self.client.with_options(max_retries=0).chat.completions.create(
                 model=self.model, temperature=self.temperature, max_tokens=max_tokens,
                 messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}],
                 extra_body=NO_THINKING)

@@ -163,3 +163,69 @@ def test_summary_of_thinking_model_has_no_think_block(served_thinking):
     s = summarize.summarize("The cache holds keys and values. " * 20, served_thinking.client(),
                             served_thinking.alias, n_ctx=512, language="en", max_tokens=16)
     assert "<think>" not in s.text and "</think>" not in s.text
+
+
+def _empty_stream_server(plain_status: int):
+    """A local OpenAI-protocol server whose chat streams end empty (no content, no finish_reason,
+    then [DONE]) and whose non-streamed chat answers `plain_status` (the 1-token template probe
+    always succeeds); it records each chat request as streamed or not."""
+    import http.server
+    import json
+    import threading
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        chats: list[bool] = []
+
+        def log_message(self, *a):
+            pass
+
+        def _send(self, status, body: bytes, ctype="application/json"):
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+            if self.path.endswith("/tokenize/count"):
+                return self._send(200, json.dumps({"count": 1 + len(req.get("input", "").split())}).encode())
+            probe = req.get("max_tokens") == 1  # summarize measures the chat template's overhead first
+            if not probe:
+                H.chats.append(bool(req.get("stream")))
+            if req.get("stream"):
+                return self._send(200, b"data: [DONE]\n\n", "text/event-stream")
+            if plain_status != 200 and not probe:
+                return self._send(plain_status, json.dumps({"error": {"message": "boom", "type": "server_error"}}).encode())
+            return self._send(200, json.dumps({
+                "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "A summary."}}],
+                "usage": {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}}).encode())
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1", H.chats
+
+
+def test_empty_stream_is_asked_once_more_without_streaming():
+    httpd, url, chats = _empty_stream_server(200)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="x", timeout=10, max_retries=1)
+        r = summarize.summarize("One short paragraph to summarize.", client, "m", n_ctx=1024, language="en")
+    finally:
+        httpd.shutdown()
+    assert r.text == "A summary." and chats == [True, False]
+
+
+def test_empty_stream_then_failing_server_submits_twice_not_four_times():
+    """The non-streamed second asking is itself the retry: the client does not retry it again."""
+    httpd, url, chats = _empty_stream_server(500)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="x", timeout=10, max_retries=1)
+        with pytest.raises(ServerError, match="error"):
+            summarize.summarize("One short paragraph to summarize.", client, "m", n_ctx=1024, language="en")
+    finally:
+        httpd.shutdown()
+    assert chats == [True, False]
