@@ -158,7 +158,8 @@ def cmd_summarize(args) -> int:
 
         s = summarize.summarize(
             text, client, model, n_ctx=n_ctx, language=args.language, system_prompt=args.system_prompt,
-            temperature=args.temperature, max_tokens=args.max_tokens, on_token=show,
+            temperature=args.temperature, max_tokens=args.max_tokens, presence_penalty=args.presence_penalty,
+            on_token=show,
             on_progress=lambda m: print(f"[{m}]", file=sys.stderr))
         print()
         print(f"-- {s}")
@@ -206,4 +207,6 @@ def add_cli(sub) -> None:
     q.add_argument("--system-prompt", default=None)
     q.add_argument("--temperature", type=float, default=0.2)
     q.add_argument("--max-tokens", type=int, default=1000)
+    q.add_argument("--presence-penalty", type=float, default=1.5,
+                   help="OpenAI presence_penalty (default 1.5, Qwen3.5's model card value against repetition loops)")
     q.set_defaults(func=cmd_summarize)

@@ -43,6 +43,10 @@ WHOLE_PROMPTS = {
     "en": "Summarize the following document.\n\n{text}",
 }
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+# Qwen3.5-35B-A3B's model card, non-thinking general use: presence_penalty 1.5, repetition_penalty
+# 1.0. Measured on the small default model (English sample, 300-token cap): no penalty loops on one
+# sentence (16 % distinct words), presence 1.5 gives a 54-token summary (79 % distinct).
+PRESENCE_PENALTY = 1.5
 MARGIN = 16            # tokens of slack per request (token merges at chunk joins, BOS)
 MAX_ROUNDS = 6
 
@@ -295,9 +299,11 @@ def _is_context_error(e: Exception) -> bool:
 
 
 class _Runner:
-    def __init__(self, client, model, *, system, temperature, count, overhead, on_progress):
+    def __init__(self, client, model, *, system, temperature, count, overhead, on_progress,
+                 presence_penalty: float = 0.0):
         self.client, self.model, self.system = client, model, system
         self.temperature, self.count, self.overhead = temperature, count, overhead
+        self.presence_penalty = presence_penalty
         self.on_progress = on_progress
         self.calls: list[Call] = []
 
@@ -316,6 +322,7 @@ class _Runner:
         try:
             stream = self.client.chat.completions.create(
                 model=self.model, temperature=self.temperature, max_tokens=max_tokens, stream=True,
+                presence_penalty=self.presence_penalty,
                 messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}],
                 extra_body=NO_THINKING)
             for chunk in stream:
@@ -376,6 +383,7 @@ class _Runner:
         try:  # this call is already the second asking: no client retry on top (at most 3 submissions)
             r = self.client.with_options(max_retries=0).chat.completions.create(
                 model=self.model, temperature=self.temperature, max_tokens=max_tokens,
+                presence_penalty=self.presence_penalty,
                 messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}],
                 extra_body=NO_THINKING)
         except openai.APIError as e:
@@ -418,9 +426,13 @@ def _template_overhead(client, model, system: str, count) -> int:
 
 def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja",
               system_prompt: str | None = None, temperature: float = 0.2, max_tokens: int = 1000,
+              presence_penalty: float = PRESENCE_PENALTY,
               on_token: Callable[[str], None] | None = None,
               on_progress: Callable[[str], None] | None = None) -> Summary:
     """Summarize `text` through `client` (openai.OpenAI) and `model`, fitting n_ctx.
+
+    presence_penalty: 1.5 by default, Qwen3.5's model card value for non-thinking use ("to
+    reduce endless repetitions"); the server itself applies no repeat penalty (llama.cpp's default).
 
     on_token(piece) receives the final summary as it streams (thinking removed);
     on_progress(message) hears about the map and reduce steps."""
@@ -439,7 +451,7 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
     count = TokenCounter(client, model)
     overhead = _template_overhead(client, model, system, count)
     run = _Runner(client, model, system=system, temperature=temperature, count=count,
-                  overhead=overhead, on_progress=say)
+                  overhead=overhead, on_progress=say, presence_penalty=presence_penalty)
     plan_ctx = n_ctx
     for _attempt in range(5):
         try:

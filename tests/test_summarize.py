@@ -175,7 +175,8 @@ def _empty_stream_server(plain_status: int):
 
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        chats: list[bool] = []
+        chats: list[bool] = []  # noqa: RUF012 - one class per server
+        bodies: list[dict] = []  # noqa: RUF012
 
         def log_message(self, *a):
             pass
@@ -194,6 +195,7 @@ def _empty_stream_server(plain_status: int):
             probe = req.get("max_tokens") == 1  # summarize measures the chat template's overhead first
             if not probe:
                 H.chats.append(bool(req.get("stream")))
+                H.bodies.append(req)
             if req.get("stream"):
                 return self._send(200, b"data: [DONE]\n\n", "text/event-stream")
             if plain_status != 200 and not probe:
@@ -206,22 +208,25 @@ def _empty_stream_server(plain_status: int):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1", H.chats
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1", H.chats, H.bodies
 
 
 def test_empty_stream_is_asked_once_more_without_streaming():
-    httpd, url, chats = _empty_stream_server(200)
+    httpd, url, chats, bodies = _empty_stream_server(200)
     try:
         client = openai.OpenAI(base_url=url, api_key="x", timeout=10, max_retries=1)
         r = summarize.summarize("One short paragraph to summarize.", client, "m", n_ctx=1024, language="en")
     finally:
         httpd.shutdown()
     assert r.text == "A summary." and chats == [True, False]
+    # both askings carry Qwen3.5's model-card presence penalty and no llama.cpp repeat penalty
+    assert [b.get("presence_penalty") for b in bodies] == [1.5, 1.5]
+    assert all("repeat_penalty" not in b for b in bodies)
 
 
 def test_empty_stream_then_failing_server_submits_twice_not_four_times():
     """The non-streamed second asking is itself the retry: the client does not retry it again."""
-    httpd, url, chats = _empty_stream_server(500)
+    httpd, url, chats, _ = _empty_stream_server(500)
     try:
         client = openai.OpenAI(base_url=url, api_key="x", timeout=10, max_retries=1)
         with pytest.raises(ServerError, match="error"):
