@@ -334,6 +334,7 @@ class StreamStats:
     text: str
     finish_reason: str | None
     server: dict[str, Any]     # what the server said about itself (usage / timings), if anything
+    times: list[float] = field(default_factory=list)  # arrival of each text event (perf_counter)
 
     @property
     def ttft(self) -> float | None:
@@ -364,7 +365,7 @@ def stream_completion(base_url: str, prompt: str, max_tokens: int, *, headers: d
         resp = conn.getresponse()
         if resp.status != 200:
             raise BenchError(f"{base_url}: HTTP {resp.status}: {resp.read()[:300]!r}")
-        n, t_first, t_last, parts, finish, info = 0, None, None, [], None, {}
+        n, t_first, t_last, parts, finish, info, times = 0, None, None, [], None, {}, []
         while True:
             line = resp.readline()
             if not line:
@@ -388,6 +389,7 @@ def stream_completion(base_url: str, prompt: str, max_tokens: int, *, headers: d
             if text:
                 n += 1
                 parts.append(text)
+                times.append(now)
                 if t_first is None:
                     t_first = now
                 t_last = now
@@ -395,7 +397,7 @@ def stream_completion(base_url: str, prompt: str, max_tokens: int, *, headers: d
             for k in ("usage", "timings"):
                 if ev.get(k):
                     info[k] = ev[k]
-        return StreamStats(n, t_send, t_first, t_last, "".join(parts), finish, info)
+        return StreamStats(n, t_send, t_first, t_last, "".join(parts), finish, info, times)
     finally:
         conn.close()
 

@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from qwenkit.summarize import PRESENCE_PENALTY
+
 # the recipe's (and llama.cpp's) model flags; each is translated by config.from_recipe_flags
 _RECIPE_FLAGS = [
     (("--n_ctx", "-c"), {}), (("--n_gpu_layers", "-ngl"), {}), (("--flash_attn",), {}),
@@ -207,6 +209,7 @@ def add_cli(sub) -> None:
     q.add_argument("--system-prompt", default=None)
     q.add_argument("--temperature", type=float, default=0.2)
     q.add_argument("--max-tokens", type=int, default=1000)
-    q.add_argument("--presence-penalty", type=float, default=1.5,
-                   help="OpenAI presence_penalty (default 1.5, Qwen3.5's model card value against repetition loops)")
+    q.add_argument("--presence-penalty", type=float, default=PRESENCE_PENALTY,
+                   help=f"OpenAI presence_penalty (default {PRESENCE_PENALTY}, Qwen3.5's model card value "
+                   "against repetition loops)")
     q.set_defaults(func=cmd_summarize)

@@ -515,15 +515,12 @@ class _Mailbox:
         self.ready = asyncio.Event()
         self.looking = True  # True while the loop will look again without being woken
 
-    def _wake(self) -> None:
-        self.ready.set()
-
     def post(self, item, urgent: bool = False) -> None:
         """From the generation thread: append, then wake the loop if it waits (or if urgent)."""
         self.items.append(item)
         if urgent or not self.looking:
             self.looking = True
-            self.loop.call_soon_threadsafe(self._wake)
+            self.loop.call_soon_threadsafe(self.ready.set)
 
     async def collect(self) -> list:
         """Everything posted so far; waits for at least one item."""

@@ -300,7 +300,7 @@ def _is_context_error(e: Exception) -> bool:
 
 class _Runner:
     def __init__(self, client, model, *, system, temperature, count, overhead, on_progress,
-                 presence_penalty: float = 0.0):
+                 presence_penalty: float):
         self.client, self.model, self.system = client, model, system
         self.temperature, self.count, self.overhead = temperature, count, overhead
         self.presence_penalty = presence_penalty

@@ -19,7 +19,7 @@ from qwenkit import server
 from qwenkit.config import RunConfig
 from qwenkit.errors import ServerError
 
-from netutil import listening_addresses
+from netutil import QuietHandler, listening_addresses, serve
 
 pytestmark = pytest.mark.faults
 
@@ -314,13 +314,6 @@ class _Hang(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _serve(handler) -> tuple[http.server.ThreadingHTTPServer, str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
-
-
 def test_client_timeout_and_at_most_one_retry(served, faults_log):
     c = served.client()
     assert c.max_retries == 1 and c.timeout is not None and float(c.timeout) <= 600
@@ -331,7 +324,7 @@ def test_client_timeout_and_at_most_one_retry(served, faults_log):
     assert counter._http.timeout.read == 60
     # against a server that never answers: a timeout, after at most one retry
     _Hang.attempts = 0
-    httpd, _root = _serve(_Hang)
+    httpd, _root = serve(_Hang)
     try:
         fake = server.ServerProcess(None, host="127.0.0.1", port=httpd.server_address[1], api_key=None,
                                     alias="x", log_path=Path("/dev/null"), status_path=Path("/dev/null"),
@@ -352,26 +345,13 @@ def test_client_timeout_and_at_most_one_retry(served, faults_log):
 def _stream_handler(mode: str):
     """A fake OpenAI server: tokenize counts, a plain chat answer, and a chat stream that is cut."""
 
-    class H(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
-        def _json(self, obj):
-            body = json.dumps(obj).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class H(QuietHandler):
         def do_POST(self):
-            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+            req = self.read_json()
             if self.path.endswith("/tokenize/count"):
-                return self._json({"count": 1 + len(req.get("input", "").split())})
+                return self.send_json({"count": 1 + len(req.get("input", "").split())})
             if not req.get("stream"):
-                return self._json({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                return self.send_json({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                                    "choices": [{"index": 0, "finish_reason": "length",
                                                 "message": {"role": "assistant", "content": "ok"}}],
                                    "usage": {"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21}})
@@ -400,7 +380,7 @@ def _stream_handler(mode: str):
 def test_cut_stream_is_an_error_not_a_short_answer(mode, faults_log):
     from qwenkit import summarize
 
-    httpd, root = _serve(_stream_handler(mode))
+    httpd, root = serve(_stream_handler(mode))
     try:
         client = openai.OpenAI(base_url=root + "/v1", api_key="x", timeout=10, max_retries=0)
         with pytest.raises(ServerError) as e:

@@ -2,6 +2,8 @@
 repeat_penalty is not penalized (a real server on the small default model)."""
 from __future__ import annotations
 
+import time
+
 from qwenkit import bench
 from qwenkit.serve_entry import LLAMA_SERVER_DEFAULTS
 
@@ -62,35 +64,6 @@ def test_stream_flush_default_groups_writes_only_when_the_model_takes_every_core
     assert served.status()["stream_flush_ms"] == want
 
 
-def _timed_events(base_url: str, headers: dict, prompt: str, n: int) -> tuple[list[tuple[float, dict]], float, float]:
-    """(arrival time, event) for every SSE data event of a streamed completion, the time of
-    [DONE], and the time the request was sent."""
-    import http.client
-    import json
-    import time
-    import urllib.parse
-    u = urllib.parse.urlsplit(base_url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
-    body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "stream": True}
-    t0 = time.perf_counter()
-    c.request("POST", u.path + "/completions", json.dumps(body), {"Content-Type": "application/json", **headers})
-    r = c.getresponse()
-    assert r.status == 200
-    events, done = [], None
-    while True:
-        line = r.readline()
-        if not line:
-            break
-        if line.startswith(b"data: "):
-            now = time.perf_counter()
-            if line.strip() == b"data: [DONE]":
-                done = now
-                break
-            events.append((now, json.loads(line[6:])))
-    c.close()
-    return events, done, t0
-
-
 def test_grouped_stream_is_the_same_stream_in_fewer_writes_and_ends_on_time(default_model, served):
     """stream_flush_ms groups tokens into fewer writes: the same events and text as an ungrouped
     server, arriving in bursts, and the end is not held back for the pause."""
@@ -99,12 +72,13 @@ def test_grouped_stream_is_the_same_stream_in_fewer_writes_and_ends_on_time(defa
     assert served.status()["stream_flush_ms"] == 0.0
     with bench.kit_server(cfg, stream_flush_ms=1000) as grouped:
         assert grouped.status()["stream_flush_ms"] == 1000.0
-        g_events, g_done, g_t0 = _timed_events(grouped.base_url, grouped.headers(), REPEATS, 48)
-    p_events, p_done, p_t0 = _timed_events(served.base_url, served.headers(), REPEATS, 48)
-    text = lambda evs: "".join(e["choices"][0]["text"] for _, e in evs)
-    assert text(g_events) == text(p_events) and len(g_events) == len(p_events) >= 40
-    assert g_events[-1][1]["choices"][0]["finish_reason"] == "length"
-    bursts = 1 + sum(1 for (a, _), (b, _) in zip(g_events, g_events[1:]) if b - a > 0.02)
-    assert bursts <= len(g_events) // 4  # 48 tokens: the first at once, the rest in a few writes
+        g = bench.stream_completion(grouped.base_url, REPEATS, 48, headers=grouped.headers())
+        g_took = time.perf_counter() - g.t_send
+    p = bench.stream_completion(served.base_url, REPEATS, 48, headers=served.headers())
+    p_took = time.perf_counter() - p.t_send
+    assert g.text == p.text and g.n_chunks == p.n_chunks >= 40
+    assert g.finish_reason == "length"
+    bursts = 1 + sum(1 for a, b in zip(g.times, g.times[1:]) if b - a > 0.02)
+    assert bursts <= g.n_chunks // 4  # 48 tokens: the first at once, the rest in a few writes
     # the stream's end cuts the 1 s pause short: no later than the ungrouped stream + slack
-    assert (g_done - g_t0) <= (p_done - p_t0) + 0.25
+    assert g_took <= p_took + 0.25

@@ -169,46 +169,31 @@ def _empty_stream_server(plain_status: int):
     """A local OpenAI-protocol server whose chat streams end empty (no content, no finish_reason,
     then [DONE]) and whose non-streamed chat answers `plain_status` (the 1-token template probe
     always succeeds); it records each chat request as streamed or not."""
-    import http.server
-    import json
-    import threading
+    from netutil import QuietHandler, serve
 
-    class H(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        chats: list[bool] = []  # noqa: RUF012 - one class per server
-        bodies: list[dict] = []  # noqa: RUF012
+    chats: list[bool] = []
+    bodies: list[dict] = []
 
-        def log_message(self, *a):
-            pass
-
-        def _send(self, status, body: bytes, ctype="application/json"):
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class H(QuietHandler):
         def do_POST(self):
-            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+            req = self.read_json()
             if self.path.endswith("/tokenize/count"):
-                return self._send(200, json.dumps({"count": 1 + len(req.get("input", "").split())}).encode())
+                return self.send_json({"count": 1 + len(req.get("input", "").split())})
             probe = req.get("max_tokens") == 1  # summarize measures the chat template's overhead first
             if not probe:
-                H.chats.append(bool(req.get("stream")))
-                H.bodies.append(req)
+                chats.append(bool(req.get("stream")))
+                bodies.append(req)
             if req.get("stream"):
-                return self._send(200, b"data: [DONE]\n\n", "text/event-stream")
+                return self.send_body(200, b"data: [DONE]\n\n", "text/event-stream")
             if plain_status != 200 and not probe:
-                return self._send(plain_status, json.dumps({"error": {"message": "boom", "type": "server_error"}}).encode())
-            return self._send(200, json.dumps({
+                return self.send_json({"error": {"message": "boom", "type": "server_error"}}, plain_status)
+            return self.send_json({
                 "id": "x", "object": "chat.completion", "created": 0, "model": "m",
                 "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "A summary."}}],
-                "usage": {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}}).encode())
+                "usage": {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}})
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1", H.chats, H.bodies
+    httpd, root = serve(H)
+    return httpd, root + "/v1", chats, bodies
 
 
 def test_empty_stream_is_asked_once_more_without_streaming():
