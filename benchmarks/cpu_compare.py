@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                     model, ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]))
             servers["llama-server"] = stack.enter_context(bench.NativeServer(cfg, bin_dir=bin_dir))
             for s in servers.values():  # one warm-up request each
-                bench.stream_completion(s.base_url, bench.DEFAULT_SERVER_PROMPT, 8, headers=_headers(s))
+                bench.stream_completion(s.base_url, bench.DEFAULT_SERVER_PROMPT, 8, headers=s.headers())
         kernel_paths = ["kit", "decode"] + ([] if args.no_stock else ["llama-cpp-python"])
         warm = set()
         results: list[bench.BenchResult] = []
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                 else:
                     s = servers[what]
                     results.append(bench.bench_server(s.base_url, n=args.server_n, r=1, label=what, warmup=False,
-                                                      headers=_headers(s), config=bench.config_fields(cfg)))
+                                                      headers=s.headers(), config=bench.config_fields(cfg)))
             loads.append({"round": k, "before": la0, "after": os.getloadavg()})
             print(f"round {k + 1}/{args.reps} done, load {la0[0]:.2f} -> {os.getloadavg()[0]:.2f}", file=sys.stderr)
     merged = bench.merge(results)
@@ -165,10 +165,6 @@ def main(argv=None) -> int:
 def dict_setting(r: bench.BenchResult, setting: str) -> bench.BenchResult:
     r.extra["setting"] = setting
     return r
-
-
-def _headers(s) -> dict:
-    return s.headers() if hasattr(s, "headers") and callable(s.headers) else {}
 
 
 if __name__ == "__main__":

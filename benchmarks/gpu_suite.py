@@ -302,16 +302,7 @@ def main(argv=None) -> int:
                          None, "GGML_CUDA_GRAPH_OPT=1"),
                         ("kit server", st.enter_context(bench.kit_server(kit, env=GRAPH_OPT)), None,
                          "GGML_CUDA_GRAPH_OPT=1")]
-            for _, srv, extra, _ in variants:  # one warm-up each
-                bench.stream_completion(srv.base_url, bench.DEFAULT_SERVER_PROMPT, 8,
-                                        headers=srv.headers() if hasattr(srv, "headers") else {}, extra=extra)
-            for k in range(max(2, r)):
-                order = variants if k % 2 == 0 else variants[::-1]
-                for label, srv, extra, setting in order:
-                    s.add([bench.bench_server(srv.base_url, n=sn, r=1, label=label, warmup=False, extra_body=extra,
-                                              headers=srv.headers() if hasattr(srv, "headers") else {},
-                                              config=bench.config_fields(kit))],
-                          "server", setting)
+            _interleaved(s, "server", variants, max(2, r), sn, bench.config_fields(kit))
         _merge_stage(s, "server")
         for setting in ("kit defaults", "request repeat_penalty 1.1", "stream_flush_ms 25"):
             s.compare(f"server stage: kit server ({setting}) vs llama-server",
@@ -335,18 +326,12 @@ def main(argv=None) -> int:
         finally:
             llm.close()
         with contextlib.ExitStack() as st:
-            variants = [("llama-server", st.enter_context(bench.NativeServer(off, bin_dir=bin_dir)), label),
-                        ("kit server", st.enter_context(bench.kit_server(off)), label + ", flush auto"),
-                        ("kit server", st.enter_context(bench.kit_server(off, stream_flush_ms=0)), label + ", flush 0")]
-            for _, srv, _ in variants:
-                bench.stream_completion(srv.base_url, bench.DEFAULT_SERVER_PROMPT, 8,
-                                        headers=srv.headers() if hasattr(srv, "headers") else {})
+            variants = [("llama-server", st.enter_context(bench.NativeServer(off, bin_dir=bin_dir)), None, label),
+                        ("kit server", st.enter_context(bench.kit_server(off)), None, label + ", flush auto"),
+                        ("kit server", st.enter_context(bench.kit_server(off, stream_flush_ms=0)), None,
+                         label + ", flush 0")]
             s.doc["meta"]["offload_kit_server_status"] = variants[1][1].status()
-            for k in range(max(2, r)):
-                for name, srv, setting in (variants if k % 2 == 0 else variants[::-1]):
-                    s.add([bench.bench_server(srv.base_url, n=sn, r=1, label=name, warmup=False,
-                                              headers=srv.headers() if hasattr(srv, "headers") else {},
-                                              config=bench.config_fields(off))], "offload", setting)
+            _interleaved(s, "offload", variants, max(2, r), sn, bench.config_fields(off))
         _merge_stage(s, "offload")
         s.compare(f"{label}: kit in-kernel tg128 vs llama-bench", {"path": "kit", "test": "tg128", "stage": "offload"},
                   {"path": "llama-bench", "test": "tg128", "stage": "offload"})
@@ -369,6 +354,18 @@ def main(argv=None) -> int:
     print(bench._md(["figure", "t/s", "baseline t/s", "ratio"], rows))
     print(f"\nwrote {s.out} in {s.doc['meta']['wall_s']} s", flush=True)
     return 0
+
+
+def _interleaved(s: Suite, stage: str, variants, rounds: int, n: int, config: dict) -> None:
+    """Streamed decode of server variants (label, server, extra request body, setting): one
+    warm-up each, then `rounds` rounds of one request each, the order reversed every other round
+    so that drift hits all variants alike."""
+    for _, srv, extra, _ in variants:
+        bench.stream_completion(srv.base_url, bench.DEFAULT_SERVER_PROMPT, 8, headers=srv.headers(), extra=extra)
+    for k in range(rounds):
+        for label, srv, extra, setting in (variants if k % 2 == 0 else variants[::-1]):
+            s.add([bench.bench_server(srv.base_url, n=n, r=1, label=label, warmup=False, extra_body=extra,
+                                      headers=srv.headers(), config=config)], stage, setting)
 
 
 def _merge_stage(s: Suite, stage: str) -> None:

@@ -547,6 +547,11 @@ class _ServerRun:
                 raise BenchError(f"{self.name} did not become ready in {ready_timeout:.0f} s: {self.log_tail()}")
             time.sleep(0.2)
 
+    def headers(self) -> dict[str, str]:
+        """Request headers a client needs (none: these servers run without a key), as
+        qwenkit.server.ServerProcess.headers(), so every benchmark server is asked alike."""
+        return {}
+
     def log_tail(self, n: int = 2000) -> str:
         try:
             return Path(self.log.name).read_text(errors="replace")[-n:]

@@ -294,7 +294,8 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
     fastgen: serve completions through qwenkit.fastgen's lean decode loop (False: llama-cpp-python's).
     stream_flush_ms: > 0 groups a stream's events into at most one socket write per this many
         milliseconds (every token is still its own event; the first goes out at once). None:
-        serve_entry.stream_flush_default() decides (25 when llama.cpp's threads take every core).
+        serve_entry.stream_flush_default() decides (25 when the model computes on the CPU with
+        threads on every core, else 0).
     quiet: do not print the URL (and key) when it is ready.
     Raises ServerError with the log's last lines when the process dies or never answers;
     nothing is left running then.
