@@ -13,6 +13,7 @@ CLI_MODULES = (
     "qwenkit.doctor",     # doctor
     "qwenkit.demo",       # demo (the main job)
     "qwenkit.cli_models", # quants, download, models
+    "qwenkit.practice_hub",  # practice-hub
     "qwenkit.cli_fit",    # fit
     "qwenkit.cli_serve",  # serve, summarize
     "qwenkit.cli_bench",  # bench

@@ -164,6 +164,9 @@ class QuantList(list):
     def __str__(self) -> str:
         return self.table()
 
+    def __repr__(self) -> str:  # the text a console (or a notebook's text/plain) shows: the table
+        return self.table()
+
     def _repr_markdown_(self) -> str:
         lines = ["| quant | size | files | fit |", "| --- | ---: | ---: | --- |"]
         for q in self:
@@ -305,6 +308,52 @@ def _hub_error(e: Exception, repo: str, endpoint: str, what: str) -> QwenkitErro
         return DownloadError(f"{repo}: the hub answered an error while {what}: {e}".splitlines()[0],
                              "retry later; if it persists check the repo page on the hub")
     return DownloadError(f"{repo}: {what} failed: {e!r}", "retry; if it persists report it with this message")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Did the hub answer? `seconds` is how long the question took (at most the timeout)."""
+    ok: bool
+    endpoint: str
+    seconds: float
+    problem: str | None = None
+    fix: str | None = None
+
+
+def probe(endpoint: str | None = None, timeout: float = 3.0, repo: str = DEFAULT_REPO) -> Probe:
+    """Ask the hub one small question (the repo's model info) and give up after `timeout` s.
+
+    Any HTTP answer counts as reachable (a 401 or 404 still comes from the hub). The request
+    runs in a thread so that a name lookup that hangs (no network, a captive portal) cannot
+    hold the caller longer than `timeout`; HF_HUB_OFFLINE=1 answers at once without a network call."""
+    import threading
+    ep = _endpoint(endpoint)
+    fix = "check the network (or HF_ENDPOINT); offline, use the practice hub: python -m qwenkit practice-hub"
+    if is_offline():
+        return Probe(False, ep, 0.0, "HF_HUB_OFFLINE is set: the hub was not asked", fix)
+    result: dict = {}
+
+    def ask() -> None:
+        from huggingface_hub import get_session
+        try:
+            r = get_session().get(f"{ep}/api/models/{repo}", timeout=timeout,
+                                  headers={"Accept-Encoding": "identity"})
+            result["status"] = r.status_code
+        except Exception as e:  # noqa: BLE001 - every failure means "not reachable"; say which
+            result["error"] = e
+
+    t0 = time.monotonic()
+    th = threading.Thread(target=ask, name="qwenkit-hub-probe", daemon=True)
+    th.start()
+    th.join(timeout)
+    took = time.monotonic() - t0
+    if "status" in result:
+        return Probe(True, ep, took)
+    if "error" in result:
+        e = result["error"]
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return Probe(False, ep, took, f"cannot reach {ep}: {type(e).__name__}: {why}", fix)
+    return Probe(False, ep, took, f"cannot reach {ep}: no answer within {timeout:g} s", fix)
 
 
 def repo_files(repo: str = DEFAULT_REPO, *, revision: str | None = None, endpoint: str | None = None,
@@ -730,7 +779,7 @@ def _fetch(repo, f: RemoteFile, commit, repo_dir: Path, ep, token, bar, stall_ti
                 failures = 0 if offset > start else failures + 1
                 kind = ("stalled" if isinstance(e, httpx2.TimeoutException)
                         else f"failed ({e})" if isinstance(e, _RetryableStatus) else "was cut")
-                last_error = f"{kind} ({type(e).__name__}: {e})"
+                last_error = kind if isinstance(e, _RetryableStatus) else f"{kind} ({type(e).__name__}: {e})"
                 if failures > retries:
                     raise DownloadError(
                         f"download of {f.path} {last_error}; {retries} retries without progress. "
@@ -1015,9 +1064,9 @@ def verify_model(name: str, dest: str | os.PathLike | None = None, progress: boo
 
 
 def models_table(models: Sequence[LocalModel]) -> str:
+    """Local models as a table: text when printed, an HTML table as a notebook cell's result."""
+    from qwenkit.htmltable import Table
     if not models:
-        return "no local models (download one: python -m qwenkit download REPO QUANT)"
-    rows = [("model", "size", "state", "path")] + [
-        (f"{m.repo + '/' if m.repo else ''}{m.name}", _human(m.size), m.state, str(m.path)) for m in models]
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]}" for r in rows)
+        return Table([], [], title="no local models (download one: python -m qwenkit download REPO QUANT)")
+    rows = [[f"{m.repo + '/' if m.repo else ''}{m.name}", _human(m.size), m.state, str(m.path)] for m in models]
+    return Table(["model", "size", "state", "path"], rows, align="lrll")

@@ -1,6 +1,7 @@
-"""Fixtures for the hub area: a local fake hub serving real GGUF files, and notebook 02's parameters.
+"""Fixtures for the hub area: the kit's practice hub (qwenkit.practice_hub) serving real GGUF
+files for the tests, and notebook 02 run with the network cut off.
 
-Repos on the fake hub (plain HTTP, no Xet):
+Repos the tests put on it (plain HTTP, no Xet):
   REPO_BIG   the full-size sparse synthetic Qwen3.5-35B-A3B Q4_K_M (19.7 GiB apparent, a few MB
              on disk), a 2-part Q8_0 listed only, an mmproj file and a README
   REPO_TINY  the tiny synthetic qwen35moe (10 MB) as Q4_K_M, and a 3-part split model (UD-Q2_K_XL)
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakehub import FakeHub
+
+from qwenkit.practice_hub import PracticeHub
 
 REPO_BIG = "qwenkit-test/Qwen3.5-35B-A3B-GGUF"
 REPO_TINY = "qwenkit-test/Qwen3.5-tiny-GGUF"
@@ -93,7 +95,7 @@ def hub_files(tmp_path_factory) -> dict[str, Path | list[Path]]:
             "smol": default_model_path()}
 
 
-def hub_populate(hub: FakeHub, files: dict) -> FakeHub:
+def hub_populate(hub: PracticeHub, files: dict) -> PracticeHub:
     hub.add_file(REPO_BIG, "README.md", data=b"# Qwen3.5-35B-A3B GGUF (qwenkit test copy)\n")
     hub.add_file(REPO_BIG, BIG_FILE, source=files["full"], sha256="5" * 64)  # never downloaded
     for i, p in enumerate(files["q8"], 1):
@@ -109,9 +111,9 @@ def hub_populate(hub: FakeHub, files: dict) -> FakeHub:
 
 @pytest.fixture
 def fake_hub(hub_files, monkeypatch, tmp_path):
-    """A started fake hub with REPO_BIG, REPO_TINY, REPO_SMOL; HF_ENDPOINT points at it, Xet
-    is off, models go to tmp_path/models and huggingface_hub's cache to tmp_path/hf."""
-    hub = hub_populate(FakeHub(stall_seconds=20), hub_files).start()
+    """A started practice hub with the tests' repos REPO_BIG, REPO_TINY, REPO_SMOL; HF_ENDPOINT
+    points at it, Xet is off, models go to tmp_path/models and huggingface_hub's cache to tmp_path/hf."""
+    hub = hub_populate(PracticeHub(stall_seconds=20), hub_files).start()
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -127,7 +129,47 @@ def fake_hub(hub_files, monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def notebook02_params(fake_hub, tmp_path) -> dict:
-    """Notebook 02 against the fake hub: the tiny repo, downloads under tmp."""
-    return {"REPO": REPO_TINY, "QUANT": "Q4_K_M", "VRAM_GB": 16, "RAM_GB": 32,
-            "ENDPOINT": fake_hub.endpoint, "MODELS_DIR": str(tmp_path / "nb-models")}
+def notebook02_params(tmp_path, monkeypatch) -> dict:
+    """Notebook 02 as a learner without network meets it: the kernel can reach loopback only
+    (tests/netguard.py, installed as an IPython startup file, refuses every other connect and
+    name lookup and logs it), no HF_ENDPOINT, HUB "auto". Models and huggingface_hub's cache
+    live under tmp_path; the practice hub's files come from the kit's cache (written once)."""
+    import netguard
+    monkeypatch.setenv("IPYTHONDIR", str(netguard.install(tmp_path / "ipython")))
+    monkeypatch.setenv("QWENKIT_NETGUARD_LOG", str(tmp_path / "netguard.log"))
+    for var in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN", "HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("QWENKIT_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    return {"HUB": "auto", "MODELS_DIR": str(tmp_path / "nb-models")}
+
+
+@pytest.fixture
+def notebook02_check(tmp_path):
+    """check(nb, text) after notebook 02 ran under notebook02_params: the real hub was asked and
+    refused within 3 s, the practice hub answered on 127.0.0.1, the download was cut, kept and
+    resumed with one Range request from the cut, and verified."""
+    import re
+
+    def check(nb, text: str) -> None:
+        from qwenkit import practice_hub
+        log = (tmp_path / "netguard.log").read_text()
+        assert log.startswith("netguard on"), "the network guard did not run in the kernel"
+        assert "huggingface.co" in log, f"the notebook never tried the real hub:\n{log}"
+        m = re.search(r"cannot reach https://huggingface.co: .* \(asked for ([0-9.]+) s\)", text)
+        assert m and float(m.group(1)) < 3.0, text[:3000]
+        assert re.search(r"using the practice hub at http://127\.0\.0\.1:\d+", text)
+        assert re.search(r"\| Q4_K_M \| 19\.7\d GiB \|", text) and "--n-cpu-moe" in text   # table, verdict
+        cut = int(re.search(r"interrupted at byte ([0-9,]+)", text).group(1).replace(",", ""))
+        assert re.search(rf"{cut:,} of [0-9,]+ bytes are kept", text), text
+        assert "incomplete" in text                                         # the kept part, listed
+        assert f"byte requests since the cut: ['bytes={cut}-']" in text      # one Range request
+        sent, total = (int(x.replace(",", "")) for x in re.search(r"([0-9,]+) bytes sent of ([0-9,]+)", text).groups())
+        assert sent == total - cut                                          # only the missing bytes
+        assert "verified - " in text and practice_hub.GET_FILE in text
+        errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors
+
+    return check

@@ -15,6 +15,10 @@ ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_FIXTURES = {
     "02_download": "notebook02_params",
 }
+# notebook stem -> name of a fixture that returns check(nb, text), called after the run
+NOTEBOOK_CHECKS = {
+    "02_download": "notebook02_check",
+}
 
 
 def test_there_are_notebooks():
@@ -45,3 +49,5 @@ def test_notebook_runs_top_to_bottom(path, request, tmp_path):
     nb = run_notebook(path, **overrides)
     text = cell_text(nb)
     assert "Traceback" not in text
+    if path.stem in NOTEBOOK_CHECKS:
+        request.getfixturevalue(NOTEBOOK_CHECKS[path.stem])(nb, text)
