@@ -28,22 +28,8 @@ KV_BYTES_PER_ELEMENT: dict[str, float] = {
     "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
     "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32,
 }
-# K-V pairs a default CUDA build compiles flash-attention kernels for (its build log prints
-# "FlashAttention K-V type combinations: f16-f16;q4_0-q4_0;q8_0-q8_0;bf16-bf16").
-MATCHED_FA_PAIRS = {("f16", "f16"), ("q4_0", "q4_0"), ("q8_0", "q8_0"), ("bf16", "bf16")}
-
-NOTE_UNMATCHED_PAIR = (
-    "K={k}/V={v} has no matched flash-attention kernel in a default CUDA build "
-    "(-DGGML_CUDA_FA_ALL_QUANTS=ON builds it). Reports (llama.cpp #27109) say such pairs fall "
-    "back to the CPU and run 8-30x slower; measured on an H200 with llama.cpp 0c1e570 they did "
-    "not: K q8_0/V f16 decoded 280 tok/s vs 304 for f16/f16 (-8%), no CPU fallback."
-)
-NOTE_QUANTIZED_KV = (
-    "a quantized KV cache ({k}/{v}) buys memory, not speed: measured on an H200 (llama.cpp "
-    "0c1e570, Qwen3-30B-A3B shape) q8_0/q8_0 decoded 264-271 tok/s vs 304 for f16 at depth 0 "
-    "and -36% at 16K depth. Use it only when memory is short; on Qwen3.5-35B-A3B only 10 of 40 "
-    "layers hold a KV cache (f16 8K context = 160 MiB)."
-)
+# The notes on KV types (flash-attention kernels, measured speed, memory saved) live in
+# qwenkit.kvnotes: they depend on the build and on the model's header, not only on the config.
 
 
 def kv_type_id(name: str | int) -> int:
@@ -121,14 +107,11 @@ class RunConfig:
     def kv_quantized(self) -> bool:
         return self.type_k not in UNQUANTIZED or self.type_v not in UNQUANTIZED
 
-    def notes(self) -> list[str]:
-        """Advice that is not an error: measured costs of the chosen KV types."""
-        out = []
-        if self.flash_attn and (self.type_k, self.type_v) not in MATCHED_FA_PAIRS:
-            out.append(NOTE_UNMATCHED_PAIR.format(k=self.type_k, v=self.type_v))
-        if self.kv_quantized:
-            out.append(NOTE_QUANTIZED_KV.format(k=self.type_k, v=self.type_v))
-        return out
+    def notes(self, *, gpu: bool | None = None, info: Any = None) -> list[str]:
+        """Advice that is not an error, for this build (`gpu` None: detected) and model (`info`
+        None: the header of `model` when it is a file): `qwenkit.kvnotes.notes`."""
+        from qwenkit.kvnotes import notes
+        return notes(self, gpu=gpu, info=info)
 
     def check_context(self, n_ctx_train: int | None) -> None:
         """Error when n_ctx exceeds the model's trained context (from the GGUF header)."""

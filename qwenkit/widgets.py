@@ -351,7 +351,8 @@ class TunePanel:
             cfg = self.pending_config()
         except ConfigError as e:
             return None, f"{e.problem}" + (f" — fix: {e.fix}" if e.fix else ""), []
-        return cfg, None, cfg.notes()
+        # notes for this build and this model's header only (no CUDA note on a CPU-only build)
+        return cfg, None, cfg.notes(gpu=self.gpu, info=self.info)
 
     def check_text(self) -> str:
         cfg, refusal, notes = self.check()
@@ -610,17 +611,16 @@ class TunePanel:
         return [r.row() for r in self.history]
 
     def history_table(self) -> str:
-        """The history as a text table (one row per relaunch)."""
+        """The history, one row per relaunch: text when printed, an HTML table as a cell's result."""
+        from qwenkit.htmltable import Table
         rows = self.history_rows()
         if not rows:
-            return "no relaunches yet"
+            return Table([], [], title="no relaunches yet")
         cols = ["#", "n_ctx", "live n_ctx", "K/V", "flash_attn", "n_gpu_layers", "n_cpu_moe", "load s",
                 "estimate MiB", "llama.cpp MiB", "pp tok/s", "tg tok/s", "RSS MiB", "result"]
-        fmt = lambda v: "-" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))
-        cells = [[fmt(r[c]) for c in cols] for r in rows]
-        widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
-        line = lambda xs: "  ".join(x.rjust(w) for x, w in zip(xs, widths))
-        return "\n".join([line(cols)] + [line(x) for x in cells])
+        if not self.gpu:   # a CPU-only build has no GPU layers to show
+            cols.remove("n_gpu_layers")
+        return Table(cols, [[r[c] for c in cols] for r in rows], align="r" * (len(cols) - 1) + "l")
 
     def _show_history(self) -> None:
         rows = self.history_rows()
