@@ -40,6 +40,9 @@ GENERATION_TIMEOUT_S = 900  # a long generation may stream this long between two
 ALL_DOWN = ('{"error": {"message": "no model server of this room can take the request right now '
             '(all are down, loading or unreachable); try again in a minute or tell the workshop leader", '
             '"type": "service_unavailable", "code": "room_servers_down"}}')
+ONE_FAILED = ('{"error": {"message": "the model server that took this request failed while answering; it is '
+              'taken out of rotation, so a retry goes to another server", "type": "service_unavailable", '
+              '"code": "room_server_failed"}}')
 BAD_KEY = ('{"error": {"message": "missing, unknown or revoked room key: send Authorization: Bearer '
            '<your key from the workshop leader>", "type": "invalid_request_error", "code": "invalid_api_key"}}')
 
@@ -107,7 +110,7 @@ def _worker_user() -> str:
         return "user nobody;\n"
 
 
-def render_config(spec: RouterSpec, probes: list[Probe]) -> str:
+def render_config(spec: RouterSpec, probes: list[Probe], generation: int = 0) -> str:
     by_url = {p.url: p for p in probes}
     lines = []
     for url in spec.servers:
@@ -144,6 +147,13 @@ http {{
     log_format room '$msec\\t$room_participant\\t$status\\t$upstream_addr\\t$request_time\\t$request_method $uri';
     access_log {_quote(str(d / 'logs' / 'access.log'))} room buffer=16k flush=1s;
 
+    # after a 502/504: were all servers tried (or none live), or did only one fail mid-answer?
+    map $upstream_addr $room_all_down {{
+        default 0;
+        "room_servers" 1;
+        "~^([^,]+, ){{{max(len(spec.servers) - 1, 0)}}}[^,]+$" 1;
+    }}
+
     map $http_authorization $room_participant {{
         default "";
         include {_quote(str(d / 'participants.map'))};
@@ -161,8 +171,16 @@ http {{
 {tls}        client_max_body_size {MAX_BODY};
         client_body_buffer_size {MAX_BODY};
 
+        # which config the workers run (the room waits for a reload to show here); no key needed, nothing secret
+        location = /.room/generation {{
+            default_type text/plain;
+            return 200 "{generation}";
+        }}
         location @room_down {{
             default_type application/json;
+            if ($room_all_down = 0) {{
+                return 503 '{ONE_FAILED}';
+            }}
             return 503 '{ALL_DOWN}';
         }}
         location / {{
@@ -237,11 +255,33 @@ class Nginx:
         raise RoomError(f"nginx did not listen on {host}:{self.spec.port} within {timeout:g} s:\n{self.error_tail()}",
                         "see the error log named above")
 
-    def reload(self) -> None:
-        """Re-read config and key map; requests in flight finish on the old workers."""
+    def reload(self, generation: int | None = None, timeout: float = 5.0) -> None:
+        """Re-read config and key map; requests in flight finish on the old workers. With a
+        generation, return once new connections are served by the new config."""
         self.test()
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGHUP)
+        if not self.alive():
+            return
+        os.kill(self.proc.pid, signal.SIGHUP)
+        if generation is None:
+            return
+        import ssl
+        import httpx
+        host = "127.0.0.1" if self.spec.host in ("0.0.0.0", "") else ("::1" if self.spec.host == "::" else self.spec.host)
+        host = f"[{host}]" if ":" in host else host
+        url = f"{self.spec.scheme}://{host}:{self.spec.port}/.room/generation"
+        ctx = ssl.create_default_context(cafile=str(self.spec.tls_cert)) if self.spec.tls_cert else False
+        if ctx:
+            ctx.check_hostname = False  # this machine's own router, reached by loopback
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url, verify=ctx, timeout=1).text == str(generation):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise RoomError(f"nginx did not take up its new config within {timeout:g} s:\n{self.error_tail()}",
+                        "see the error log named above")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -9,8 +9,9 @@
 The Room owns the nginx process (qwenkit.room.nginx) and one watcher thread that, every
 POLL_S seconds, asks each server's /health and re-reads the key file; when who is in rotation,
 a server's slot count, or the keys change, it rewrites the config and reloads nginx (requests
-in flight finish; nothing restarts). A dead server is out within POLL_S + the probe's timeout
-(about 4 s), and at once for the request whose connection failed.
+in flight finish; nothing restarts). A server whose port refuses connections (process gone) is
+out within one poll (2 s), and at once for the request whose connection failed; one that accepts
+but does not answer /health is out after two slow probes in a row (at most about 8 s).
 """
 from __future__ import annotations
 
@@ -96,6 +97,10 @@ class Room:
         self._lock = threading.Lock()
         self.reloads = 0
         self.last_error = ""
+        self.out_since: dict[str, float] = {}
+        self._generation = 0
+        self._slow: dict[str, int] = {}
+        self._rotation: list[str] = []  # servers in rotation in the config nginx runs now
 
     # ---- addresses ----
     @property
@@ -160,7 +165,25 @@ class Room:
 
     def refresh(self) -> bool:
         """Probe now and apply what changed (the watcher does this every poll_s); True if reloaded."""
-        self.probes = probe_all(self.spec.servers, self.spec.server_key)
+        prev = {p.url: p for p in self.probes}
+        before = {p.url: p.up for p in self.probes}
+        probes = probe_all(self.spec.servers, self.spec.server_key)
+        for i, p in enumerate(probes):
+            # a busy server may answer /health late once: out after two slow answers in a row (about
+            # 2 x (poll + timeout) = 8 s), at once when the connection is refused
+            if p.state == "down" and p.detail.startswith("no answer") and before.get(p.url):
+                self._slow[p.url] = self._slow.get(p.url, 0) + 1
+                if self._slow[p.url] < 2:
+                    probes[i] = prev[p.url]
+            else:
+                self._slow.pop(p.url, None)
+        self.probes = probes
+        now = time.monotonic()
+        for p in self.probes:
+            if before.get(p.url) and not p.up:
+                self.out_since[p.url] = now  # when the room took it out (time.monotonic())
+            elif p.up:
+                self.out_since.pop(p.url, None)
         return self._apply()
 
     def _apply(self, force: bool = False, reload: bool = True) -> bool:
@@ -173,17 +196,20 @@ class Room:
                 if not self._conf:
                     raise
                 people, text = None, self._keys_sig
-            conf = render_config(self.spec, self.probes)
-            if not force and text == self._keys_sig and conf == self._conf:
+            same = render_config(self.spec, self.probes)  # without the generation: did anything change?
+            if not force and text == self._keys_sig and same == self._conf:
                 return False
+            self._generation += 1
+            conf = render_config(self.spec, self.probes, self._generation)
             if people is not None:
                 self.nginx.write(conf, render_map(people))
             else:
                 keyfile.write_private(self.nginx.conf, conf)
-            self._keys_sig, self._conf = text, conf
+            self._keys_sig, self._conf = text, same
             if reload:
-                self.nginx.reload()
+                self.nginx.reload(self._generation)
                 self.reloads += 1
+            self._rotation = [p.url for p in self.probes if p.up]
             return True
 
     def _watch(self) -> None:
@@ -197,7 +223,8 @@ class Room:
 
     # ---- load ----
     def in_rotation(self) -> list[str]:
-        return [p.url for p in self.probes if p.up]
+        """Servers that the running router sends requests to (its config, reloaded)."""
+        return list(self._rotation)
 
     def _count_requests(self) -> None:
         """Requests each server answered, from the router's access log (read on from last time)."""

@@ -4,7 +4,8 @@ The kit makes a self-signed certificate (openssl, EC P-256, 30 days) naming the 
 router is reached by. Participants pass the certificate file to their client, so nothing on the
 network can read keys or prompts or pretend to be the router:
 
-    OpenAI(base_url="https://10.0.0.2:4000/v1", api_key=KEY, http_client=httpx.Client(verify="room-cert.pem"))
+    ctx = ssl.create_default_context(cafile="room-cert.pem")
+    OpenAI(base_url="https://10.0.0.2:4000/v1", api_key=KEY, http_client=httpx.Client(verify=ctx))
 """
 from __future__ import annotations
 
