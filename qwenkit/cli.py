@@ -18,6 +18,7 @@ CLI_MODULES = (
     "qwenkit.cli_serve",  # serve, summarize
     "qwenkit.cli_bench",  # bench
     "qwenkit.synthetic",  # synthetic
+    "qwenkit.cli_room",   # room (several servers behind one router)
 )
 
 

@@ -6,7 +6,7 @@
 # Usage: bash scripts/ci_system_deps.sh            (as root, or with sudo available)
 set -euo pipefail
 
-PACKAGES=(chromium)                 # Debian's chromium: /usr/bin/chromium
+PACKAGES=(chromium nginx)           # Debian's chromium: /usr/bin/chromium; nginx: the room's router (tests/test_room.py)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

@@ -269,3 +269,38 @@ def test_room_of_three_servers_twelve_clients(default_model, tmp_path):
             r.stop()
         for s in srvs:
             s.stop()
+
+
+@needs_nginx
+def test_cli_start_status_and_stop(fakes, tmp_path):
+    """`python -m qwenkit room start` prints the keys, serves, `room status` shows the load, Ctrl-C stops nginx."""
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, QWENKIT_ROOM_DIR=str(tmp_path / "room"), QWENKIT_API_KEY=SERVER_KEY)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "qwenkit", "room", "start", "--server", fakes[0].url,
+                             "--server", fakes[1].url + "/v1", "--participants", "2", "--port", str(port), "--every", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        while not any(l.startswith("p02 ") for l in lines):
+            line = proc.stdout.readline()
+            assert line, "room start ended early:\n" + "".join(lines)
+            lines.append(line)
+        key = next(l.split()[1] for l in lines if l.startswith("p01 "))
+        assert _chat(f"http://127.0.0.1:{port}", key).status_code == 200
+        assert SERVER_KEY not in "".join(lines)  # the servers' key is not handed out with the table
+        _until(lambda: subprocess.run([sys.executable, "-m", "qwenkit", "room", "status"], env=env,
+                                      capture_output=True, text=True).returncode == 0, 10)
+        st = subprocess.run([sys.executable, "-m", "qwenkit", "room", "status"], env=env, capture_output=True, text=True)
+        assert fakes[0].url in st.stdout and "ok" in st.stdout
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
