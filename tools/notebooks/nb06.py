@@ -12,8 +12,9 @@ it runs at. A panel relaunches the model inside this kernel for each setting you
 (tg) speed, and keeps every try in a table and a plot. The setting you like is saved to a file that
 `python -m qwenkit serve --config FILE` serves.
 
-**Time:** about 2 minutes on the small default model (each relaunch takes seconds); on
-Qwen3.5-35B-A3B a relaunch takes as long as a load (10-60 s from a fast disk). **Needs:** the kit
+**Time:** about 20 s on the small default model (measured on a 2-core machine: about 15 s of cells,
+each relaunch well under a second); on Qwen3.5-35B-A3B a relaunch takes as long as a load (10-60 s from
+a fast disk). **Needs:** the kit
 installed (`make setup`); JupyterLab for the panel (`make lab`). A GPU is optional.
 """),
 ("code", """
@@ -58,11 +59,16 @@ print(panel.describe_live())
 ("md", """
 ## 3. A bigger context with a quantized K cache
 
-The KV cache grows linearly with `n_ctx`; `q8_0` stores it in about half the bytes of `f16`. On
-Qwen3.5-35B-A3B only 10 of the 40 layers have a KV cache, so 8K of context is 160 MiB in `f16`: quantizing
-it buys megabytes, and measured on an H200 it costs decode speed. The panel's notes say so.
+The KV cache grows linearly with `n_ctx`; `q8_0` stores it in about half the bytes of `f16`. Only the
+layers with attention hold one: the GGUF header says which (Qwen3.5-35B-A3B's says 10 of its 40, so 8K of
+context is 160 MiB in `f16`: quantizing it buys megabytes). The panel's notes are about this build and
+this model only: the memory a KV type saves here, from the header, and the decode speed measured for that
+very pair (or that it was not measured). A CPU-only build gets no notes about CUDA kernels.
 """),
 ("code", """
+info = panel.info
+print(f"{info.arch}: KV cache in {len(info.kv_layers)} of {info.n_layer} layers (GGUF header); "
+      f"{'GPU build' if panel.gpu else 'CPU-only build'}")
 panel.set(n_ctx=N_CTX_NEXT, type_k=TYPE_K_NEXT)
 print(panel.check_text())
 panel.relaunch_button.click()
@@ -84,10 +90,10 @@ panel.set(type_v="f16", flash_attn=True)   # back to a valid setting
 ## 5. Every try, side by side
 
 Each relaunch added a row to the panel's history table and a point to its plot (tok/s and memory per
-setting). The same table as text:
+setting). The same table on its own (`print(...)` gives it as text):
 """),
 ("code", """
-print(panel.history_table())
+panel.history_table()
 """),
 ("md", """
 ## 6. Serve what you tuned
