@@ -1,4 +1,4 @@
-"""hub: the real huggingface_hub client against a local fake hub serving real GGUF files.
+"""hub: the real huggingface_hub client against the kit's practice hub (qwenkit.practice_hub) serving real GGUF files.
 
 Listing and grouping, remote header reads (bytes counted on the server), download + SHA-256,
 resume within and across runs, corruption, stalls, low disk, offline use, local models, CLI."""
@@ -353,3 +353,89 @@ def test_cli_quants_download_models(fake_hub, capsys, default_model):
     assert rc == 0 and "llama" in out and "integrity: ok" in out
     rc, out = _cli(["models", "--remove", "Q4_K_M"], capsys)
     assert rc == 0 and "removed" in out
+
+
+# ------------------------------------------------------------------------------ practice hub
+def test_practice_hub_teaches_the_whole_flow(tmp_path, monkeypatch):
+    """The kit's practice hub: full-size Qwen3.5 headers to look at (verdict from the memory
+    plan), a small model that downloads verified, a staged cut that resumes, and a clear refusal
+    to download a listed-only file."""
+    from qwenkit import practice_hub as ph_mod
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    where = ph_mod.connect("practice", models_dir=str(tmp_path / "m"))
+    try:
+        ph = where.practice
+        assert where.is_practice and ph.endpoint.startswith("http://127.0.0.1:")
+        assert "was not asked" in where.reason
+        ql = hub.list_quants(where.repo, vram_gb=16, ram_gb=64, endpoint=where.endpoint, headers=[where.quant])
+        q4 = ql.get("Q4_K_M")
+        assert q4.info.arch == "qwen35moe" and q4.info.n_layer == 40 and q4.verdict.source == "memory plan"
+        assert q4.verdict.kind == "offload" and "--n-cpu-moe" in q4.verdict.text
+        assert q4.info.header_bytes_read < 16 << 20
+        cut = where.stage_interruption(at=0.5, outage=3)
+        with pytest.raises(DownloadError, match="bytes are kept"):
+            hub.download(where.download_repo, where.download_quant, dest=where.models_dir, endpoint=where.endpoint,
+                         retries=1, **{k: v for k, v in FAST.items() if k != "retries"})
+        where.network_back()
+        m = hub.download(where.download_repo, where.download_quant, dest=where.models_dir, endpoint=where.endpoint, **FAST)
+        assert m.state == hub.STATE_VERIFIED and ph.gets(ph_mod.GET_FILE) == [f"bytes={cut}-"]
+        assert ph.served(ph_mod.GET_FILE) == m.size - cut
+        monkeypatch.setattr(hub, "free_bytes", lambda path: 1 << 50)   # past the disk check
+        with pytest.raises(DownloadError, match="only its header is served"):
+            hub.download(where.repo, "Q4_K_M", dest=where.models_dir, endpoint=where.endpoint, **FAST)
+    finally:
+        where.close()
+    assert not ph.running
+
+
+def test_connect_uses_the_real_hub_when_it_answers(fake_hub, tmp_path):
+    from qwenkit import practice_hub as ph_mod
+    where = ph_mod.connect("auto", endpoint=fake_hub.endpoint, repo=REPO_TINY, quant="Q4_K_M")
+    assert not where.is_practice and where.endpoint == fake_hub.endpoint and where.repo == REPO_TINY
+    gone = fake_hub.endpoint
+    fake_hub.stop()                                          # the hub goes away: auto falls back
+    where = ph_mod.connect("auto", endpoint=gone, repo=REPO_TINY, timeout=3)
+    try:
+        assert where.is_practice and where.repo == ph_mod.LOOK_REPO and where.probe_seconds < 3
+        assert "cannot reach" in where.reason
+    finally:
+        where.close()
+    with pytest.raises(hub.HubUnreachable, match="cannot reach") as e:   # "real" never falls back
+        ph_mod.connect("real", endpoint=gone, timeout=3)
+    assert "practice-hub" in e.value.fix
+
+
+def test_probe_gives_up_on_a_silent_hub():
+    """A server that accepts the connection and never answers: the probe returns at its timeout."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        t = time.monotonic()
+        p = hub.probe(f"http://127.0.0.1:{s.getsockname()[1]}", timeout=0.5)
+        took = time.monotonic() - t
+    assert not p.ok and took < 1.5 and p.seconds < 1.5, (p, took)
+
+
+def test_cli_practice_hub_serves_until_stopped(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from qwenkit import practice_hub as ph_mod
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.Popen([sys.executable, "-m", "qwenkit", "practice-hub", "--rate", "0"], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("practice hub on http://127.0.0.1:"), line
+        url = line.split(" on ")[1].strip()
+        with urllib.request.urlopen(f"{url}/api/models/{ph_mod.GET_REPO}?blobs=true", timeout=10) as r:
+            info = json.loads(r.read())
+        assert [s["rfilename"] for s in info["siblings"] if s["rfilename"].endswith(".gguf")] == [ph_mod.GET_FILE]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(15)
+    assert proc.returncode == 0
