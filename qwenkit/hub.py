@@ -303,7 +303,8 @@ def _hub_error(e: Exception, repo: str, endpoint: str, what: str) -> QwenkitErro
                              "unset HF_HUB_OFFLINE, or use the models already downloaded (python -m qwenkit models)")
     if isinstance(e, (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError)):
         return HubUnreachable(f"cannot reach {endpoint} while {what}: {e}",
-                             "check the network (or HF_ENDPOINT); offline, set HF_HUB_OFFLINE=1 to use downloaded models")
+                             "check the network (or HF_ENDPOINT); offline, set HF_HUB_OFFLINE=1 to use downloaded models, "
+                             "or practise on the local practice hub: python -m qwenkit practice-hub")
     if isinstance(e, hfe.HfHubHTTPError):
         return DownloadError(f"{repo}: the hub answered an error while {what}: {e}".splitlines()[0],
                              "retry later; if it persists check the repo page on the hub")
