@@ -83,6 +83,11 @@ class Room:
         if exposed and not cert:
             raise RoomError(f"listening on {host} without TLS would send every key and prompt in clear over the network",
                             "add --tls auto (the kit makes a certificate) or --tls-cert FILE --tls-key FILE")
+        if int(port) == 0:  # any free port (tests, notebooks); the CLI's default is 4000
+            import socket
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
         self.spec = RouterSpec(servers=roots, server_key=server_key, dir=self.dir, host=host, port=int(port),
                                tls_cert=cert, tls_key=key)
         self.nginx = Nginx(self.spec)
