@@ -108,9 +108,8 @@ def main(argv=None) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(llm.close)
         if not args.no_servers:
-            servers["kit server"] = stack.enter_context(bench.kit_server(cfg, fast=True))
+            servers["kit server"] = stack.enter_context(bench.kit_server(cfg))
             if not args.no_stock:
-                servers["kit server (no fastgen)"] = stack.enter_context(bench.kit_server(cfg, fast=False))
                 servers["llama_cpp.server"] = stack.enter_context(bench.StockServer(
                     model, ["--n_threads", str(args.threads), "--n_threads_batch", str(args.threads)]))
             servers["llama-server"] = stack.enter_context(bench.NativeServer(cfg, bin_dir=bin_dir))

@@ -171,10 +171,9 @@ def main(argv=None) -> int:
                 s.add(bench.bench(llm, r=r, path=path), "four", "kit defaults")
         finally:
             llm.close()
-        with bench.kit_server(kit, fast=True) as ks, bench.NativeServer(kit, bin_dir=bin_dir) as ns, \
-                bench.kit_server(kit, fast=False) as ks0:
+        with bench.kit_server(kit) as ks, bench.NativeServer(kit, bin_dir=bin_dir) as ns:
             for _ in range(2):  # interleaved: two rounds of ceil(r/2)
-                for label, srv in (("kit server", ks), ("llama-server", ns), ("kit server (no fastgen)", ks0)):
+                for label, srv in (("kit server", ks), ("llama-server", ns)):
                     s.add([bench.bench_server(srv.base_url, n=sn, r=max(1, (r + 1) // 2), label=label,
                                               config=bench.config_fields(kit))], "four", "kit defaults")
         _merge_stage(s, "four")
@@ -188,8 +187,6 @@ def main(argv=None) -> int:
                   {"path": "llama-bench", "test": "tg128", "stage": "four"})
         t = f"tg{sn} (stream)"
         s.compare("kit server vs llama-server", {"path": "kit server", "test": t, "stage": "four"},
-                  {"path": "llama-server", "test": t, "stage": "four"})
-        s.compare("kit server without fastgen vs llama-server", {"path": "kit server (no fastgen)", "test": t, "stage": "four"},
                   {"path": "llama-server", "test": t, "stage": "four"})
         s.compare("llama-server vs llama-bench tg128", {"path": "llama-server", "test": t, "stage": "four"},
                   {"path": "llama-bench", "test": "tg128", "stage": "four"})
@@ -214,7 +211,7 @@ def main(argv=None) -> int:
         finally:
             llm.close()
         recipe_server_args = ["--n_gpu_layers", "-1", "--flash_attn", "true", "--n_ctx", "8192", "--type_k", "8"]
-        with bench.StockServer(model, recipe_server_args) as st, bench.kit_server(recipe, fast=True) as ks:
+        with bench.StockServer(model, recipe_server_args) as st, bench.kit_server(recipe) as ks:
             for label, srv in (("llama_cpp.server", st), ("kit server", ks)):
                 s.add([bench.bench_server(srv.base_url, n=sn, r=r, label=label, config=bench.config_fields(recipe))],
                       "flags", "recipe")

@@ -54,6 +54,7 @@ from typing import Any
 
 from qwenkit.config import RunConfig
 from qwenkit.errors import QwenkitError
+from qwenkit.trust import Probe
 
 PATHS = ("decode", "kit", "llama-cpp-python")
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,12 +264,18 @@ def loaded(cfg_or_llm, n_ctx_min: int = 0):
 
 
 def bench(cfg_or_llm, p: int = 512, n: int = 128, r: int = 5, d: int = 0, path: str = "kit",
-          warmup: bool = True, seed: int = 1234, config: RunConfig | None = None) -> list[BenchResult]:
+          warmup: bool = True, seed: int = 1234, config: RunConfig | None = None,
+          until: float | None = None, time_limit: float = 30.0) -> list[BenchResult]:
     """pp{p} and tg{n} (each at depth d) on one path, as llama-bench measures them.
 
     cfg_or_llm: a RunConfig (the model is loaded with n_ctx >= max(p, n) + d, then closed) or a
     loaded Llama (then `config`, if given, is what the results record). p=0 or n=0 skips that
-    test. Returns [pp, tg] (those that ran)."""
+    test. Returns [pp, tg] (those that ran).
+
+    until: keep repeating after the first r runs until the mean is known to within this relative
+    standard error (0.02: +-2 %) or `time_limit` seconds of that test have passed; r is then the
+    least number of runs. Each result records in extra["machine"] what else used the CPU
+    meanwhile (qwenkit.trust.Probe), so trust.judge() can say whether to believe it."""
     if path not in PATHS:
         raise BenchError(f"unknown path {path!r}", f"use one of {', '.join(PATHS)}")
     out = []
@@ -285,10 +292,34 @@ def bench(cfg_or_llm, p: int = 512, n: int = 128, r: int = 5, d: int = 0, path: 
                 continue
             if warmup:
                 run.warmup(n_p, n_g, path)
-            rates = run.test(n_p, n_g, d, r, path)
-            out.append(BenchResult(test_name(n_p, n_g, d), path, n_p, n_g, d, rates, dict(conf)))
+            with Probe(own_threads=conf.get("n_threads")) as probe:
+                rates, stopped = _repeat(run, n_p, n_g, d, r, path, until, time_limit)
+            extra: dict[str, Any] = {"machine": probe.record()}
+            if until:
+                extra.update(until=until, stopped=stopped)
+            out.append(BenchResult(test_name(n_p, n_g, d), path, n_p, n_g, d, rates, dict(conf), extra))
         run.clear()
     return out
+
+
+MAX_REPS = 50
+
+
+def _repeat(run: _Runner, n_p: int, n_g: int, d: int, r: int, path: str, until: float | None,
+            time_limit: float) -> tuple[list[float], str]:
+    """r runs, then more while the relative standard error exceeds `until` and time is left."""
+    t0 = time.perf_counter()
+    rates = run.test(n_p, n_g, d, max(1, r), path)
+    if not until:
+        return rates, "r runs"
+    while True:
+        rel_se = (statistics.stdev(rates) / statistics.fmean(rates) / len(rates) ** 0.5
+                  if len(rates) > 1 else float("inf"))
+        if rel_se <= until:
+            return rates, f"standard error {rel_se:.1%} <= {until:.0%}"
+        if time.perf_counter() - t0 >= time_limit or len(rates) >= MAX_REPS:
+            return rates, f"time limit ({time_limit:g} s): standard error still {rel_se:.1%}"
+        rates += run.test(n_p, n_g, d, 1, path)
 
 
 def sweep(cfg: RunConfig, field_name: str, values: Sequence[Any], p: int = 512, n: int = 128,
@@ -615,16 +646,14 @@ class StockServer(_ServerRun):
 
 
 @contextlib.contextmanager
-def kit_server(cfg: RunConfig, fast: bool = True, env: dict[str, str] | None = None,
-               **start_kw) -> Iterator[Any]:
-    """The kit's server (qwenkit.server.start) for cfg; fast=False serves through
-    llama-cpp-python's own completion path and publisher (a reference point). env: variables
-    set while the process starts (only those the server passes on, e.g. GGML_*, CUDA_*)."""
+def kit_server(cfg: RunConfig, env: dict[str, str] | None = None, **start_kw) -> Iterator[Any]:
+    """The kit's server (qwenkit.server.start) for cfg. env: variables set while the process
+    starts (only those the server passes on, e.g. GGML_*, CUDA_*)."""
     from qwenkit import server
     old = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     try:
-        srv = server.start(cfg, port="any", access_log=False, fastgen=fast, quiet=True, **start_kw)
+        srv = server.start(cfg, port="any", access_log=False, quiet=True, **start_kw)
     finally:
         for k, v in old.items():
             if v is None:

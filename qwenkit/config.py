@@ -77,6 +77,9 @@ class RunConfig:
     n_batch: int = 512
     n_ubatch: int = 512
     seed: int = 0
+    # the server's sequence slots (requests decoded together); n_ctx is per slot. 0: the
+    # server decides (1 on a CPU-only build; on a GPU what the memory plan fits, at most 8)
+    parallel: int = 0
     use_mmap: bool = True
     alias: str = "qwen3.5-35b"      # the model name the server answers to (the recipe's)
     chat_format: str | None = None  # None: the GGUF's own chat template
@@ -96,6 +99,11 @@ class RunConfig:
             raise ConfigError(f"n_ctx={self.n_ctx} is negative", "use 0 (the model's own) or a positive size")
         if self.n_cpu_moe < 0:
             raise ConfigError(f"n_cpu_moe={self.n_cpu_moe} is negative", "use 0 (all experts on the GPU) or more")
+        if self.parallel < 0:
+            raise ConfigError(f"parallel={self.parallel} is negative", "use 0 (the server decides) or 1-64")
+        if self.parallel > 64:
+            raise ConfigError(f"parallel={self.parallel} is more slots than llama.cpp allows (64)",
+                              "use at most 64 (8 is plenty for one GPU)")
         if self.n_threads < 1:
             raise ConfigError(f"n_threads={self.n_threads} must be at least 1", f"use {default_threads()}")
         if self.n_ubatch > self.n_batch:
@@ -160,6 +168,7 @@ class RunConfig:
 
     def summary(self) -> str:
         moe = f" n_cpu_moe={self.n_cpu_moe}" if self.n_cpu_moe else ""
+        moe += f" parallel={self.parallel}" if self.parallel else ""
         return (f"{Path(self.model).name}: n_ctx={self.n_ctx} KV {self.type_k}/{self.type_v} "
                 f"flash_attn={'on' if self.flash_attn else 'off'} n_gpu_layers={self.n_gpu_layers}"
                 f"{moe} threads={self.n_threads}")
@@ -213,6 +222,7 @@ _RECIPE_FLAG_MAP = {
     "--n_threads": "n_threads", "-t": "n_threads", "--n_batch": "n_batch", "-b": "n_batch",
     "--n_ubatch": "n_ubatch", "-ub": "n_ubatch", "--model_alias": "alias", "--chat_format": "chat_format",
     "--n_cpu_moe": "n_cpu_moe", "--n-cpu-moe": "n_cpu_moe", "-ncmoe": "n_cpu_moe",
+    "--parallel": "parallel", "-np": "parallel",
 }
 _SERVER_ONLY_FLAGS = {"--host", "--port", "--api_key"}
 

@@ -91,10 +91,16 @@ def _dims(info) -> _Dims:
 
 
 def batch_sizes(cfg: RunConfig, n_ctx: int) -> tuple[int, int, int]:
-    """(n_batch, n_ubatch, kv cells) as llama-cpp-python and llama.cpp derive them."""
+    """(n_batch, n_ubatch, kv cells) as llama-cpp-python and llama.cpp derive them. The kit's
+    server makes one context of `parallel` x n_ctx cells (n_ctx is per slot)."""
     n_batch = min(n_ctx, cfg.n_batch)
     n_ubatch = min(n_batch, cfg.n_ubatch)
-    return n_batch, n_ubatch, _pad(n_ctx, 256)
+    return n_batch, n_ubatch, _pad(n_ctx * slots_of(cfg), 256)
+
+
+def slots_of(cfg: RunConfig) -> int:
+    """Sequence slots a plan counts (0, the server's automatic choice, is planned as 1)."""
+    return max(1, cfg.parallel)
 
 
 def compute_phases(info, cfg: RunConfig, n_ctx: int | None = None) -> dict[str, int]:
@@ -349,7 +355,7 @@ def plan(info, cfg: RunConfig, *, gpu: bool = True, margin: int | None = None,
             kc, vc = kc + k, vc + v
     p.kv_k, p.kv_v = (kg, kc), (vg, vc)
     r, s = info.recurrent_state_elements
-    per_layer = (r + s) * 4
+    per_layer = (r + s) * 4 * slots_of(cfg)  # one recurrent state per sequence slot
     rg = sum(per_layer for il in info.recurrent_layers if on_gpu[il])
     rc = sum(per_layer for il in info.recurrent_layers if not on_gpu[il])
     p.recurrent = (rg, rc)
@@ -378,7 +384,7 @@ def plan(info, cfg: RunConfig, *, gpu: bool = True, margin: int | None = None,
     else:
         p.compute = (0, peak)
     p.compute_phases = phases
-    p.output_buffer = d.V * 4
+    p.output_buffer = d.V * 4 * slots_of(cfg)  # one logits row per sequence of a decode
     if gpu:
         sub = p.weights_gpu + kg + vg + rg + p.compute[0] + p.runtime
         p.margin = (max(DEFAULT_MARGIN_BYTES, int(MARGIN_FRACTION * sub)) if margin is None else int(margin))
@@ -555,3 +561,20 @@ def compare_table(cmp: dict[str, dict[str, float]]) -> str:
     for k, v in cmp.items():
         lines.append(f"{k:10s} {v['planned'] / MiB:12,.2f} {v['llama'] / MiB:14,.2f} {v['rel_error'] * 100:+7.2f}%")
     return "\n".join(lines)
+
+
+def max_parallel(cfg: RunConfig, limit: int = 8, free_bytes: int | None = None) -> int:
+    """The most sequence slots (<= limit) whose plan fits the first GPU's free memory (as
+    llama.cpp's backend reports it); 1 when even one does not, or without a GPU."""
+    from qwenkit.gguf_info import read_model_info
+    if free_bytes is None:
+        from qwenkit.engine import gpu_free_bytes
+        free_bytes = gpu_free_bytes()
+    if not free_bytes:
+        return 1
+    info = read_model_info(cfg.model)
+    for n in range(limit, 1, -1):
+        p = plan(info, cfg.replace(parallel=n), gpu=True)
+        if p.gpu_total <= free_bytes:
+            return n
+    return 1

@@ -1,19 +1,15 @@
 """The kit's server entry point: `python -m qwenkit.serve_entry`, run by `qwenkit.server` in a
-child process. It builds llama_cpp.server's own app (`create_app`, `ModelSettings`,
-`LlamaProxy`) and adds what llama-cpp-python lacks:
+child process. It serves the kit's own app (`qwenkit.serving`: OpenAI routes over a
+continuous-batching scheduler with N sequence slots) and adds the process around it:
 
 - Settings arrive in one environment variable (`QWENKIT_SERVE`, JSON), never on the command
-  line, and every variable llama_cpp.server would read on its own (`HOST`, `PORT`, `API_KEY`,
-  `N_CTX`, `CONFIG_FILE`, ...) is removed first: its pydantic settings let the environment win.
+  line; nothing else in the environment changes a setting (HOST, PORT, API_KEY are ignored).
 - The port is bound BEFORE the model loads, so "address in use" is reported in a second, not
   after a full load; with port "any" the next free port is taken. The address really bound is
-  checked (loopback unless remote access was asked for) and reported to the parent.
-- Only localhost `Host` headers (DNS rebinding) and no foreign `Origin`s are accepted; the
-  wildcard CORS middleware that `create_app` installs is removed. When a key is set, EVERY
-  route (the docs too) needs `Authorization: Bearer <key>`.
-- A request may carry `chat_template_kwargs` (as llama.cpp's own server and vLLM accept,
-  e.g. `{"enable_thinking": false}`); they reach the model's chat template.
-- Expert placement (`RunConfig.n_cpu_moe`) is applied through `qwenkit.engine` when it offers it.
+  checked (loopback unless remote access was asked for) and reported to the parent. The app
+  answers from then on: /health says 503 "loading" until the model is ready.
+- Only localhost `Host` headers (DNS rebinding) and no foreign `Origin`s are accepted. When a
+  key is set, EVERY route (the docs and /health too) needs `Authorization: Bearer <key>`.
 - The child exits when the process that started it goes away (no orphan servers), unless it
   was started in the background on purpose.
 
@@ -22,7 +18,6 @@ ready, error), and everything printed (llama.cpp's own log included) goes to the
 """
 from __future__ import annotations
 
-import contextvars
 import errno
 import hmac
 import ipaddress
@@ -45,7 +40,6 @@ EXIT_BAD_SETTINGS = 2
 EXIT_PORT_IN_USE = 3
 EXIT_LOAD_FAILED = 4
 
-_template_kwargs: contextvars.ContextVar[dict] = contextvars.ContextVar("qwenkit_template_kwargs", default={})
 
 
 # ---- status file -----------------------------------------------------------------------------
@@ -53,8 +47,13 @@ class Status:
     def __init__(self, path: str | None):
         self.path = path
         self.data: dict[str, Any] = {"pid": os.getpid()}
+        self._lock = threading.Lock()  # the loader thread and the main thread both write
 
     def write(self, phase: str, **fields: Any) -> None:
+        with self._lock:
+            self._write(phase, **fields)
+
+    def _write(self, phase: str, **fields: Any) -> None:
         self.data.update(fields, phase=phase, time=time.time())
         print(f"[qwenkit.serve_entry] {phase}: " + ", ".join(f"{k}={v}" for k, v in fields.items()),
               file=sys.stderr, flush=True)
@@ -68,19 +67,6 @@ class Status:
     def fail(self, code: int, problem: str, fix: str | None = None) -> NoReturn:
         self.write("error", problem=problem, fix=fix, exit_code=code)
         sys.exit(code)
-
-
-# ---- environment -----------------------------------------------------------------------------
-def scrub_environment() -> list[str]:
-    """Remove every variable llama_cpp.server's settings would read (case-insensitive), and
-    CONFIG_FILE, which replaces all settings. Returns the names removed."""
-    from llama_cpp.server.settings import Settings
-
-    fields = {name.lower() for name in Settings.model_fields} | {"config_file"}
-    removed = [k for k in list(os.environ) if k.lower() in fields]
-    for k in removed:
-        del os.environ[k]
-    return removed
 
 
 # ---- addresses -------------------------------------------------------------------------------
@@ -148,8 +134,7 @@ def _origin_allowed(origin: str, extra: set[str]) -> bool:
 
 
 class Guard:
-    """Host / Origin / key checks before anything reaches llama_cpp.server's routes, and
-    per-request `chat_template_kwargs` taken out of chat bodies."""
+    """Host / Origin / key checks before anything reaches the app's routes."""
 
     def __init__(self, app, *, api_key: str | None, remote: bool, allowed_origins: list[str]):
         self.app = app
@@ -184,142 +169,7 @@ class Guard:
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
                 return await self._deny(send, 401, "missing or wrong API key (send Authorization: "
                                         "Bearer <key>)", "invalid_api_key")
-        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path", "").endswith("/chat/completions"):
-            return await self._chat(scope, receive, send)
         return await self.app(scope, receive, send)
-
-    async def _chat(self, scope, receive, send):
-        chunks, more = [], True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunks.append(msg.get("body", b""))
-            more = msg.get("more_body", False)
-        body = b"".join(chunks)
-        kwargs: dict = {}
-        try:
-            data = json.loads(body) if body else None
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and "chat_template_kwargs" in data:
-            extra = data.pop("chat_template_kwargs")
-            if isinstance(extra, dict):
-                kwargs = {str(k): v for k, v in extra.items()}
-            body = json.dumps(data).encode()
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
-            headers.append((b"content-length", str(len(body)).encode()))
-            scope = dict(scope, headers=headers)
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        token = _template_kwargs.set(kwargs)
-        try:
-            await self.app(scope, replay, send)
-        finally:
-            _template_kwargs.reset(token)
-
-
-def add_template_kwargs(llama) -> None:
-    """Make the model's chat handler merge the request's `chat_template_kwargs` (the same way
-    llama_cpp.server applies ModelSettings.chat_template_kwargs at load time)."""
-    import llama_cpp
-
-    base = (llama.chat_handler or llama._chat_handlers.get(llama.chat_format)
-            or llama_cpp.llama_chat_format.get_chat_completion_handler(llama.chat_format))
-
-    def handler(*args, **kwargs):
-        return base(*args, **{**_template_kwargs.get(), **kwargs})
-
-    llama.chat_handler = handler
-
-
-def stream_errors_as_events(app_module) -> None:
-    """llama_cpp.server starts a streamed answer (HTTP 200) before the model runs, so an error
-    inside it (a prompt longer than the context) just ends the stream: no finish_reason, no
-    message. Send it as an OpenAI-style `{"error": {...}}` event instead, which the openai
-    client raises as APIError (code context_length_exceeded for an overflow). Unknown errors
-    are logged here and reported without the exception text."""
-    from llama_cpp.server.errors import RouteErrorHandler
-
-    original = app_module.get_event_publisher
-
-    def as_event(e: Exception, body) -> dict:
-        for pattern, fmt in RouteErrorHandler.pattern_and_formatters.items():
-            m = pattern.search(str(e))
-            if m:
-                return {"error": fmt(body, m)[1]}
-        traceback.print_exception(e)
-        return {"error": {"message": "the server failed while streaming (see its log)",
-                          "type": "server_error", "param": None, "code": None}}
-
-    async def publisher(request, inner_send_chan, body, body_model, llama_call, kwargs):
-        def call(llama, **kw):
-            try:
-                it = llama_call(llama, **kw)
-            except Exception as e:  # noqa: BLE001
-                return iter([as_event(e, body)])
-
-            def guarded():
-                try:
-                    yield from it
-                except Exception as e:  # noqa: BLE001
-                    yield as_event(e, body)
-            return guarded()
-
-        return await original(request=request, inner_send_chan=inner_send_chan, body=body,
-                              body_model=body_model, llama_call=call, kwargs=kwargs)
-
-    app_module.get_event_publisher = publisher
-
-
-def install_fast_path(llama, status: Status, app_module=None, flush_ms: float = 0.0) -> None:
-    """qwenkit.fastgen's lean completion path (llama.cpp's decode and sampler with O(1) Python
-    work per token; requests it does not support fall back to llama-cpp-python's own), and one
-    generation thread for the server (a new OpenMP team per worker thread cost 2-core decode
-    60 of 160 tok/s) with a publisher that lets generation run ahead of the event loop."""
-    try:
-        from qwenkit import fastgen
-        fastgen.install(llama)
-        if app_module is not None:
-            fastgen.install_server(app_module, flush_ms=flush_ms)
-        status.write("loading", fastgen="on", stream_flush_ms=flush_ms)
-    except Exception as e:  # noqa: BLE001 - the stock path still works
-        status.write("loading", fastgen=f"not installed: {e}")
-
-
-# What a request gets when it does not say: llama.cpp's llama-server defaults where
-# llama_cpp.server's differ. Its repeat_penalty 1.1 is an old llama.cpp default (llama.cpp has
-# used 1.0, off, since 2024); with it on, every token runs a penalty pass and a sampler over the
-# whole 248K vocabulary instead of an argmax, which cost the kit's server a quarter of its
-# streamed decode speed on an H200 against llama-server (which does not penalize).
-LLAMA_SERVER_DEFAULTS = {"repeat_penalty": 1.0}
-
-
-def use_llama_server_defaults(app_module) -> None:
-    """Fields a request leaves out take LLAMA_SERVER_DEFAULTS (fields it sends are kept, 1.1
-    included). Every completion and chat route, streamed or not, passes its arguments through
-    prepare_request_resources; the request's own model knows which fields were sent."""
-    original = app_module.prepare_request_resources
-    if getattr(original, "__qwenkit__", False):
-        return
-
-    def prepare_request_resources(body, llama_proxy, body_model, kwargs):
-        sent = getattr(body, "model_fields_set", set())
-        for name, value in LLAMA_SERVER_DEFAULTS.items():
-            if name not in sent and name in kwargs:
-                kwargs[name] = value
-        return original(body, llama_proxy, body_model, kwargs)
-
-    prepare_request_resources.__qwenkit__ = True
-    app_module.prepare_request_resources = prepare_request_resources
-
 
 def stream_flush_default(cfg, gpu_offload: bool, cores: int) -> float:
     """How long a stream gathers tokens before one socket write, when the caller did not say.
@@ -334,55 +184,6 @@ def stream_flush_default(cfg, gpu_offload: bool, cores: int) -> float:
     return 25.0 if cpu_model and cfg.n_threads >= cores else 0.0
 
 
-def hide_internal_errors() -> None:
-    """llama_cpp.server answers an unexpected exception with HTTP 500 and the exception's text
-    (paths, internals). Keep the text in the log; the client gets a generic message."""
-    from llama_cpp.server.errors import RouteErrorHandler
-
-    original = RouteErrorHandler.error_message_wrapper
-    if getattr(original, "__qwenkit__", False):
-        return
-
-    def wrapper(self, error, body=None):
-        status, response = original(self, error, body)
-        if status >= 500:
-            traceback.print_exception(error)
-            response = dict(response, message="internal server error (the server's log has the details)")
-        return status, response
-
-    wrapper.__qwenkit__ = True
-    RouteErrorHandler.error_message_wrapper = wrapper
-
-
-def disable_unsafe_features(model_settings) -> None:
-    """Never the prompt cache (its disk form unpickles files: code execution from a cache
-    folder) and never RPC servers (llama.cpp's RPC backend has known CVEs), whatever the
-    settings say (FACTS.md, reliability and security)."""
-    model_settings.cache = False
-    model_settings.cache_type = "ram"
-    model_settings.rpc_servers = None
-
-
-# ---- expert placement hook -------------------------------------------------------------------
-def apply_expert_placement(cfg, status: Status) -> None:
-    """Keep the expert tensors of the first cfg.n_cpu_moe layers in system RAM.
-
-    llama-cpp-python has no option for it (FACTS.md). qwenkit.engine.install_expert_offload
-    swaps `llama_cpp.Llama` for a subclass that sets tensor buffer overrides on
-    llama_model_params; llama_cpp.server's LlamaProxy calls `llama_cpp.Llama(...)` when it
-    loads, so the hook must run before create_app()."""
-    if not cfg.n_cpu_moe:
-        return
-    try:
-        from qwenkit.engine import install_expert_offload
-    except ImportError as e:
-        status.fail(EXIT_BAD_SETTINGS,
-                    f"n_cpu_moe={cfg.n_cpu_moe} needs qwenkit.engine's expert placement ({e})",
-                    "use n_cpu_moe=0 (and fewer GPU layers if memory is short)")
-    install_expert_offload(cfg.n_cpu_moe)
-    status.write("starting", n_cpu_moe=cfg.n_cpu_moe)
-
-
 # ---- main ------------------------------------------------------------------------------------
 def _watch_parent(parent_pid: int) -> None:
     def loop():
@@ -395,6 +196,42 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=loop, name="qwenkit-parent-watch", daemon=True).start()
 
 
+def default_parallel(cfg, gpu_offload: bool) -> int:
+    """Slots when the config says 0 (auto): 1 when the model computes on the CPU (one
+    sequence already takes every core); on a GPU, as many as the memory plan fits next to the
+    model in the card's free memory, at most 8."""
+    if not gpu_offload or cfg.n_gpu_layers == 0:
+        return 1
+    try:
+        from qwenkit.plan import max_parallel
+        return max(1, min(8, max_parallel(cfg)))
+    except Exception as e:  # noqa: BLE001 - a plan that cannot be made: one slot is always safe
+        print(f"[qwenkit.serve_entry] could not plan slots ({e}); serving 1", file=sys.stderr, flush=True)
+        return 1
+
+
+def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> None:
+    """On a thread while the app already answers (503 until ready)."""
+    try:
+        from qwenkit.serving import Scheduler, ServedModel
+        model = ServedModel(cfg, slots)
+        sched = Scheduler(model, queue_limit=queue_limit)
+    except BaseException as e:  # noqa: BLE001 - everything here is a load failure to report
+        traceback.print_exc()
+        fix = getattr(e, "fix", None) or ("check the path and that the file is complete (qwenkit.gguf_info), "
+                                          "and that n_ctx x parallel / n_gpu_layers fit in memory; the log "
+                                          "shows llama.cpp's reason")
+        problem = getattr(e, "problem", None) or str(e)
+        status.write("error", problem=f"the model did not load: {problem}", fix=fix, exit_code=EXIT_LOAD_FAILED)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_LOAD_FAILED)
+    state.attach(model, sched)
+    state.loaded = (model, sched)
+    status.write("ready", n_ctx=model.n_ctx_slot, parallel=slots, queue_limit=sched.queue_limit,
+                 alias=state.alias, model_id=state.model_id, recurrent=model.recurrent)
+
+
 def main() -> int:
     raw = os.environ.pop(ENV_VAR, None)
     status = Status(None)
@@ -404,10 +241,8 @@ def main() -> int:
     spec = json.loads(raw)
     status = Status(spec.get("status_path"))
     status.write("starting")
-    removed = scrub_environment()
-    if removed:
-        status.write("starting", ignored_environment=sorted(removed))
 
+    import qwenkit  # noqa: F401  (loads llama.cpp before numpy)
     from qwenkit.config import RunConfig
 
     cfg = RunConfig.from_dict(spec["config"])
@@ -439,75 +274,45 @@ def main() -> int:
     if spec.get("parent_pid"):
         _watch_parent(int(spec["parent_pid"]))
 
-    # 2. llama_cpp.server's settings from the RunConfig's own rendering
-    import argparse
+    # 2. the app (answers 503 "loading" until the model is attached)
+    import llama_cpp
 
-    from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
-    from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
+    from qwenkit.serving import AppState, BodyLimit, create_app
 
-    parser = argparse.ArgumentParser(prog="qwenkit.serve_entry")
-    add_args_from_model(parser, Settings)
-    args = parser.parse_args(cfg.server_args())
-    model_settings = parse_model_from_args(ModelSettings, args)
-    server_settings = parse_model_from_args(ServerSettings, args)
-    server_settings.host, server_settings.port = bound_host, bound_port
-    server_settings.api_key = api_key
-    server_settings.interrupt_requests = False  # never cut off a response still streaming
-    model_settings.logits_all = False
-    model_settings.verbose = True  # llama.cpp's reasons (truncated file, OOM) go to the log file
-    disable_unsafe_features(model_settings)
-
-    apply_expert_placement(cfg, status)
-
-    # 3. the model, through llama_cpp.server's own app
-    status.write("loading", model=cfg.model)
-    try:
-        from llama_cpp.server import app as app_module
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app = app_module.create_app(server_settings=server_settings, model_settings=[model_settings])
-    except Exception as e:  # noqa: BLE001 - everything here is a load failure to report
-        traceback.print_exc()
-        status.fail(EXIT_LOAD_FAILED, f"the model did not load: {e}",
-                    "check the path and that the file is complete (qwenkit.gguf_info), and that "
-                    "n_ctx / n_gpu_layers fit in memory; the log shows llama.cpp's reason")
-    proxy = app_module._llama_proxy
-    llama = proxy._current_model
-    add_template_kwargs(llama)
-    use_llama_server_defaults(app_module)
-    if spec.get("fastgen", True):  # before the error wrapper, which wraps its publisher
-        flush = spec.get("stream_flush_ms")
-        if flush is None:
-            import llama_cpp
-            flush = stream_flush_default(cfg, bool(llama_cpp.llama_supports_gpu_offload()), os.cpu_count() or 1)
-        install_fast_path(llama, status, app_module, float(flush))
-    stream_errors_as_events(app_module)
-    hide_internal_errors()
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    flush = spec.get("stream_flush_ms")
+    if flush is None:
+        flush = stream_flush_default(cfg, gpu, os.cpu_count() or 1)
+    slots = int(spec.get("parallel") or cfg.parallel or 0) or default_parallel(cfg, gpu)
+    state = AppState(cfg.alias, stream_flush_ms=float(flush))
+    state.loaded = None
+    app = create_app(state)
     origins = list(spec.get("allowed_origins") or [])
     if origins:
+        from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials=False,
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
-    guarded = Guard(app, api_key=api_key, remote=remote, allowed_origins=origins)
+    guarded = Guard(BodyLimit(app, state.max_body), api_key=api_key, remote=remote, allowed_origins=origins)
 
-    # 4. serve on the socket bound in step 1
+    # 3. serve on the socket bound in step 1
     import uvicorn
 
     # loop/http "auto": uvloop and httptools when installed (requirements.txt has them: on 2
     # cores they made streamed decode 0.965 -> 0.987 of llama-server), else asyncio and h11
+    import importlib.util
+    status.data.update(event_loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+                       http="httptools" if importlib.util.find_spec("httptools") else "h11")
+    # the model loads on a thread while the port already answers (/health: 503 loading)
+    status.write("loading", model=cfg.model, parallel=slots, stream_flush_ms=float(flush))
+    threading.Thread(target=_load, args=(cfg, slots, spec.get("queue_limit"), state, status),
+                     name="qwenkit-load", daemon=True).start()
     config = uvicorn.Config(guarded, log_level="info", timeout_graceful_shutdown=5, loop="auto", http="auto",
                             access_log=bool(spec.get("access_log", True)))
-    server = uvicorn.Server(config)
-    import importlib.util
-    status.write("ready", host=bound_host, port=bound_port, n_ctx=llama.n_ctx(),
-                 alias=model_settings.model_alias,
-                 event_loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-                 http="httptools" if importlib.util.find_spec("httptools") else "h11")
-    server.run(sockets=[sock])
-    try:
-        proxy.free()
-    except Exception:  # noqa: BLE001
-        pass
+    uvicorn.Server(config).run(sockets=[sock])
+    if state.loaded is not None:
+        model, sched = state.loaded
+        sched.close()
+        model.close()
     status.write("stopped")
     return 0
 

@@ -1,4 +1,4 @@
-"""Start, wait for, log and stop the OpenAI-compatible server (llama_cpp.server) in a child process.
+"""Start, wait for, log and stop the kit's OpenAI-compatible server (qwenkit.serving) in a child process.
 
     from qwenkit import server
     srv = server.start(cfg)                     # waits until GET /v1/models answers
@@ -108,7 +108,7 @@ def _tail(path: Path | None, n: int = 40) -> str:
 
 
 class ServerProcess:
-    """A running llama_cpp.server child. Stop it with .stop(), a `with` block, or interpreter exit."""
+    """A running server child (qwenkit.serve_entry). Stop it with .stop(), a `with` block, or interpreter exit."""
 
     def __init__(self, proc: subprocess.Popen | None, *, host: str, port: int, api_key: str | None,
                  alias: str, log_path: Path, status_path: Path, cfg: RunConfig | None = None,
@@ -192,13 +192,21 @@ class ServerProcess:
                      f"\n--- last lines of {self.log_path} ---\n{self.log_tail(15)}", fix)
 
     def ping(self, timeout: float = 2.0) -> bool:
-        """True when GET /v1/models answers 200."""
+        """True when GET /v1/models answers 200 (the model has loaded)."""
         import httpx
         try:
             r = httpx.get(self.base_url + "/models", headers=self.headers(), timeout=timeout)
             return r.status_code == 200
         except httpx.HTTPError:
             return False
+
+    def health(self, timeout: float = 2.0) -> dict:
+        """GET /health: slots busy/total, queue, sequences per decode ({} when it does not answer)."""
+        import httpx
+        try:
+            return httpx.get(self.root_url + "/health", headers=self.headers(), timeout=timeout).json()
+        except (httpx.HTTPError, ValueError):
+            return {}
 
     # ---- stop ----
     def stop(self, timeout: float = 10.0) -> None:
@@ -282,8 +290,8 @@ def _stop_all() -> None:
 def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_PORT,
           api_key: str | None = None, allow_remote: bool = False, log_path: str | os.PathLike | None = None,
           ready_timeout: float = 120, *, background: bool = False, allowed_origins: list[str] | None = None,
-          access_log: bool = True, fastgen: bool = True, stream_flush_ms: float | None = None,
-          quiet: bool = False) -> ServerProcess:
+          access_log: bool = True, stream_flush_ms: float | None = None,
+          queue_limit: int | None = None, quiet: bool = False) -> ServerProcess:
     """Start the server for `cfg` and wait until GET /v1/models answers.
 
     host: 127.0.0.1 by default; anything else needs allow_remote=True and an api_key.
@@ -291,7 +299,7 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
         before the model loads.
     log_path: the server's log (llama.cpp's messages included); default in the kit's cache folder.
     background: the server outlives this Python process (`qwenkit serve --status/--stop`).
-    fastgen: serve completions through qwenkit.fastgen's lean decode loop (False: llama-cpp-python's).
+    queue_limit: requests that may wait for a slot (default 4 x cfg.parallel); more get 503.
     stream_flush_ms: > 0 groups a stream's events into at most one socket write per this many
         milliseconds (every token is still its own event; the first goes out at once). None:
         serve_entry.stream_flush_default() decides (25 when the model computes on the CPU with
@@ -342,7 +350,7 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
         "config": cfg.to_dict(), "host": host, "port": port, "api_key": api_key,
         "allow_remote": bool(allow_remote), "status_path": str(status_path),
         "parent_pid": None if background else os.getpid(),
-        "allowed_origins": list(allowed_origins or []), "access_log": access_log, "fastgen": bool(fastgen),
+        "allowed_origins": list(allowed_origins or []), "access_log": access_log, "queue_limit": queue_limit,
         "stream_flush_ms": None if stream_flush_ms is None else float(stream_flush_ms),
     }
     log = open(log_path, "ab")

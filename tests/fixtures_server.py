@@ -9,6 +9,9 @@ SERVER_N_CTX = 1024
 # One thread: on a machine whose cores are shared (CI, other test runs), llama.cpp's threads
 # spin at barriers and a 2-thread decode can drop 50x when a core is taken; one does not.
 SERVER_THREADS = 1
+# Two sequence slots: the shared servers exercise continuous batching in every server test,
+# and 8 concurrent clients fit (2 running + the queue's 4 x 2).
+SERVER_SLOTS = 2
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +21,8 @@ def served(default_model, tmp_path_factory):
     from qwenkit.config import RunConfig
 
     log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = server.start(RunConfig(model=str(default_model), n_ctx=SERVER_N_CTX, n_threads=SERVER_THREADS), port="any",
+    srv = server.start(RunConfig(model=str(default_model), n_ctx=SERVER_N_CTX, n_threads=SERVER_THREADS,
+                                 parallel=SERVER_SLOTS), port="any",
                        log_path=log, ready_timeout=120)
     yield srv
     srv.stop()
@@ -34,7 +38,8 @@ def served_thinking(tmp_path_factory):
     path = synthetic.write_model(tmp_path_factory.mktemp("thinking") / "qwen35moe-tiny.gguf",
                                  arch="qwen35moe", size="tiny", weights="random",
                                  chat_template=synthetic.THINKING_CHAT_TEMPLATE, progress=False)
-    srv = server.start(RunConfig(model=str(path), n_ctx=512, n_batch=512, n_threads=SERVER_THREADS), port="any",
+    srv = server.start(RunConfig(model=str(path), n_ctx=512, n_batch=512, n_threads=SERVER_THREADS,
+                                 parallel=SERVER_SLOTS), port="any",
                        log_path=path.with_suffix(".log"), ready_timeout=120)
     yield srv
     srv.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from qwenkit import bench
-from qwenkit.serve_entry import LLAMA_SERVER_DEFAULTS
+from qwenkit.serving.sampling import SamplingParams
 
 REPEATS = "The list of words: apple, apple, apple, apple,"
 
@@ -13,7 +13,7 @@ REPEATS = "The list of words: apple, apple, apple, apple,"
 def test_left_out_repeat_penalty_is_llama_servers_default(served):
     """A request without repeat_penalty is not penalized (llama-server's 1.0, not
     llama_cpp.server's 1.1); one that sends it gets what it sent."""
-    assert LLAMA_SERVER_DEFAULTS["repeat_penalty"] == 1.0
+    assert SamplingParams().repeat_penalty == 1.0
 
     def text(extra=None):
         return bench.stream_completion(served.base_url, REPEATS, 24, headers=served.headers(), extra=extra).text

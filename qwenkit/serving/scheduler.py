@@ -1,0 +1,410 @@
+"""Continuous batching over one llama.cpp context: N sequence slots, a bounded queue.
+
+One thread owns the context. Each step is ONE `llama_decode` whose batch holds the next
+token of every generating slot plus a chunk of a waiting prompt (as much as the batch has
+room for), so a long prompt delays the running streams by at most one chunk, and a new
+request starts while others stream. After the decode every slot whose logits came out
+samples from its own row with its own sampler, stop strings and limits.
+
+The scheduler knows nothing of HTTP: a request carries a `sink` (any callable taking one
+event), and the same scheduler serves in-kernel batch calls (`generate_many`).
+
+Events a sink receives, in order: ("text", str) any number of times, then exactly one of
+("end", Result) or ("error", SchedulerError). A cancelled request gets ("end", Result) with
+finish_reason "cancelled" if it had started, and nothing more.
+"""
+from __future__ import annotations
+
+import collections
+import ctypes
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from qwenkit.fastgen import _Detok, _StopScan
+from qwenkit.serving.sampling import SamplingParams, SlotSampler
+
+
+class SchedulerError(Exception):
+    """A request that cannot be served. `status` is the HTTP status an API should answer."""
+
+    def __init__(self, message: str, status: int = 500, code: str | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.code, self.retry_after = status, code, retry_after
+
+
+class QueueFull(SchedulerError):
+    pass
+
+
+@dataclass
+class Result:
+    finish_reason: str                 # stop | length | cancelled
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int                 # prompt tokens reused from the slot's previous request
+    ttft_s: float | None = None        # submit -> first token
+    total_s: float = 0.0
+    tokens: list[int] = field(default_factory=list)  # the generated token ids (EOG not included)
+
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: Sequence[str] = ()
+    sink: Callable[[tuple], None] | None = None
+    id: int = field(default_factory=lambda: next(_ids))
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        """From any thread: the scheduler drops it at its next step and frees the slot."""
+        self.cancelled = True
+
+
+class _Slot:
+    def __init__(self, seq: int):
+        self.seq = seq
+        self.req: Request | None = None
+        self.cached: list[int] = []        # tokens decoded into this sequence, in order
+        self.todo: list[int] = []          # prompt tokens still to decode
+        self.next_token: int | None = None  # sampled, to decode in the next step
+        self.sampler: SlotSampler | None = None
+        self.detok: _Detok | None = None
+        self.scan: _StopScan | None = None
+        self.n_gen = 0
+        self.gen: list[int] = []
+        self.n_cached = 0
+        self.batch_i = -1
+        self.t_first: float | None = None
+        self.order = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.req is not None
+
+
+class Scheduler:
+    """`Scheduler(model, queue_limit=4 * model.slots)`; `submit(Request)`; `close()`."""
+
+    def __init__(self, model, *, queue_limit: int | None = None, chunk: int | None = None):
+        import llama_cpp as lc
+        self._lc = lc
+        self.model = model
+        self.slots = [_Slot(i) for i in range(model.slots)]
+        self.queue_limit = 4 * model.slots if queue_limit is None else int(queue_limit)
+        self.chunk = int(chunk or model.n_batch)
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._cv = threading.Condition()
+        self._closing = False
+        self._order = itertools.count()
+        self._batch = lc.llama_batch_init(model.n_batch, 0, 1)
+        self._n_batch = model.n_batch
+        # counters for /health and the status file
+        self.steps = 0
+        self.seqs_decoded = 0            # sum over steps of the sequences in the batch
+        self.max_seqs = 0
+        self.tokens_decoded = 0
+        self.requests_done = 0
+        self.failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="qwenkit-scheduler", daemon=True)
+        self._thread.start()
+
+    # ---- public ----
+    def submit(self, req: Request) -> Request:
+        n = len(req.prompt)
+        if n == 0:
+            raise SchedulerError("the prompt is empty", 400, "empty_prompt")
+        if n >= self.model.n_ctx_slot:
+            raise SchedulerError(
+                f"the prompt has {n} tokens; a slot's context holds {self.model.n_ctx_slot} "
+                "(prompt and answer together)", 400, "context_length_exceeded")
+        if req.max_tokens < 1:
+            raise SchedulerError(f"max_tokens={req.max_tokens} must be at least 1", 400, "invalid_value")
+        with self._cv:
+            if self._closing:
+                raise SchedulerError("the server is shutting down", 503, "shutting_down", retry_after=5)
+            if self.failed is not None:
+                raise SchedulerError("the model failed (see the server log)", 500, "model_failed")
+            if len(self._waiting) >= self.queue_limit:
+                raise QueueFull(f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests "
+                                "wait already", 503, "queue_full", retry_after=5)
+            self._waiting.append(req)
+            self._cv.notify()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        req.cancel()
+        with self._cv:
+            self._cv.notify()
+
+    @property
+    def busy(self) -> int:
+        return sum(s.busy for s in self.slots)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def stats(self) -> dict[str, Any]:
+        steps = self.steps or 1
+        return {"slots": {"total": len(self.slots), "busy": self.busy, "idle": len(self.slots) - self.busy},
+                "queue": {"waiting": self.waiting, "limit": self.queue_limit},
+                "decode": {"steps": self.steps, "mean_sequences": round(self.seqs_decoded / steps, 3),
+                           "max_sequences": self.max_seqs, "tokens": self.tokens_decoded},
+                "requests_done": self.requests_done}
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join(timeout)
+        if not self._thread.is_alive() and self._batch is not None:
+            self._lc.llama_batch_free(self._batch)
+            self._batch = None
+
+    # ---- in-kernel use ----
+    def generate_many(self, prompts: Sequence[list[int]], max_tokens: int,
+                      sampling: SamplingParams | None = None, stop: Sequence[str] = ()) -> list[tuple[str, Result]]:
+        """Run several prompts at once (as many in parallel as there are slots); returns
+        (text, Result) per prompt, in order. Blocks; raises the first request's error."""
+        done = threading.Semaphore(0)
+        outs: list[dict] = [{"text": [], "end": None, "err": None} for _ in prompts]
+
+        def sink_for(o):
+            def sink(ev):
+                if ev[0] == "text":
+                    o["text"].append(ev[1])
+                else:
+                    o["end" if ev[0] == "end" else "err"] = ev[1]
+                    done.release()
+            return sink
+
+        sp = sampling or SamplingParams(temperature=0.0)
+        pending = list(enumerate(prompts))
+        in_flight = 0
+        while pending or in_flight:
+            while pending:
+                i, p = pending[0]
+                try:
+                    self.submit(Request(list(p), max_tokens, sp, stop, sink_for(outs[i])))
+                except QueueFull:
+                    break
+                pending.pop(0)
+                in_flight += 1
+            done.acquire()
+            in_flight -= 1
+        for o in outs:
+            if o["err"] is not None:
+                raise o["err"]
+        return [("".join(o["text"]), o["end"]) for o in outs]
+
+    # ---- the loop ----
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._closing and not self._waiting and not any(s.busy for s in self.slots):
+                        self._cv.wait()
+                    if self._closing:
+                        break
+                self._drop_cancelled()
+                self._admit()
+                self._step()
+        except BaseException as e:  # noqa: BLE001 - every request learns of it
+            self.failed = e
+            import traceback
+            traceback.print_exc()
+            err = SchedulerError(f"the model failed: {type(e).__name__} (see the server log)", 500, "model_failed")
+            for s in self.slots:
+                if s.req is not None:
+                    self._emit(s.req, ("error", err))
+                    self._release(s)
+        finally:
+            with self._cv:
+                pending = list(self._waiting)
+                self._waiting.clear()
+            err = SchedulerError("the server is shutting down", 503, "shutting_down", retry_after=5)
+            for r in pending:
+                self._emit(r, ("error", err))
+            for s in self.slots:
+                if s.req is not None:
+                    self._emit(s.req, ("error", err))
+                    self._release(s)
+
+    @staticmethod
+    def _emit(req: Request, event: tuple) -> None:
+        if req.sink is not None:
+            try:
+                req.sink(event)
+            except Exception:  # noqa: BLE001 - a broken consumer must not stop the scheduler
+                import traceback
+                traceback.print_exc()
+                req.cancelled = True
+
+    def _drop_cancelled(self) -> None:
+        with self._cv:
+            if any(r.cancelled for r in self._waiting):
+                self._waiting = collections.deque(r for r in self._waiting if not r.cancelled)
+        for s in self.slots:
+            if s.req is not None and s.req.cancelled:
+                self._finish(s, "cancelled")
+
+    def _admit(self) -> None:
+        free = [s for s in self.slots if not s.busy]
+        while free:
+            with self._cv:
+                if not self._waiting:
+                    return
+                req = self._waiting.popleft()
+            slot = max(free, key=lambda s: _common_prefix(s.cached, req.prompt))
+            free.remove(slot)
+            self._start(slot, req)
+
+    def _start(self, slot: _Slot, req: Request) -> None:
+        lc, mem = self._lc, self.model.mem
+        keep = min(_common_prefix(slot.cached, req.prompt), len(req.prompt) - 1)
+        # a recurrent state cannot be cut back: reuse only when nothing would be removed
+        if keep > 0 and not lc.llama_memory_seq_rm(mem, slot.seq, keep, -1):
+            keep = 0
+        if keep == 0:
+            lc.llama_memory_seq_rm(mem, slot.seq, -1, -1)
+        slot.cached = slot.cached[:keep]
+        slot.todo = list(req.prompt[keep:])
+        slot.n_cached = keep
+        slot.req = req
+        slot.next_token = None
+        slot.sampler = SlotSampler(self.model.n_vocab, req.sampling, self.model.vocab)
+        slot.sampler.accept_prompt(req.prompt)
+        slot.detok = _Detok(self.model.vocab)
+        slot.scan = _StopScan(list(req.stop))
+        slot.n_gen = 0
+        slot.gen = []
+        slot.t_first = None
+        slot.order = next(self._order)
+
+    def _step(self) -> None:
+        lc, b = self._lc, self._batch
+        n = 0
+        seqs = 0
+        gen = [s for s in self.slots if s.req is not None and s.next_token is not None]
+        for s in gen:
+            self._put(n, s.next_token, len(s.cached), s.seq, True)
+            s.cached.append(s.next_token)
+            s.next_token = None
+            s.batch_i = n
+            n += 1
+        seqs = len(gen)
+        budget = min(self.chunk, self._n_batch - n)
+        filling = sorted((s for s in self.slots if s.req is not None and s.todo), key=lambda s: s.order)
+        sampled = list(gen)
+        for s in filling:
+            if budget <= 0:
+                break
+            take = s.todo[:budget]
+            del s.todo[:len(take)]
+            pos0 = len(s.cached)
+            last = not s.todo
+            for j, tok in enumerate(take):
+                self._put(n, tok, pos0 + j, s.seq, last and j == len(take) - 1)
+                n += 1
+            s.cached.extend(take)
+            budget -= len(take)
+            seqs += 1
+            if last:
+                s.batch_i = n - 1
+                sampled.append(s)
+        if n == 0:
+            return
+        b.n_tokens = n
+        rc = lc.llama_decode(self.model.ctx, b)
+        self.steps += 1
+        self.seqs_decoded += seqs
+        self.max_seqs = max(self.max_seqs, seqs)
+        self.tokens_decoded += n
+        if rc != 0:
+            self._decode_failed(rc, {s for s in self.slots if s.req is not None})
+            return
+        for s in sampled:
+            self._sample(s)
+
+    def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+
+    def _decode_failed(self, rc: int, slots) -> None:
+        err = SchedulerError(f"llama_decode returned {rc} (no room in the KV cache or a compute failure); "
+                             "the request was stopped", 500, "decode_failed")
+        for s in slots:
+            req = s.req
+            self._release(s)
+            self._lc.llama_memory_seq_rm(self.model.mem, s.seq, -1, -1)
+            s.cached = []
+            self._emit(req, ("error", err))
+
+    def _sample(self, s: _Slot) -> None:
+        req = s.req
+        tok = s.sampler.sample(self.model.ctx, s.batch_i)
+        if s.t_first is None:
+            s.t_first = time.perf_counter()
+        if self.model.is_eog(tok):
+            self._finish(s, "stop")
+            return
+        s.n_gen += 1
+        s.gen.append(tok)
+        text = s.scan.push(s.detok.text(tok))
+        if text:
+            self._emit(req, ("text", text))
+        if s.scan.hit:
+            self._finish(s, "stop")
+        elif s.n_gen >= req.max_tokens or len(s.cached) + 1 >= self.model.n_ctx_slot:
+            self._finish(s, "length")
+        else:
+            s.next_token = tok
+
+    def _finish(self, s: _Slot, reason: str) -> None:
+        req = s.req
+        if reason != "cancelled" and not s.scan.hit:
+            tail = s.scan.push(s.detok.flush())
+            tail += "" if s.scan.hit else s.scan.flush()
+            if s.scan.hit:
+                reason = "stop"
+            if tail:
+                self._emit(req, ("text", tail))
+        now = time.perf_counter()
+        res = Result(reason, len(req.prompt), s.n_gen, s.n_cached,
+                     None if s.t_first is None else s.t_first - req.submitted, now - req.submitted, s.gen)
+        self._release(s)
+        self.requests_done += 1
+        if reason != "cancelled" or res.ttft_s is not None:
+            self._emit(req, ("end", res))
+
+    def _release(self, s: _Slot) -> None:
+        if s.sampler is not None:
+            s.sampler.close()
+        s.req, s.sampler, s.detok, s.scan = None, None, None, None
+        s.todo = []
+        s.next_token = None
+        s.batch_i = -1
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    # compare in blocks first: prompts share long prefixes (the system prompt, the history)
+    while i + 64 <= n and a[i:i + 64] == b[i:i + 64]:
+        i += 64
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
