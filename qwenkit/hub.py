@@ -40,6 +40,7 @@ from qwenkit.gguf_info import (
     model_info,
     parse_gguf,
     read_gguf,
+    read_model_info,
     split_parts,
 )
 
@@ -172,6 +173,10 @@ class QuantList(list):
         for q in self:
             lines.append(f"| {q.name} | {_human(q.size)} | {q.n_parts} | {q.verdict.text if q.verdict else ''} |")
         return "\n".join(lines)
+
+    def find(self, name: str) -> Quant | None:
+        """The quant called `name` (any case), or None."""
+        return next((q for q in self if q.name.lower() == name.lower()), None)
 
     def get(self, name: str) -> Quant:
         for q in self:
@@ -955,7 +960,10 @@ def _local_quant_list(repo: str, vram_gb, ram_gb) -> QuantList:
     for m in local_models(include_incomplete=False):
         if m.repo == repo and m.state in (STATE_VERIFIED, STATE_HF_CACHE):
             files = tuple(RemoteFile(p.name, p.stat().st_size, s) for p, s in zip(m.files, m.sha256))
-            ql.append(Quant(m.name, files, repo, m.revision))
+            q = Quant(m.name, files, repo, m.revision)
+            with contextlib.suppress(GGUFError, OSError):   # the local header: the verdict can use the plan
+                q.info = read_model_info(m.path)
+            ql.append(q)
     _add_verdicts(ql, vram_gb, ram_gb)
     return ql
 

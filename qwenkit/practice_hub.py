@@ -539,6 +539,7 @@ class HubChoice:
     probe_seconds: float
     models_dir: str | None
     revision: str | None = None
+    offline: bool = False         # HF_HUB_OFFLINE is set: only what is on disk is used
 
     @property
     def is_practice(self) -> bool:
@@ -577,6 +578,8 @@ class HubChoice:
             self.practice.stop()
 
     def __str__(self) -> str:
+        if self.offline:
+            return self.reason
         if self.practice is None:
             return f"using {self.endpoint} ({self.reason}); looking at {self.repo}"
         return (f"{self.reason}\nusing the practice hub at {self.endpoint}: {self.repo} (full-size headers, "
@@ -599,6 +602,14 @@ def connect(mode: str = "auto", *, endpoint: str | None = None, repo: str | None
                            "HUB = 'auto' (the real hub when reachable), 'real' or 'practice'")
     repo, quant = repo or hub.DEFAULT_REPO, quant or hub.DEFAULT_QUANT
     seconds = 0.0
+    if hub.is_offline() and mode != "real":
+        # huggingface_hub refuses every request in offline mode, to 127.0.0.1 as well: the
+        # practice hub cannot help, so say so and let the steps answer from the disk
+        return HubChoice(hub._endpoint(endpoint), repo, quant, repo, quant, None,
+                         "HF_HUB_OFFLINE is set: huggingface_hub sends no request at all, not even to the "
+                         "practice hub on 127.0.0.1, so the steps below use only what is on disk. To practise "
+                         "the download, unset HF_HUB_OFFLINE and restart the kernel", 0.0, models_dir, revision,
+                         offline=True)
     if mode != "practice":
         probe = hub.probe(endpoint, timeout=timeout)
         seconds = probe.seconds

@@ -439,3 +439,17 @@ def test_cli_practice_hub_serves_until_stopped(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(15)
     assert proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_notebook02_with_hf_hub_offline_set(notebook02_params, monkeypatch, tmp_path):
+    """A learner who set HF_HUB_OFFLINE=1 (the old advice): no traceback, no request anywhere,
+    the notebook says why nothing is downloaded and shows what is on disk."""
+    from nbrun import NOTEBOOKS, cell_text, run_notebook
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    nb = run_notebook(NOTEBOOKS / "02_download.ipynb", **notebook02_params)
+    text = cell_text(nb)
+    assert "Traceback" not in text and "HF_HUB_OFFLINE is set" in text
+    assert "nothing can be downloaded offline" in text and "no local models" in text
+    log = (tmp_path / "netguard.log").read_text()
+    assert log.startswith("netguard on") and "huggingface.co" not in log      # not even asked

@@ -90,14 +90,18 @@ sizes of the other (Gated-DeltaNet) layers, and every tensor's type and size. Th
 bytes with HTTP Range requests, so a 20 GB file is described from a few megabytes, before you download it.
 """),
 ("code", """
-quant = quants.get(where.quant)
-info = quant.info or hub.read_remote_info(where.repo, quant, endpoint=where.endpoint)
-print(info.summary())
-print(f"\\nread {info.header_bytes_read / 2**20:.1f} MiB of {info.file_size / 2**30:.2f} GiB "
-      f"({100 * info.header_bytes_read / info.file_size:.3f} % of the file)")
-verdict = quant.verdict
-if verdict is not None:
-    print(f"{where.quant} on a {VRAM_GB} GB card: {verdict}")
+quant = quants.find(where.quant)
+verdict = quant.verdict if quant is not None else None
+if quant is None:
+    print(f"{where.quant} is not in the table above: {'not on disk (offline)' if where.offline else 'choose a listed quant'}")
+else:
+    info = quant.info or hub.read_remote_info(where.repo, quant, endpoint=where.endpoint)
+    print(info.summary())
+    if info.header_bytes_read:
+        print(f"\\nread {info.header_bytes_read / 2**20:.1f} MiB of {info.file_size / 2**30:.2f} GiB "
+              f"({100 * info.header_bytes_read / info.file_size:.3f} % of the file)")
+    if verdict is not None:
+        print(f"{where.quant} on a {VRAM_GB} GB card: {verdict}")
 """),
 ("md", """
 ## 5. Download: pinned, checked, resumable, verified
@@ -141,6 +145,9 @@ matches. On the real hub this cell downloads `QUANT` (unless the verdict says it
 model = None
 if not DOWNLOAD:
     print("DOWNLOAD = False: nothing downloaded")
+elif where.offline:
+    model = hub.find_local(where.download_repo, where.download_quant, dest=where.models_dir)
+    print(f"offline: {model or f'{where.download_quant} is not on disk, and nothing can be downloaded offline'}")
 elif not where.is_practice and verdict is not None and not verdict.fits and not FORCE_DOWNLOAD:
     print(f"not downloading {QUANT}: {verdict}\\n"
           "choose a smaller quant from the table, or set FORCE_DOWNLOAD = True")
