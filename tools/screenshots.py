@@ -92,13 +92,14 @@ def shoot(page, url: str, token: str, name: str, out: Path, timeout_s: float, fi
     """Open one notebook, run all cells, wait for the kernel, screenshot it whole."""
     from playwright.sync_api import expect
     page.set_viewport_size({"width": WIDTH, "height": 1000})
-    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    # a workspace of its own (reset): only this notebook is open, no tab of the previous one
+    page.goto(f"{url}/lab/workspaces/shot-{Path(name).stem}/tree/{name}?reset&token={token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-    if first:   # the file browser only takes width from the notebook: hide it (the setting persists)
-        tab = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
-        if tab.count():
-            tab.first.click()          # clicking the open tab collapses the sidebar
-        page.wait_for_timeout(300)
+    # the file browser only takes width from the notebook: hide it
+    tab = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
+    if tab.count():
+        tab.first.click()              # clicking the open tab collapses the sidebar
+    page.wait_for_timeout(300)
     status = page.locator("#jp-main-statusbar")
     expect(status).to_contain_text("Idle", timeout=90_000)
     t0 = time.monotonic()
@@ -108,7 +109,8 @@ def shoot(page, url: str, token: str, name: str, out: Path, timeout_s: float, fi
     deadline = t0 + timeout_s
     while time.monotonic() < deadline:   # every code cell has a number and none is running
         state = page.evaluate("""() => {
-            const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim());
+            const nb = [...document.querySelectorAll('.jp-NotebookPanel')].find(e => !e.classList.contains('lm-mod-hidden'));
+            const p = [...nb.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim());
             return {running: p.filter(t => t.includes('*')).length, empty: p.filter(t => t === '' || t === '[ ]:').length,
                     n: p.length};
         }""")
