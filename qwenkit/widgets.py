@@ -254,8 +254,9 @@ class TunePanel:
         n_all = self.info.n_layer_all
         self.n_gpu_layers = W.IntSlider(value=max(-1, min(base.n_gpu_layers, n_all + 1)), min=-1,
                                         max=n_all + 1, description="n_gpu_layers", continuous_update=False,
-                                        style=style, layout=wide,
-                                        tooltip="-1: every layer on the GPU; N: the last N layers")
+                                        style=style, layout=wide, disabled=not self.gpu,
+                                        tooltip="-1: every layer on the GPU; N: the last N layers"
+                                        if self.gpu else "this llama.cpp build has no GPU: every layer runs on the CPU")
         self.n_cpu_moe: Any = None
         if self.info.is_moe:
             self.n_cpu_moe = W.IntSlider(value=min(base.n_cpu_moe, n_all), min=0, max=n_all,
@@ -572,22 +573,24 @@ class TunePanel:
         if not rec.ok:
             self.result_html.value = ""
             return
-        rows = ""
-        for part in rec.estimate or rec.allocated:
-            eg, ec = rec.estimate.get(part, (0, 0))
-            ag, ac = rec.allocated.get(part, (0, 0))
-            rows += (f"<tr><td>{html.escape(part)}</td><td style='text-align:right'>{_mib(eg)}</td>"
-                     f"<td style='text-align:right'>{_mib(ag)}</td><td style='text-align:right'>{_mib(ec)}</td>"
-                     f"<td style='text-align:right'>{_mib(ac)}</td></tr>")
-        eg_t = sum(g for g, _ in rec.estimate.values())
-        ec_t = sum(c for _, c in rec.estimate.values())
-        ag_t = sum(g for g, _ in rec.allocated.values())
-        ac_t = sum(c for _, c in rec.allocated.values())
-        rows += (f"<tr><td><b>total</b></td><td style='text-align:right'><b>{_mib(eg_t)}</b></td>"
-                 f"<td style='text-align:right'><b>{_mib(ag_t)}</b></td><td style='text-align:right'><b>{_mib(ec_t)}</b></td>"
-                 f"<td style='text-align:right'><b>{_mib(ac_t)}</b></td></tr>")
+        # a CPU-only build has no GPU columns: everything is in system RAM
+        cols = (("GPU estimate", 0, "e"), ("GPU llama.cpp", 0, "a")) if self.gpu else ()
+        cols += (("RAM estimate", 1, "e"), ("RAM llama.cpp", 1, "a"))
+
+        def cells(est: tuple[int, int], alo: tuple[int, int], bold: bool = False) -> str:
+            b = ("<b>", "</b>") if bold else ("", "")
+            return "".join(f"<td style='text-align:right'>{b[0]}{_mib((est if w == 'e' else alo)[i])}{b[1]}</td>"
+                           for _, i, w in cols)
+
+        rows = "".join(f"<tr><td>{html.escape(part)}</td>"
+                       + cells(rec.estimate.get(part, (0, 0)), rec.allocated.get(part, (0, 0))) + "</tr>"
+                       for part in rec.estimate or rec.allocated)
+        tot_e = (sum(g for g, _ in rec.estimate.values()), sum(c for _, c in rec.estimate.values()))
+        tot_a = (sum(g for g, _ in rec.allocated.values()), sum(c for _, c in rec.allocated.values()))
+        rows += "<tr><td><b>total</b></td>" + cells(tot_e, tot_a, bold=True) + "</tr>"
         for k, v in rec.estimate_extra.items():
-            rows += f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{_mib(v)}</td><td>not reported</td><td></td><td></td></tr>"
+            rows += (f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{_mib(v)}</td><td>not reported</td>"
+                     + "<td></td>" * (len(cols) - 2) + "</tr>")
         measured = [f"load {rec.load_seconds:.2f} s", f"live n_ctx {rec.live_n_ctx}"]
         if rec.kv_types:
             measured.append(f"KV {rec.kv_types[0]}/{rec.kv_types[1]} (llama.cpp log)")
@@ -602,8 +605,8 @@ class TunePanel:
         self.result_html.value = (
             f"<div><b>relaunch #{rec.index}:</b> {html.escape('; '.join(measured))}</div>"
             f"<div style='color:#555'>{html.escape('; '.join(mem))}</div>"
-            "<table style='font-size:90%'><tr><th>part</th><th>GPU estimate</th><th>GPU llama.cpp</th>"
-            f"<th>RAM estimate</th><th>RAM llama.cpp</th></tr>{rows}</table>"
+            "<table style='font-size:90%'><tr><th>part</th>" + "".join(f"<th>{c}</th>" for c, _, _ in cols)
+            + f"</tr>{rows}</table>"
             "<div style='color:#555;font-size:85%'>MiB; llama.cpp's figures are the buffers it logged for this "
             "model and context (weights mapped from the file count as RAM).</div>")
 
@@ -627,7 +630,7 @@ class TunePanel:
         if not rows:
             self.history_html.value = ""
             return
-        cols = list(rows[0])
+        cols = [c for c in rows[0] if self.gpu or c != "n_gpu_layers"]   # no GPU layers on a CPU-only build
         fmt = lambda v: "-" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))
         body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r[c]))}</td>" for c in cols) + "</tr>"
                        for r in rows[-50:])

@@ -262,3 +262,16 @@ def test_saved_config_starts_a_server(widgets_panel, tmp_path, monkeypatch):
     finally:
         subprocess.run(cli + ["--stop"], check=False, capture_output=True, text=True, timeout=60, env=env)
     assert server.background() is None
+
+
+def test_cpu_only_build_shows_no_gpu_figures(widgets_panel):
+    """On a CPU-only build the relaunch table has no GPU columns, the history no n_gpu_layers,
+    and the n_gpu_layers control is disabled (it would change nothing)."""
+    p = widgets_panel(gpu=False, n_ctx=512)
+    p.relaunch_button.click()
+    assert p.last.ok, p.last.error
+    result = _text(p.result_html.value)
+    assert "GPU estimate" not in result and "RAM estimate" in result and "RAM llama.cpp" in result
+    assert "n_gpu_layers" not in _text(p.history_html.value) and "n_gpu_layers" not in p.history_table()
+    assert p.n_gpu_layers.disabled
+    assert "<table>" in p.history_table()._repr_html_()

@@ -11,8 +11,8 @@ how keeping the *expert* weights of some layers in system RAM (llama.cpp's `--n-
 19.7 GiB model run on a 16 GB card. You check the plan against llama.cpp's own figures, pick the config
 for your card, and load a model with that placement.
 
-**Time:** about 15 s (measured on a 2-core machine without GPU: 6-7 s of cells plus the kernel
-start). **Needs:** the kit installed (`make setup`). A GPU is optional: without one the plan is still
+**Time:** about 10 s (measured on a 2-core machine without GPU: 3-7 s of cells, depending on what
+else runs, plus the kernel start). **Needs:** the kit installed (`make setup`). A GPU is optional: without one the plan is still
 made for the card size you give below, and the loading step runs on the CPU.
 """),
 ("code", """
