@@ -397,9 +397,10 @@ class TunePanel:
 
     def _plan_html(self, p) -> str:
         fm = self.free_memory()
+        gpu_td = (lambda v: f"<td style='text-align:right'>{v}</td>") if self.gpu else (lambda v: "")
         rows = "".join(
             f"<tr><td>{html.escape(r.part)}</td><td>{html.escape(r.detail)}</td>"
-            f"<td style='text-align:right'>{_mib(r.gpu)}</td><td style='text-align:right'>{_mib(r.cpu)}</td></tr>"
+            f"{gpu_td(_mib(r.gpu))}<td style='text-align:right'>{_mib(r.cpu)}</td></tr>"
             for r in p.rows)
         verdicts = []
         if self.gpu and fm["gpu_free"] is None:
@@ -420,8 +421,8 @@ class TunePanel:
                             f"the live model{'' if ok else ' — does not fit'}</span>")
         return ("<details open><summary><b>memory plan for the pending config</b> (KV "
                 f"{_mib(p.kv)} MiB, weights {_mib(p.weights)} MiB)</summary>"
-                "<table style='font-size:90%'><tr><th>part</th><th></th><th>GPU MiB</th><th>RAM MiB</th></tr>"
-                f"{rows}<tr><td><b>total</b></td><td></td><td style='text-align:right'><b>{_mib(p.gpu_total)}</b></td>"
+                f"<table style='font-size:90%'><tr><th>part</th><th></th>{'<th>GPU MiB</th>' if self.gpu else ''}"
+                f"<th>RAM MiB</th></tr>{rows}<tr><td><b>total</b></td><td></td>{gpu_td(f'<b>{_mib(p.gpu_total)}</b>')}"
                 f"<td style='text-align:right'><b>{_mib(p.cpu_total)}</b></td></tr></table>"
                 + "<br>".join(verdicts) + "</details>")
 

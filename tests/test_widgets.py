@@ -274,4 +274,5 @@ def test_cpu_only_build_shows_no_gpu_figures(widgets_panel):
     assert "GPU estimate" not in result and "RAM estimate" in result and "RAM llama.cpp" in result
     assert "n_gpu_layers" not in _text(p.history_html.value) and "n_gpu_layers" not in p.history_table()
     assert p.n_gpu_layers.disabled
+    assert "GPU MiB" not in _text(p.plan_html.value) and "RAM MiB" in _text(p.plan_html.value)
     assert "<table>" in p.history_table()._repr_html_()
