@@ -30,6 +30,8 @@ TITLES = {
     "kv_quality": "KV cache types: memory saved, quality cost, decode speed cost",
     "gpu_suite": "H200, first full run (before the server fixes; its KV stage is the GPU KV measurement)",
     "gpu_h200_server_ab": "H200: A/B of a wake-up variant that was dropped, and of CPU threads",
+    "concurrency_cpu": "2-core CPU: users at once, the kit's server (N slots) vs llama-server -np N --kv-unified",
+    "concurrency_h200": "H200: users at once, the kit's server (N slots) vs llama-server -np N --kv-unified",
 }
 
 
@@ -118,6 +120,33 @@ def _quality_table(rows: list[dict], speed: dict | None) -> str:
     return _md(head, out)
 
 
+def _f(x, fmt: str) -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def concurrency_table(rows: list[dict]) -> str:
+    """benchmarks/concurrency.py's rows: per number of users and prompt kind, the kit's server
+    vs llama-server: aggregate tok/s (mean of rounds), TTFT p50 / p90 (all users of all rounds
+    pooled), ratios kit / llama-server, and whether every answer ended with "length"."""
+    head = ["users", "prompt", "answer tokens", "kit tok/s", "llama-server tok/s", "ratio",
+            "kit TTFT p50 / p90 (s)", "llama-server TTFT p50 / p90 (s)", "TTFT ratio p50 / p90", "equal lengths"]
+    out = []
+    for r in rows:
+        k, n = r["kit"], r["llama_server"]
+        one = "decode_tps" in k
+        pt = k.get("prompt_tokens") or []
+        out.append([str(r["users"]), f"{r['prompt']} ({'-'.join(str(x) for x in sorted(set(pt)))} tokens)",
+                    str(r["max_tokens"]),
+                    _f(k["aggregate_tps"], "{:.1f}") + (f"; stream {_f(k.get('decode_tps'), '{:.1f}')}" if one else ""),
+                    _f(n["aggregate_tps"], "{:.1f}") + (f"; stream {_f(n.get('decode_tps'), '{:.1f}')}" if one else ""),
+                    _f(r["aggregate_ratio"], "{:.3f}") + (f"; stream {_f(r.get('decode_ratio'), '{:.3f}')}" if one else ""),
+                    f"{_f(k['ttft_p50_s'], '{:.3f}')} / {_f(k['ttft_p90_s'], '{:.3f}')}",
+                    f"{_f(n['ttft_p50_s'], '{:.3f}')} / {_f(n['ttft_p90_s'], '{:.3f}')}",
+                    f"{_f(r['ttft_p50_ratio'], '{:.2f}')} / {_f(r['ttft_p90_ratio'], '{:.2f}')}",
+                    "yes" if r["equal_lengths"] else "no (" + ", ".join(sorted(set(k["finish_reasons"] + n["finish_reasons"]))) + ")"])
+    return _md(head, out)
+
+
 def files() -> list[Path]:
     all_ = sorted(RESULTS.glob("*.json"))
     first = [RESULTS / n for n in ORDER if (RESULTS / n).is_file()]
@@ -136,6 +165,13 @@ def render() -> str:
         parts += _meta_lines(meta) + [""]
         if doc.get("comparisons"):
             parts += ["### Figures and their baselines", "", _comparisons_table(doc["comparisons"]), ""]
+        if doc.get("concurrency"):
+            parts += ["### Users at once (ratio: kit / llama-server; TTFT ratio < 1 is the kit faster)", "",
+                      concurrency_table(doc["concurrency"]), ""]
+            if doc.get("client_ceiling"):
+                cc = doc["client_ceiling"]
+                parts += [f"The client (one thread and connection per user) took in {cc['events_per_s']:,.0f} "
+                          f"events/s from a stand-in server over {cc['users']} streams.", ""]
         if doc.get("quality"):
             parts += ["### Quality and cost per KV type", "", _quality_table(doc["quality"], doc.get("speed")), ""]
             if doc.get("speed_note"):

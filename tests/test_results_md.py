@@ -49,6 +49,13 @@ def test_result_file_says_where_it_came_from(path):
             assert r["mean"] == pytest.approx(sum(rates) / len(rates))
     for c in doc.get("comparisons", []):
         assert c["ratio"] == pytest.approx(c["value"] / c["baseline"])
+    for c in doc.get("concurrency", []):  # benchmarks/concurrency.py: kit / llama-server, same run
+        k, n = c["kit"], c["llama_server"]
+        for ratio, key in (("aggregate_ratio", "aggregate_tps"), ("ttft_p50_ratio", "ttft_p50_s"),
+                           ("ttft_p90_ratio", "ttft_p90_s")):
+            if c.get(ratio) is not None:
+                assert c[ratio] == pytest.approx(k[key] / n[key])
+        assert k["aggregate_tps"] == pytest.approx(sum(k["aggregate_tps_rounds"]) / len(k["aggregate_tps_rounds"]))
 
 
 def test_render_is_deterministic():
