@@ -15,11 +15,13 @@ repeated n-gram: `n` consecutive words (CJK: characters) that already occurred e
         show(guard.flush())
     text = guard.text                    # everything before the loop began
 
-Bound: a loop whose repeated block is p words long is stopped at most p + n words after the
-block began repeating (the first n words of its second occurrence), i.e. within
-2 * p + n words of its first occurrence. Nothing of the second occurrence is ever shown,
-because the guard holds back the last n - 1 words until it knows they do not repeat.
-A text without a repeated n-gram passes through unchanged (feed + flush == the input).
+Bound: a loop whose repeated block is p words long (p >= n) is stopped n words into its
+second occurrence, i.e. within p + n words of the loop's start (2 * p + n words from its
+first occurrence); a shorter block (the same word or phrase over and over) within 2 * n.
+Nothing of the second occurrence is ever shown: the guard holds back the last n - 1 words,
+and shows whole sentences (or at most MAX_HELD characters without a sentence end), so a stop
+never leaves a repeat or half a sentence on screen. A text without a repeated n-gram passes
+through unchanged (feed + flush == the input), only held back a little.
 """
 from __future__ import annotations
 
@@ -30,6 +32,11 @@ from dataclasses import dataclass
 # "model." and "model," count as the same word and punctuation changes do not hide a loop.
 _UNIT = re.compile(r"[^\W_]+", re.UNICODE)
 _CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]")
+
+# where a sentence (or a line) ends; MAX_HELD: characters held back at most when none comes
+_BOUNDARY = re.compile(r"(?<=[.!?。！？])[ \t]+|[.!?。！？](?=\n)|\n+")
+MAX_HELD = 300
+_ENDS = tuple(".!?。！？")
 
 # n per language: an 8-word sequence repeated verbatim is a loop in English prose; Japanese
 # units are single characters, so it takes more of them to be as specific.
@@ -61,6 +68,7 @@ class LoopGuard:
         self._shown = 0               # raw offset up to which text was returned
         self.loop: LoopInfo | None = None
         self._done = False
+        self._end: int | None = None  # where flush(whole_sentences=True) ended the text
 
     @classmethod
     def for_language(cls, language: str) -> "LoopGuard":
@@ -72,15 +80,19 @@ class LoopGuard:
 
     @property
     def cut(self) -> int:
-        """Offset in `raw` where the kept text ends (the loop's start, or the end)."""
+        """Offset in `raw` where the kept text ends: at a loop, the last sentence end before the
+        repeat (or the repeat's start, when that would drop more than half); else the end."""
         if self.loop is None:
-            return len(self.raw)
-        return self._units[self.loop.repeat_unit][1]
+            return len(self.raw) if self._end is None else self._end
+        start = self._units[self.loop.repeat_unit][1]
+        ends = [m.end() for m in _BOUNDARY.finditer(self.raw, 0, start)]
+        end = ends[-1] if ends and ends[-1] >= start / 2 else start
+        return max(end, self._shown)
 
     @property
     def text(self) -> str:
         """The text before the loop (all of it when none was found)."""
-        return self.raw[:self.cut].rstrip() if self.loop else self.raw
+        return self.raw[:self.cut].rstrip() if self.loop or self._end is not None else self.raw
 
     @property
     def notice(self) -> str:
@@ -91,8 +103,9 @@ class LoopGuard:
         words = lp.ngram.replace(" ", "") if _CJK.search(lp.ngram) else lp.ngram
         words = words if len(words) <= 60 else words[:57] + "..."
         gap = lp.repeat_unit - lp.first_unit
+        unit = ("character" if _CJK.search(lp.ngram) else "word") + ("s" if gap != 1 else "")
         return (f"[loop guard: the model began repeating itself (\"{words}\" again after "
-                f"{gap} word{'s' if gap != 1 else ''}); generation stopped after "
+                f"{gap} {unit}); generation stopped after "
                 f"{self.loop.pieces_seen} streamed pieces and the request was cancelled; "
                 f"the repeat is left out]")
 
@@ -106,12 +119,18 @@ class LoopGuard:
         self._take_units(final=False)
         return self._release(final=False)
 
-    def flush(self) -> str:
-        """The stream ended: check the last word, return what was still held back."""
+    def flush(self, whole_sentences: bool = False) -> str:
+        """The stream ended: check the last word, return what was still held back.
+        whole_sentences: drop an unfinished last sentence (an answer cut by max_tokens)."""
         if self._done:
             return ""
         if self.loop is None:
             self._take_units(final=True)
+        if whole_sentences and self.loop is None and not self.raw.rstrip().endswith(_ENDS):
+            ends = [m.end() for m in _BOUNDARY.finditer(self.raw, self._shown)]
+            end = ends[-1] if ends else self._shown
+            if end > 0:  # never drop the whole answer
+                self._end = end
         out = self._release(final=True)
         self._done = True
         return out
@@ -148,11 +167,14 @@ class LoopGuard:
         if self.loop is not None:
             end = self.cut
         elif final:
-            end = len(self.raw)
+            end = self.cut
         else:
-            # hold back the last n-1 finished words and any unfinished one: they may begin a repeat
+            # hold back the last n-1 finished words and any unfinished one: they may begin a
+            # repeat; show whole sentences, so that a stop never leaves half a sentence on screen
             hold = len(self._units) - (self.n - 1)
-            end = self._units[hold][1] if hold >= 0 else 0
+            safe = self._units[hold][1] if hold >= 0 else 0
+            ends = [m.end() for m in _BOUNDARY.finditer(self.raw, self._shown, safe)]
+            end = ends[-1] if ends else (safe if safe - self._shown > MAX_HELD else self._shown)
         if end <= self._shown:
             return ""
         out = self.raw[self._shown:end]
@@ -174,3 +196,33 @@ def _split_mixed(run: str, offset: int) -> list[tuple[str, int, int]]:
         elif word_start is None:
             word_start = i
     return out
+
+
+# ---- after the fact: is a finished text readable? ---------------------------------------------
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+
+
+@dataclass
+class TextStats:
+    words: int
+    distinct: float                 # distinct words / words (lowercased, punctuation ignored)
+    repeated_sentences: list[str]   # sentences that occur more than once
+
+    def readable(self, min_words: int = 50, min_distinct: float = 0.6) -> bool:
+        return self.words >= min_words and self.distinct >= min_distinct and not self.repeated_sentences
+
+    def __str__(self) -> str:
+        rep = f"; repeated: {self.repeated_sentences[0][:60]!r}" if self.repeated_sentences else ""
+        return f"{self.words} words, {self.distinct:.0%} distinct, {len(self.repeated_sentences)} repeated sentences{rep}"
+
+
+def text_stats(text: str) -> TextStats:
+    """Word count, share of distinct words and repeated sentences of a finished text."""
+    words = [w.lower() for w in _UNIT.findall(text)]
+    seen: dict[str, int] = {}
+    for s in _SENTENCE_END.split(text):
+        key = " ".join(w.lower() for w in _UNIT.findall(s))
+        if len(key.split()) >= 3:  # a bullet's one-word label repeated is not a looped sentence
+            seen[key] = seen.get(key, 0) + 1
+    return TextStats(len(words), len(set(words)) / len(words) if words else 0.0,
+                     [k for k, c in seen.items() if c > 1])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from qwenkit.errors import ContextOverflowError, QwenkitError, ServerError
+from qwenkit.loopguard import LoopGuard
 
 SYSTEM_PROMPTS = {
     "ja": ("あなたは技術文書の要約を担当するアシスタントです。与えられた文書を日本語で簡潔に要約してください。"
@@ -47,6 +48,10 @@ NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 # 1.0. On the small default model (English sample) no penalty looped on one sentence (12-16 %
 # distinct words); with 1.5 runs varied from 50-79 % distinct to a loop again (a 135M model).
 PRESENCE_PENALTY = 1.5
+# An answer the loop guard stopped before this many words is asked for once more, warmer
+# (a small model that loops early often writes a usable answer on a second, sampled try).
+RETRY_BELOW_WORDS = 40
+RETRY_TEMPERATURE = 0.7
 MARGIN = 16            # tokens of slack per request (token merges at chunk joins, BOS)
 MAX_ROUNDS = 6
 
@@ -69,7 +74,8 @@ class Call:
     seconds: float
     first_token_s: float | None
     decode_s: float
-    finish_reason: str | None
+    finish_reason: str | None    # the server's; "loop" when the loop guard stopped the answer
+    notice: str = ""             # the loop guard's one line, when it stopped this answer
 
 
 @dataclass
@@ -88,12 +94,18 @@ class Summary:
     chunk_spans: list[tuple[int, int]] = field(default_factory=list)  # char offsets into the text
     calls: list[Call] = field(default_factory=list)
 
+    @property
+    def loops(self) -> int:
+        """Answers the loop guard stopped (their repeats are left out of the text)."""
+        return sum(1 for c in self.calls if c.finish_reason == "loop")
+
     def __str__(self) -> str:
         ft = f", first token {self.first_token_s:.1f} s" if self.first_token_s is not None else ""
         parts = f", {self.chunks} chunks, {self.rounds} rounds" if self.chunks > 1 else ""
         cut = ", CUT by max_tokens" if self.truncated else ""
+        loops = f", {self.loops} answer(s) stopped by the loop guard" if self.loops else ""
         return (f"{self.seconds:.1f} s{ft}; {self.prompt_tokens} prompt + {self.completion_tokens} "
-                f"completion tokens; decode {self.tok_per_s:.1f} tok/s{parts}{cut}")
+                f"completion tokens; decode {self.tok_per_s:.1f} tok/s{parts}{cut}{loops}")
 
 
 # ---- token counting with the model's own tokenizer ----------------------------------------------
@@ -300,10 +312,14 @@ def _is_context_error(e: Exception) -> bool:
 
 class _Runner:
     def __init__(self, client, model, *, system, temperature, count, overhead, on_progress,
-                 presence_penalty: float):
+                 presence_penalty: float, language: str = "en", loop_guard: bool = True,
+                 frequency_penalty: float = 0.0, seed: int | None = None):
         self.client, self.model, self.system = client, model, system
         self.temperature, self.count, self.overhead = temperature, count, overhead
         self.presence_penalty = presence_penalty
+        self.language, self.loop_guard = language, loop_guard
+        # sent only when set, so a server without them is asked exactly what it was before
+        self.extra = {k: v for k, v in (("frequency_penalty", frequency_penalty), ("seed", seed)) if v}
         self.on_progress = on_progress
         self.calls: list[Call] = []
 
@@ -311,18 +327,37 @@ class _Runner:
         return self.count(self.system) + self.count(user) + self.overhead
 
     def ask(self, user: str, max_tokens: int, role: str, on_token=None) -> tuple[str, Call, float | None]:
+        """One streamed request (see _ask_stream); an answer the loop guard stopped early is
+        asked for once more with RETRY_TEMPERATURE, and the longer of the two is kept."""
+        text, call, first = self._ask_stream(user, max_tokens, role, on_token, self.temperature, None)
+        if call.finish_reason != "loop" or len(text.split()) >= RETRY_BELOW_WORDS:
+            return text, call, first
+        self.on_progress(f"[the loop guard kept only {len(text.split())} words: asking once more "
+                         f"with temperature {RETRY_TEMPERATURE}]")
+        if on_token:
+            on_token("\n\n")
+        text2, call2, first2 = self._ask_stream(user, max_tokens, role, on_token, RETRY_TEMPERATURE,
+                                                self.extra.get("seed", 0) + 1)
+        return (text2, call2, first2) if len(text2.split()) > len(text.split()) else (text, call, first)
+
+    def _ask_stream(self, user: str, max_tokens: int, role: str, on_token, temperature: float,
+                    seed: int | None) -> tuple[str, Call, float | None]:
         """One streamed chat request; returns (answer without thinking, call stats, first-token time).
-        A stream that ends without a finish_reason raises ServerError (it was cut, not finished)."""
+        A stream that ends without a finish_reason raises ServerError (it was cut, not finished).
+        An answer that starts repeating itself is stopped by the loop guard: the stream is closed
+        (the server stops generating), the repeat is left out and the notice goes to on_progress."""
         import httpx
         import openai
         t0 = time.perf_counter()
         first = last = None
         raw, finish = [], None
         flt = ThinkFilter()
+        guard = LoopGuard.for_language(self.language) if self.loop_guard else None
         try:
+            extra = dict(self.extra, **({"seed": seed} if seed is not None else {}))
             stream = self.client.chat.completions.create(
-                model=self.model, temperature=self.temperature, max_tokens=max_tokens, stream=True,
-                presence_penalty=self.presence_penalty,
+                model=self.model, temperature=temperature, max_tokens=max_tokens, stream=True,
+                presence_penalty=self.presence_penalty, **extra,
                 messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}],
                 extra_body=NO_THINKING)
             for chunk in stream:
@@ -336,8 +371,14 @@ class _Runner:
                     last = now
                     raw.append(piece)
                     shown = flt.feed(piece)
+                    if guard is not None:
+                        shown = guard.feed(shown) if shown else ""
                     if on_token and shown:
                         on_token(shown)
+                    if guard is not None and guard.looped:
+                        stream.close()   # cancels the request: the server stops generating
+                        finish = "loop"
+                        break
                 if ch.finish_reason:
                     finish = ch.finish_reason
         except openai.APIConnectionError as e:
@@ -364,18 +405,28 @@ class _Runner:
             # a stream that ended with nothing: some servers lose an error inside a stream; ask
             # once more without streaming, which returns the error (or the answer) properly
             return self._ask_plain(user, max_tokens, role, on_token, t0)
-        tail = flt.flush()
-        if on_token and tail:
-            on_token(tail)
         text = "".join(raw)
+        notice = ""
+        if finish == "loop":
+            answer = guard.text
+            notice = guard.notice
+            self.on_progress(notice)
+        else:
+            tail = flt.flush()
+            if guard is not None:  # an answer cut by max_tokens ends at its last whole sentence
+                tail = (guard.feed(tail) if tail else "") + guard.flush(whole_sentences=finish == "length")
+            if on_token and tail:
+                on_token(tail)
+            answer = guard.text if guard is not None else strip_thinking(text)
         n_out = self.count(text) if text else 0
         n_out = max(n_out, 1) if text else 0
         end = time.perf_counter()
         call = Call(role=role, prompt_tokens=self.prompt_tokens(user), completion_tokens=n_out,
                     seconds=end - t0, first_token_s=(first - t0) if first else None,
-                    decode_s=(last - first) if first and last else 0.0, finish_reason=finish)
+                    decode_s=(last - first) if first and last else 0.0, finish_reason=finish,
+                    notice=notice)
         self.calls.append(call)
-        return strip_thinking(text).strip(), call, first
+        return answer.strip(), call, first
 
 
     def _ask_plain(self, user, max_tokens, role, on_token, t0):
@@ -383,7 +434,7 @@ class _Runner:
         try:  # this call is already the second asking: no client retry on top (at most 3 submissions)
             r = self.client.with_options(max_retries=0).chat.completions.create(
                 model=self.model, temperature=self.temperature, max_tokens=max_tokens,
-                presence_penalty=self.presence_penalty,
+                presence_penalty=self.presence_penalty, **self.extra,
                 messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}],
                 extra_body=NO_THINKING)
         except openai.APIError as e:
@@ -426,7 +477,8 @@ def _template_overhead(client, model, system: str, count) -> int:
 
 def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja",
               system_prompt: str | None = None, temperature: float = 0.2, max_tokens: int = 1000,
-              presence_penalty: float = PRESENCE_PENALTY,
+              presence_penalty: float = PRESENCE_PENALTY, frequency_penalty: float = 0.0,
+              seed: int | None = None, loop_guard: bool = True,
               on_token: Callable[[str], None] | None = None,
               on_progress: Callable[[str], None] | None = None) -> Summary:
     """Summarize `text` through `client` (openai.OpenAI) and `model`, fitting n_ctx.
@@ -434,8 +486,12 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
     presence_penalty: 1.5 by default, Qwen3.5's model card value for non-thinking use ("to
     reduce endless repetitions"); the server itself applies no repeat penalty (llama.cpp's default).
 
-    on_token(piece) receives the final summary as it streams (thinking removed);
-    on_progress(message) hears about the map and reduce steps."""
+    loop_guard: stop an answer that starts repeating itself (qwenkit.loopguard): the request is
+    cancelled, the repeat left out, and on_progress hears one line about it.
+
+    on_token(piece) receives the final summary as it streams (thinking removed; with the loop
+    guard, a few words behind the model, so that a repeat is never shown);
+    on_progress(message) hears about the map and reduce steps and the loop guard."""
     if not isinstance(text, str):
         raise DocumentError(f"text must be a str, got {type(text).__name__}",
                             "read files with summarize.read_document(path)")
@@ -451,7 +507,9 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
     count = TokenCounter(client, model)
     overhead = _template_overhead(client, model, system, count)
     run = _Runner(client, model, system=system, temperature=temperature, count=count,
-                  overhead=overhead, on_progress=say, presence_penalty=presence_penalty)
+                  overhead=overhead, on_progress=say, presence_penalty=presence_penalty,
+                  language=language, loop_guard=loop_guard, frequency_penalty=frequency_penalty,
+                  seed=seed)
     plan_ctx = n_ctx
     for _attempt in range(5):
         try:
