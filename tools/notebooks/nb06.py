@@ -12,8 +12,8 @@ it runs at. A panel relaunches the model inside this kernel for each setting you
 (tg) speed, and keeps every try in a table and a plot. The setting you like is saved to a file that
 `python -m qwenkit serve --config FILE` serves.
 
-**Time:** about 20 s on the small default model (measured on a 2-core machine: 15 s of cells, each
-relaunch well under a second; 30 s while other work kept the machine at load 8); on Qwen3.5-35B-A3B a relaunch takes as long as a load (10-60 s from
+**Time:** about 10 s on the small default model (measured on a 2-core machine in JupyterLab: 4 s of
+cells, each relaunch under a second; 30-38 s while other work kept the machine at load 8-9); on Qwen3.5-35B-A3B a relaunch takes as long as a load (10-60 s from
 a fast disk). **Needs:** the kit
 installed (`make setup`); JupyterLab for the panel (`make lab`). A GPU is optional.
 """),
