@@ -4,7 +4,7 @@ Small models (the 135M default above all) often fall into repeating one sentence
 max_tokens cuts them off. The guard watches the streamed text and stops it at the first
 repeated n-gram: `n` consecutive words (CJK: characters) that already occurred earlier.
 
-    guard = LoopGuard.for_language("en")
+    guard = LoopGuard.for_language("en")  # n = 10 words
     for piece in stream:
         show(guard.feed(piece))          # text that is safe to show (held back n-1 words)
         if guard.looped:
@@ -15,9 +15,9 @@ repeated n-gram: `n` consecutive words (CJK: characters) that already occurred e
         show(guard.flush())
     text = guard.text                    # everything before the loop began
 
-Bound: a loop whose repeated block is p words long (p >= n) is stopped n words into its
-second occurrence, i.e. within p + n words of the loop's start (2 * p + n words from its
-first occurrence); a shorter block (the same word or phrase over and over) within 2 * n.
+Bound: a loop whose repeated block is p words long (p >= n) is stopped n words into the
+block's second occurrence, i.e. at most p + n words after the block first began; a shorter
+block (the same word or phrase over and over) within 2 * n words.
 Nothing of the second occurrence is ever shown: the guard holds back the last n - 1 words,
 and shows whole sentences (or at most MAX_HELD characters without a sentence end), so a stop
 never leaves a repeat or half a sentence on screen. A text without a repeated n-gram passes
@@ -38,9 +38,10 @@ _BOUNDARY = re.compile(r"(?<=[.!?。！？])[ \t]+|[.!?。！？](?=\n)|\n+")
 MAX_HELD = 300
 _ENDS = tuple(".!?。！？")
 
-# n per language: an 8-word sequence repeated verbatim is a loop in English prose; Japanese
-# units are single characters, so it takes more of them to be as specific.
-N_FOR_LANGUAGE = {"en": 8, "ja": 20}
+# n per language, from the bundled technical samples: the longest word sequence that a sound
+# English text repeats there is 8 words ("key value heads and a head dimension of"), the longest
+# Japanese one 16 characters; n stays above both. (Japanese units are single characters.)
+N_FOR_LANGUAGE = {"en": 10, "ja": 24}
 
 
 @dataclass
@@ -56,7 +57,7 @@ class LoopInfo:
 class LoopGuard:
     """Repeated n-gram detector for a text stream; see the module docstring."""
 
-    def __init__(self, n: int = 8):
+    def __init__(self, n: int = 10):
         if n < 2:
             raise ValueError(f"n={n}: a loop guard needs n >= 2 (n is the length of the repeated sequence)")
         self.n = n
@@ -72,7 +73,7 @@ class LoopGuard:
 
     @classmethod
     def for_language(cls, language: str) -> "LoopGuard":
-        return cls(N_FOR_LANGUAGE.get(language, 8))
+        return cls(N_FOR_LANGUAGE.get(language, N_FOR_LANGUAGE["en"]))
 
     @property
     def looped(self) -> bool:
