@@ -106,6 +106,11 @@ class Probe:
                 "own_threads": self.own_threads, "seconds": self.wall}
 
 
+def _num(x: float) -> str:
+    """151.2, 20.5, 0.888: one decimal from 10 up, three significant digits below."""
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3g}"
+
+
 # ---- figures and verdicts --------------------------------------------------------------------
 @dataclass
 class Figure:
@@ -155,7 +160,7 @@ class Figure:
             return f"{self.label}: no measurement"
         sp = f" (spread {self.spread:.0%} over {len(self.values)} runs)" if len(self.values) > 1 \
             else " (1 run)"
-        return f"{self.label}: {self.mean:.4g} {self.unit}{sp}"
+        return f"{self.label}: {_num(self.mean)} {self.unit}{sp}"
 
 
 @dataclass
@@ -185,7 +190,7 @@ def busy_reason(machine: dict[str, Any], max_busy: float = MAX_BUSY) -> tuple[st
     if load is not None:
         own = machine.get("own_threads") or 0
         extra = max(0.0, load - own)
-        seen = f"load average {load:.2f} on {n} cores ({own} of it this run's own threads)"
+        seen = f"load average {load:.2f} on {n} cores, this run's own {own} threads included"
         return (f"machine busy: {seen}" if extra > max_busy * n + 0.5 else None), seen
     return None, "machine load unknown"
 
@@ -230,7 +235,7 @@ def compare(a: Any, b: Any, what: str = "runs", max_spread: float = MAX_SPREAD,
     SIGNIFICANCE standard errors and MIN_EFFECT, otherwise the two are "the same within noise"."""
     fa, fb = Figure.of(a), Figure.of(b)
     va, vb = judge(fa, max_spread, max_busy), judge(fb, max_spread, max_busy)
-    nums = f"{fa.mean:.4g} vs {fb.mean:.4g} {fa.unit}"
+    nums = f"{_num(fa.mean)} vs {_num(fb.mean)} {fa.unit}"
     if not (va and vb):
         why = list(dict.fromkeys(va.reasons + vb.reasons))
         ratio = fa.mean / fb.mean if fa.values and fb.values and fb.mean else None
@@ -280,5 +285,5 @@ def within(fig: Any, low: float, high: float, claim: str, max_busy: float = MAX_
     why, seen = busy_reason(f.machine, max_busy)
     inside = low <= f.mean <= high
     state = "holds" if inside else ("not conclusive" if why else "contradicted")
-    return (f"claim: {claim} -> {state.upper()}: measured {f.mean:.4g} {f.unit}"
+    return (f"claim: {claim} -> {state.upper()}: measured {_num(f.mean)} {f.unit}"
             f" ({why or seen})")
