@@ -80,6 +80,11 @@ class RunConfig:
     # the server's sequence slots (requests decoded together); n_ctx is per slot. 0: the
     # server decides (1 on a CPU-only build; on a GPU what the memory plan fits, at most 8)
     parallel: int = 0
+    # one KV pool shared by the slots (llama-server's --kv-unified) or one region per slot.
+    # None: shared on a GPU build; per slot on a CPU build, where llama.cpp's CPU flash
+    # attention over a shared pool changed a prompt's logits by up to 1.5 when other prompts
+    # shared its batch (measured, 0c1e570, SmolLM2) and per-slot regions gave identical ones
+    kv_unified: bool | None = None
     use_mmap: bool = True
     alias: str = "qwen3.5-35b"      # the model name the server answers to (the recipe's)
     chat_format: str | None = None  # None: the GGUF's own chat template

@@ -210,11 +210,23 @@ def default_parallel(cfg, gpu_offload: bool) -> int:
         return 1
 
 
+def unified_default() -> bool:
+    """One shared KV pool on a GPU build (llama-server's advice for many slots); per-slot
+    regions on a CPU build (see RunConfig.kv_unified: exact results there)."""
+    import llama_cpp
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
 def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> None:
     """On a thread while the app already answers (503 until ready)."""
+    # QWENKIT_SERVE_LOAD_DELAY_S holds the load back: the test of the loading state uses it
+    delay = float(os.environ.get("QWENKIT_SERVE_LOAD_DELAY_S") or 0)
+    if delay > 0:
+        time.sleep(min(delay, 60.0))
     try:
         from qwenkit.serving import Scheduler, ServedModel
-        model = ServedModel(cfg, slots)
+        unified = cfg.kv_unified if cfg.kv_unified is not None else unified_default()
+        model = ServedModel(cfg, slots, unified_kv=unified)
         sched = Scheduler(model, queue_limit=queue_limit)
     except BaseException as e:  # noqa: BLE001 - everything here is a load failure to report
         traceback.print_exc()
@@ -228,7 +240,7 @@ def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> No
         os._exit(EXIT_LOAD_FAILED)
     state.attach(model, sched)
     state.loaded = (model, sched)
-    status.write("ready", n_ctx=model.n_ctx_slot, parallel=slots, queue_limit=sched.queue_limit,
+    status.write("ready", n_ctx=model.n_ctx_slot, parallel=slots, kv_unified=unified, queue_limit=sched.queue_limit,
                  alias=state.alias, model_id=state.model_id, recurrent=model.recurrent)
 
 

@@ -132,6 +132,29 @@ def _finish(res: Result) -> str:
     return res.finish_reason if res.finish_reason in ("stop", "length") else "stop"
 
 
+def _token_entry(model, tok: int, lp: float) -> dict[str, Any]:
+    b = model.piece(tok)
+    return {"token": b.decode("utf-8", "replace"), "logprob": lp, "bytes": list(b)}
+
+
+def _chat_logprobs(model, infos: list[dict]) -> dict[str, Any]:
+    """OpenAI chat form: one entry per generated token with its top alternatives."""
+    return {"content": [dict(_token_entry(model, i["token"], i["logprob"]),
+                             top_logprobs=[_token_entry(model, t, lp) for t, lp in i["top"]]) for i in infos]}
+
+
+def _legacy_logprobs(model, infos: list[dict]) -> dict[str, Any]:
+    """The legacy /v1/completions form (tokens, token_logprobs, top_logprobs, text_offset)."""
+    toks = [model.piece(i["token"]).decode("utf-8", "replace") for i in infos]
+    offsets, at = [], 0
+    for t in toks:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": toks, "token_logprobs": [i["logprob"] for i in infos],
+            "top_logprobs": [{model.piece(t).decode("utf-8", "replace"): lp for t, lp in i["top"]} for i in infos],
+            "text_offset": offsets}
+
+
 class _Job:
     """One request's way from the scheduler thread to this event loop."""
 
@@ -242,9 +265,13 @@ def create_app(state: AppState) -> FastAPI:
                 raise APIError(400, str(e), "invalid_grammar", "grammar") from None
         room = model.n_ctx_slot - len(prompt)
         max_tokens = room if limit is None else min(limit, max(room, 1))
+        try:
+            n_lp = body.n_logprobs()
+        except ValueError as e:
+            raise APIError(400, str(e), "invalid_value", "logprobs") from None
         loop = asyncio.get_running_loop()
         job = _Job(loop)
-        req = Request(prompt, max_tokens, sampling, stops, job.sink)
+        req = Request(prompt, max_tokens, sampling, stops, job.sink, top_logprobs=n_lp)
         try:
             sched.submit(req)
         except SchedulerError as e:
@@ -253,13 +280,14 @@ def create_app(state: AppState) -> FastAPI:
         created = int(time.time())
         name = body.model or state.alias
         if body.stream:
-            return StreamingResponse(_stream(req, job, sched, cid, created, name, kind, body.include_usage),
+            return StreamingResponse(_stream(req, job, sched, cid, created, name, kind, body.include_usage, model),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _whole(request, req, job, sched, cid, created, name, kind)
+        return await _whole(request, req, job, sched, cid, created, name, kind, model)
 
-    async def _whole(request, req, job, sched, cid, created, name, kind):
+    async def _whole(request, req, job, sched, cid, created, name, kind, model):
         texts: list[str] = []
+        lps: list[dict] = []
         watcher = asyncio.ensure_future(_until_disconnect(request))
         end = None
         try:
@@ -273,6 +301,8 @@ def create_app(state: AppState) -> FastAPI:
                 for ev in getter.result():
                     if ev[0] == "text":
                         texts.append(ev[1])
+                    elif ev[0] == "logprobs":
+                        lps.append(ev[1])
                     else:
                         end = ev
         finally:
@@ -283,24 +313,30 @@ def create_app(state: AppState) -> FastAPI:
         text = "".join(texts)
         if kind == "chat":
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "finish_reason": _finish(res), "logprobs": None}
+                      "finish_reason": _finish(res), "logprobs": _chat_logprobs(model, lps) if req.top_logprobs else None}
             obj = "chat.completion"
         else:
-            choice = {"index": 0, "text": text, "finish_reason": _finish(res), "logprobs": None}
+            choice = {"index": 0, "text": text, "finish_reason": _finish(res),
+                      "logprobs": _legacy_logprobs(model, lps) if req.top_logprobs else None}
             obj = "text_completion"
         return {"id": cid, "object": obj, "created": created, "model": name, "choices": [choice],
                 "usage": _usage(res)}
 
-    async def _stream(req, job, sched, cid, created, name, kind, include_usage):
+    async def _stream(req, job, sched, cid, created, name, kind, include_usage, model):
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        pending_lp: list[dict] = []
 
         def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
+            lp = None
+            if pending_lp and not first:  # the tokens generated since the last chunk
+                lp = _chat_logprobs(model, pending_lp) if kind == "chat" else _legacy_logprobs(model, pending_lp)
+                pending_lp.clear()
             if kind == "chat":
                 delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
                     {"content": text} if text is not None else {})
-                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": lp}
             else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": lp}
             return "data: " + json.dumps({"id": cid, "object": obj, "created": created, "model": name,
                                           "choices": [choice]}, ensure_ascii=False) + "\n\n"
 
@@ -314,6 +350,8 @@ def create_app(state: AppState) -> FastAPI:
                 for ev in items:
                     if ev[0] == "text":
                         out.append(chunk(ev[1], None))
+                    elif ev[0] == "logprobs":
+                        pending_lp.append(ev[1])
                     elif ev[0] == "end":
                         res: Result = ev[1]
                         out.append(chunk(None if kind == "chat" else "", _finish(res)))
@@ -340,8 +378,7 @@ def create_app(state: AppState) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: HTTPRequest, body: ChatRequest):
         model, _ = need_ready()
-        unsupported(body, {"response_format": "structured output comes with the conformance work",
-                           "logprobs": "log probabilities come with the conformance work"})
+        unsupported(body, {"response_format": "structured output comes with the conformance work"})
         messages = [m.for_template() for m in body.messages]
         try:
             prompt = await run_in_threadpool(model.chat_prompt, messages, body.chat_template_kwargs,
@@ -355,8 +392,7 @@ def create_app(state: AppState) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest, body: CompletionRequest):
         model, _ = need_ready()
-        unsupported(body, {"echo": "not implemented", "suffix": "not implemented",
-                           "logprobs": "log probabilities come with the conformance work"})
+        unsupported(body, {"echo": "not implemented", "suffix": "not implemented"})
         p = body.prompt
         if isinstance(p, list) and p and isinstance(p[0], str):
             p = p[0]

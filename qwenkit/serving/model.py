@@ -4,8 +4,8 @@ llama-cpp-python's low-level API.
 `llama_cpp.Llama` always creates its context with one sequence (n_seq_max=1), so the server
 loads the model itself: `llama_model_load_from_file` with the expert placement of
 `RunConfig.n_cpu_moe` (tensor buffer overrides), then `llama_init_from_model` with
-`n_seq_max = slots`, `n_ctx = slots x per-slot n_ctx` and a unified KV buffer (sequences
-draw cells from one pool, so a batch may hold any mix of them).
+`n_seq_max = slots`, `n_ctx = slots x per-slot n_ctx`, and either one KV pool shared by all
+sequences (`unified_kv`, llama-server's --kv-unified) or one region per sequence.
 
 The tokenizer and the GGUF's chat template come from llama-cpp-python's public pieces
 (`llama_tokenize`, `llama_token_to_piece`, `llama_chat_format.Jinja2ChatFormatter`).

@@ -91,7 +91,13 @@ class ChatRequest(_Sampling):
     response_format: Optional[dict[str, Any]] = None
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Any = None
-    top_logprobs: Optional[int] = None
+    top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
+
+    def n_logprobs(self) -> int:
+        """How many alternatives per token to report (0: no log-probabilities)."""
+        if not self.logprobs:
+            return 0
+        return max(1, self.top_logprobs or 0)
 
     def limit(self) -> Optional[int]:
         return self.max_completion_tokens or self.max_tokens
@@ -102,6 +108,13 @@ class CompletionRequest(_Sampling):
     max_tokens: Optional[int] = Field(default=16, ge=1)   # OpenAI's legacy default
     echo: bool = False
     suffix: Optional[str] = None
+
+    def n_logprobs(self) -> int:
+        if self.logprobs in (None, False):
+            return 0
+        if not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= 5:
+            raise ValueError("logprobs must be an integer from 0 to 5")
+        return max(1, self.logprobs)
 
     @field_validator("prompt")
     @classmethod

@@ -9,7 +9,8 @@ samples from its own row with its own sampler, stop strings and limits.
 The scheduler knows nothing of HTTP: a request carries a `sink` (any callable taking one
 event), and the same scheduler serves in-kernel batch calls (`generate_many`).
 
-Events a sink receives, in order: ("text", str) any number of times, then exactly one of
+Events a sink receives, in order: ("text", str) and, when asked, ("logprobs", dict) any
+number of times, then exactly one of
 ("end", Result) or ("error", SchedulerError). A cancelled request gets ("end", Result) with
 finish_reason "cancelled" if it had started, and nothing more.
 """
@@ -61,6 +62,7 @@ class Request:
     stop: Sequence[str] = ()
     sink: Callable[[tuple], None] | None = None
     id: int = field(default_factory=lambda: next(_ids))
+    top_logprobs: int = 0              # > 0: ("logprobs", info) events for each generated token
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -363,6 +365,8 @@ class Scheduler:
             return
         s.n_gen += 1
         s.gen.append(tok)
+        if req.top_logprobs:
+            self._emit(req, ("logprobs", self._logprobs(s.batch_i, tok, req.top_logprobs, req.sampling.logit_bias)))
         text = s.scan.push(s.detok.text(tok))
         if text:
             self._emit(req, ("text", text))
@@ -372,6 +376,23 @@ class Scheduler:
             self._finish(s, "length")
         else:
             s.next_token = tok
+
+    def _logprobs(self, i: int, tok: int, k: int, bias: dict[int, float]) -> dict:
+        """Log-probabilities from the logits of batch row i with the request's logit bias
+        (before penalties, truncation and temperature): the chosen token's and the k most
+        likely, as OpenAI reports them."""
+        import numpy as np
+        row = np.ctypeslib.as_array(self._lc.llama_get_logits_ith(self.model.ctx, i), shape=(self.model.n_vocab,))
+        if bias:
+            row = row.copy()
+            for t, b in bias.items():
+                row[t] += b
+        m = float(row.max())
+        lse = m + float(np.log(np.exp(row - m).sum()))
+        top = np.argpartition(row, -k)[-k:]
+        top = top[np.argsort(row[top])[::-1]]
+        return {"token": tok, "logprob": float(row[tok]) - lse,
+                "top": [(int(t), float(row[t]) - lse) for t in top]}
 
     def _finish(self, s: _Slot, reason: str) -> None:
         req = s.req
