@@ -690,6 +690,16 @@ def table(results: Sequence[BenchResult], baseline: Callable[[BenchResult], Benc
     return _md(head, rows)
 
 
+def html(markdown: str):
+    """A pipe table (table(), quality.table()) as a qwenkit.htmltable.Table: a notebook shows it
+    as an HTML table (printed text tables wrap into unreadable lines), print() as text."""
+    from qwenkit.htmltable import Table
+    lines = [l.strip() for l in markdown.strip().splitlines() if l.strip().startswith("|")]
+    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    rows = [r for r in cells[1:] if not all(set(c) <= set("-:") for c in r)]
+    return Table(cells[0] if cells else [], rows)
+
+
 def _md(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     w = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
     line = lambda cells: "| " + " | ".join(str(c).ljust(n) for c, n in zip(cells, w)) + " |"
