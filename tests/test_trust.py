@@ -135,3 +135,18 @@ def test_bench_repeats_until_the_time_limit_and_records_the_machine(default_mode
     (q,) = bench.bench(cfg, p=0, n=4, r=3, until=10.0, time_limit=60.0)
     assert len(q.rates) == 3 and q.extra["stopped"].startswith("standard error")
     assert trust.Figure.of(q).values == q.rates
+
+
+# ---- notebook 07 concludes through these functions --------------------------------------------
+def test_notebook_07_conclusions_come_from_trust():
+    import nbformat
+    nb = nbformat.read(str(Path(__file__).parent.parent / "notebooks" / "07_benchmark.ipynb"), as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    claims = [s for s in code if "claim_line(" in s]
+    assert len(claims) >= 3 and all("trust.compare(" in s for s in claims), claims
+    takeaway = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "What to take away" in c.source)
+    after = nb.cells[takeaway + 1]
+    assert after.cell_type == "code" and "trust.judge(" in after.source and "kv_claims" in after.source
+    # no conclusion is written before the cell that computes it
+    before = "\n".join(c.source for c in nb.cells[:takeaway + 1] if c.cell_type == "markdown")
+    assert "buys memory, not speed" not in before and "at parity" not in before.split("## 4.")[0]
