@@ -150,3 +150,11 @@ def test_notebook_07_conclusions_come_from_trust():
     # no conclusion is written before the cell that computes it
     before = "\n".join(c.source for c in nb.cells[:takeaway + 1] if c.cell_type == "markdown")
     assert "buys memory, not speed" not in before and "at parity" not in before.split("## 4.")[0]
+
+
+def test_a_range_claim_on_repeated_runs_needs_a_trusted_figure():
+    quiet = fig("quiet", "kit tg128")
+    assert "HOLDS" in trust.within(quiet, 120, 220, "about 150 tok/s")
+    assert "CONTRADICTED" in trust.within(quiet, 40, 80, "about 60 tok/s")
+    busy = trust.within(fig("busy", "f16/f16 tg32"), 120, 220, "about 150 tok/s")
+    assert "NOT CONCLUSIVE" in busy and "machine busy" in busy and "measured 17.8 tok/s" in busy
