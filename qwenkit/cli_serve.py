@@ -21,6 +21,7 @@ _RECIPE_FLAGS = [
     (("--cache_type_k", "--type_k", "-ctk"), {}), (("--cache_type_v", "--type_v", "-ctv"), {}),
     (("--n_threads", "-t"), {}), (("--n_batch", "-b"), {}), (("--n_ubatch", "-ub"), {}),
     (("--n_cpu_moe", "-ncmoe"), {}), (("--model_alias",), {}), (("--chat_format",), {}),
+    (("--parallel", "-np"), {}),  # sequence slots served at once (n_ctx is per slot)
 ]
 
 

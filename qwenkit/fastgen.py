@@ -44,11 +44,8 @@ __all__ = [
     "FastGen",
     "Sampler",
     "fast_path_supports",
-    "generation_executor",
     "install",
-    "install_server",
     "is_installed",
-    "run_on_generation_thread",
     "uninstall",
 ]
 
@@ -463,42 +460,7 @@ def uninstall(llm) -> None:
         llm.__dict__.pop("_qwenkit_fastgen", None)
 
 
-# ---- llama_cpp.server: one generation thread, and a publisher that does not stall it -----------
-_GEN_EXECUTOR = None
-
-
-def generation_executor():
-    """The one thread every llama.cpp call of a server runs on (created on first use).
-
-    llama.cpp's CPU backend runs each graph with an OpenMP team whose master is the calling
-    thread, and libgomp keeps one team per master thread. llama_cpp.server calls the model from
-    whatever worker thread anyio hands out (for a stream: possibly another one for every token),
-    so new teams appear next to idle ones, and on a small machine decoding then drops to a
-    third of its speed at random (measured on 2 cores: 160 -> 60 tok/s after a thread change).
-    One fixed thread keeps one team."""
-    global _GEN_EXECUTOR
-    if _GEN_EXECUTOR is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _GEN_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwenkit-generate")
-    return _GEN_EXECUTOR
-
-
-async def run_on_generation_thread(func, *args, **kwargs):
-    """`starlette.concurrency.run_in_threadpool`, on the one generation thread (context
-    variables copied; a cancelled caller still waits for the call to finish, as anyio does)."""
-    import asyncio
-    import contextvars
-    import functools
-
-    import anyio
-
-    loop = asyncio.get_running_loop()
-    ctx = contextvars.copy_context()
-    fut = loop.run_in_executor(generation_executor(), functools.partial(ctx.run, func, *args, **kwargs))
-    with anyio.CancelScope(shield=True):
-        return await fut
-
-
+# ---- chunks from a generating thread to an event loop (the server's streams) ---------------------
 class _Mailbox:
     """Chunks from the generation thread to the event loop, waking the loop only when it waits.
 
@@ -545,107 +507,3 @@ class _Mailbox:
             await asyncio.wait_for(self.ready.wait(), seconds)
         except asyncio.TimeoutError:
             pass
-
-
-def install_server(app_module=None, flush_ms: float = 0.0) -> Any:
-    """Make llama_cpp.server's model calls fast: every call runs on one generation thread
-    (`generation_executor`), and `get_event_publisher` (what every streamed /v1/completions
-    and /v1/chat/completions response goes through) lets generation run ahead.
-
-    The original pulls each chunk through `iterate_in_threadpool`: the next token is not even
-    started until the event loop has sent the previous one and handed a new `next()` to a
-    worker thread (a round trip per token, plus an `is_disconnected()` poll per token). Here
-    the generation thread runs the whole generator and posts each chunk, already JSON-encoded,
-    to the event loop without waiting; the loop sends whatever has arrived as one write (the
-    same SSE events, byte for byte). Locking, prepare_request_resources, the final [DONE],
-    interrupt_requests and client disconnects (which stop the generator at the next token)
-    behave as in the original; context variables reach the generation thread. Non-streamed
-    requests (`run_in_threadpool` in the routes) run on the same thread. Call before anything
-    that wraps `get_event_publisher` (serve_entry's stream_errors_as_events). Returns the module.
-
-    flush_ms > 0 groups: after a write, the publisher pauses up to flush_ms while tokens gather
-    (the first token goes out at once; the end of the stream cuts the pause short), and no
-    wake-up is spent per token meanwhile (_Mailbox). Measured on 2 cores (SmolLM2, uvloop +
-    httptools, 16 interleaved rounds of 128-token streams): 0 -> 0.977, 25 -> 1.006, 50 -> 1.013
-    of native llama-server. serve_entry.stream_flush_default() picks 25 when the model's
-    threads take every core and the CPU computes, else 0 (every token written when it is made).
-
-    Tried and dropped (no gain measured on either machine): waking the loop through a pipe
-    written with the GIL held instead of call_soon_threadsafe, and binding the per-token
-    llama.cpp calls through ctypes.PyDLL so they keep the GIL."""
-    import asyncio
-    import contextlib
-    import contextvars
-    import json as _json
-    import threading
-
-    import anyio
-
-    if app_module is None:
-        import llama_cpp.server.app as app_module
-    if getattr(app_module.get_event_publisher, "__qwenkit_fast__", False):
-        return app_module
-    flush_s = max(0.0, float(flush_ms)) / 1000.0
-
-    async def get_event_publisher(request, inner_send_chan, body, body_model, llama_call, kwargs):
-        settings = next(app_module.get_server_settings())
-        interrupt_requests = settings.interrupt_requests if settings else False
-        async with contextlib.asynccontextmanager(app_module.get_llama_proxy)() as llama_proxy:
-            llama = app_module.prepare_request_resources(body, llama_proxy, body_model, kwargs)
-            async with inner_send_chan:
-                loop = asyncio.get_running_loop()
-                mailbox = _Mailbox(loop)
-                stop = threading.Event()
-                ctx = contextvars.copy_context()
-
-                def produce():
-                    try:
-                        it = llama_call(llama, **kwargs)
-                        try:
-                            for chunk in it:
-                                if stop.is_set():
-                                    break
-                                mailbox.post((0, _json.dumps(chunk)))
-                        finally:
-                            close = getattr(it, "close", None)
-                            if close:
-                                close()
-                        mailbox.post((1, None), urgent=True)
-                    except BaseException as e:  # noqa: BLE001 - re-raised in the event loop
-                        mailbox.post((2, e), urgent=True)
-
-                fut = loop.run_in_executor(generation_executor(), ctx.run, produce)
-                try:
-                    while True:
-                        items = await mailbox.collect()
-                        out, done = [], False
-                        for kind, val in items:
-                            if kind == 0:
-                                out.append(f"data: {val}\n\n")
-                            elif kind == 1:
-                                out.append("data: [DONE]\n\n")
-                                done = True
-                            else:
-                                raise val
-                        if out:
-                            await inner_send_chan.send("".join(out).encode())
-                        if done:
-                            break
-                        if flush_s:  # tokens gather meanwhile without waking the loop; the end cuts it short
-                            await mailbox.pause(flush_s)
-                        if interrupt_requests and app_module.llama_outer_lock.locked():
-                            await inner_send_chan.send(b"data: [DONE]\n\n")
-                            raise anyio.get_cancelled_exc_class()()
-                except anyio.get_cancelled_exc_class():
-                    print(f"Disconnected from client (via refresh/close) {request.client}")
-                    raise
-                finally:
-                    stop.set()  # the generator ends at its next token; the lock is held until then
-                    with anyio.CancelScope(shield=True):
-                        await fut
-
-    get_event_publisher.__qwenkit_fast__ = True  # type: ignore[attr-defined]
-    get_event_publisher.__wrapped_original__ = app_module.get_event_publisher  # type: ignore[attr-defined]
-    app_module.get_event_publisher = get_event_publisher
-    app_module.run_in_threadpool = run_on_generation_thread
-    return app_module

@@ -296,3 +296,15 @@ def test_health_is_503_while_the_model_loads(default_model):
         proc.terminate()
         proc.wait(10)
         status.unlink(missing_ok=True)
+
+
+def test_expert_offload_reaches_the_servers_model(hybrid_model):
+    """RunConfig.n_cpu_moe is applied where the server loads its model (tensor buffer
+    overrides on llama_model_load_from_file): llama.cpp reports each expert tensor moved."""
+    from qwenkit.serving import ServedModel
+    m = ServedModel(RunConfig(model=str(hybrid_model), n_ctx=256, n_threads=1, n_cpu_moe=1), 2, verbose=False)
+    try:
+        moved = m.load_log.overrides()
+    finally:
+        m.close()
+    assert moved and all(name.startswith("blk.0.ffn_") and "exps" in name for name in moved), moved
