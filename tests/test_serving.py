@@ -308,3 +308,11 @@ def test_expert_offload_reaches_the_servers_model(hybrid_model):
     finally:
         m.close()
     assert moved and all(name.startswith("blk.0.ffn_") and "exps" in name for name in moved), moved
+
+
+def test_users_at_once_reports_each_user_and_the_aggregate(served):
+    from qwenkit import users
+    crowd = users.at_once(served, 2, max_tokens=8)
+    assert [u.user for u in crowd.users] == [1, 2] and crowd.slots == served.health()["slots"]["total"]
+    assert all(u.tokens >= 1 and 0 < u.ttft_s <= u.total_s for u in crowd.users)
+    assert crowd.aggregate > 0 and "aggregate" in str(crowd) and "<table" in crowd._repr_html_()
