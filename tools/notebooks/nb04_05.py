@@ -7,10 +7,11 @@ def params(src):
 nb04 = new_notebook(cells=[
 md("""# 04 · Serve the model: an OpenAI-compatible API on your own machine
 
-**What you learn:** how to start `llama_cpp.server` from a `RunConfig` so that the recipe's
-client (`OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="anything")`) works as written,
-which of the server's defaults hurt (memory, speed, streams cut off, exposure to web pages) and
-how the kit fixes each one, and how to check, log and stop the server.
+**What you learn:** how to start the kit's OpenAI-compatible server from a `RunConfig` so that
+the recipe's client (`OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="anything")`) works as
+written, which of `llama_cpp.server`'s defaults hurt (memory, speed, streams cut off, exposure to
+web pages) and how the kit avoids each one, how one GPU serves a room of users at once (sequence
+slots), and how to check, log and stop the server.
 
 **Time:** about 1 minute with the small default model; loading Qwen3.5-35B-A3B adds its load time
 (tens of seconds from a fast disk). **Needs:** the kit installed (`make setup`). A GPU is optional;
@@ -132,35 +133,35 @@ code("""try:
     server.start(cfg, host="0.0.0.0")
 except Exception as e:
     print(type(e).__name__, "-", e)"""),
-md("""## 5. Several clients at once
+md("""## 5. One GPU, a room of users
 
-The server answers one request at a time. With llama_cpp.server's default `interrupt_requests=True`,
-a new request silently *ends* the answer that is streaming (no error, no `finish_reason`). The kit
-turns that off: requests queue, and every stream finishes."""),
-code("""import threading
+The kit's server decodes several requests **together**: it has `parallel` sequence slots, and
+each step of the model is one `llama_decode` that holds the next token of every answer being
+written plus a piece of a waiting prompt. A model that reads its weights once per step (decoding
+is limited by memory bandwidth) then writes several answers for little more than the cost of one.
+`n_ctx` is per slot. With one slot, requests wait their turn in a queue.
 
-results = {}
+Below, the same users ask at the same moment: first the server started above (its slots are
+shown), then one with `parallel = N_CONCURRENT`. Look at the worst time to first token and the
+aggregate rate. On a CPU-only machine the kit's default is one slot (one answer already takes
+every core), so the gain here is small; on a GPU it is large (H200, Qwen3.5-35B-A3B-sized model,
+8 users: 513 tok/s together against 238 for one stream, `benchmarks/RESULTS.md`)."""),
+code("""from qwenkit import users
 
-def ask(i):
-    c = srv.client(timeout=300)
-    text, finish, t0 = [], None, time.perf_counter()
-    for chunk in c.chat.completions.create(
-            model=srv.alias, max_tokens=MAX_TOKENS // 2, stream=True,
-            messages=[{"role": "user", "content": f"Give one fact about the number {i}."}]):
-        if chunk.choices:
-            text.append(chunk.choices[0].delta.content or "")
-            finish = chunk.choices[0].finish_reason or finish
-    results[i] = (finish, time.perf_counter() - t0, "".join(text).strip())
-
-threads = [threading.Thread(target=ask, args=(i,)) for i in range(N_CONCURRENT)]
-for t in threads: t.start()
-for t in threads: t.join()
-print(f"{'stream':>6} {'finish':>7} {'seconds':>8}  answer")
-for i in sorted(results):
-    finish, secs, text = results[i]
-    print(f"{i:>6} {finish!s:>7} {secs:>8.2f}  {text[:60]!r}")
-assert all(r[0] for r in results.values()), "a stream ended without a finish_reason"
-"""),
+print("slots of the first server:", srv.health()["slots"])
+one = users.at_once(srv, N_CONCURRENT, max_tokens=MAX_TOKENS // 2)
+one"""),
+code("""with server.start(cfg.replace(parallel=N_CONCURRENT), port="any", quiet=True) as srv_n:
+    print("slots:", srv_n.health()["slots"])
+    many = users.at_once(srv_n, N_CONCURRENT, max_tokens=MAX_TOKENS // 2)
+    print("sequences per decode, mean / largest:", srv_n.health()["decode"]["mean_sequences"],
+          "/", srv_n.health()["decode"]["max_sequences"])
+many"""),
+code("""worst = lambda c: max(u.ttft_s for u in c.users)
+print(f"worst time to first token: {worst(one):.2f} s with {one.slots} slot(s), "
+      f"{worst(many):.2f} s with {many.slots}")
+print(f"aggregate: {one.aggregate:.1f} tok/s with {one.slots} slot(s), {many.aggregate:.1f} tok/s with {many.slots}")
+assert all(u.finish for u in one.users + many.users), 'an answer ended without a finish_reason'"""),
 md("""## 6. The log, and stopping
 
 The log holds llama.cpp's messages (model load, memory, per-request timings) and one line per request.
