@@ -399,8 +399,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eos-bias", action="store_true", help="logit_bias -100 on every end-of-generation token "
                     "(both servers), so that no answer stops early")
     ap.add_argument("--quick", action="store_true", help="2 rounds, 128-token long answers")
-    ap.add_argument("--budget", type=float, default=None, help="seconds; later server pairs are skipped past it "
-                    "(default 900 on the CPU, 330 with --gpu)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds; no server pair starts past it, and no "
+                    "round that would end past budget + 200 s (+ 300 s on the CPU); default 900 on the CPU, 330 with --gpu")
     ap.add_argument("--note", action="append", default=[], help="a line for RESULTS.md (repeatable)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/concurrency_cpu.json, or "
                     "concurrency_<gpu>.json with --gpu)")
@@ -411,6 +411,7 @@ def main(argv=None) -> int:
     users = [1] + [u for u in users if u != 1]
     long_max = a.long_max_tokens or (128 if (a.quick or not a.gpu) else 256)
     budget = a.budget or (330 if a.gpu else 900)
+    hard = budget + (200 if a.gpu else 300)  # no round starts that would end past this
     if a.gpu:
         model = a.model or synthetic_model(a.model_dir)
         cfg = RunConfig(model=model, n_ctx=a.n_ctx, n_gpu_layers=-1, n_threads=a.threads)
@@ -477,7 +478,15 @@ def main(argv=None) -> int:
             for srv in servers.values():  # warm-up: U short requests at once, 8 tokens
                 burst(srv.base_url, [prompt_for("short", 99, i, U, 0) for i in range(U)], 8, srv.headers(), extra)
             got: dict[tuple, list[dict]] = {}
+            round_s = 0.0
             for k in range(rounds):
+                elapsed = time.monotonic() - t_start
+                if k >= 1 and elapsed + round_s > hard:  # past the hard limit: fewer rounds for this pair
+                    pinfo["rounds_skipped"] = f"{rounds - k} (at {elapsed:.0f} s, a round takes {round_s:.0f} s)"
+                    print(f"  rounds {k + 1}-{rounds} skipped: {elapsed:.0f} s gone, a round takes {round_s:.0f} s",
+                          file=sys.stderr, flush=True)
+                    break
+                t_round = time.monotonic()
                 order = list(servers) if k % 2 == 0 else list(reversed(servers))
                 for kind, mt in kinds:
                     prompts = [prompt_for(kind, k, i, U, long_chars) for i in range(U)]
@@ -495,6 +504,7 @@ def main(argv=None) -> int:
                               f"load {b['load_before'][0]:.2f}->{b['load_after'][0]:.2f}, client cpu {b['client_cpu_s']:.2f} s",
                               file=sys.stderr, flush=True)
                     save()
+                round_s = time.monotonic() - t_round
             pinfo["kit_health_end"] = kit.health()
             pinfo["seconds"] = round(time.monotonic() - t_pair, 1)
             doc["pairs"].append(pinfo)

@@ -128,7 +128,7 @@ def concurrency_table(rows: list[dict]) -> str:
     """benchmarks/concurrency.py's rows: per number of users and prompt kind, the kit's server
     vs llama-server: aggregate tok/s (mean of rounds), TTFT p50 / p90 (all users of all rounds
     pooled), ratios kit / llama-server, and whether every answer ended with "length"."""
-    head = ["users", "prompt", "answer tokens", "kit tok/s", "llama-server tok/s", "ratio",
+    head = ["users", "prompt", "answer tokens", "rounds", "kit tok/s", "llama-server tok/s", "ratio",
             "kit TTFT p50 / p90 (s)", "llama-server TTFT p50 / p90 (s)", "TTFT ratio p50 / p90", "equal lengths"]
     out = []
     for r in rows:
@@ -136,7 +136,7 @@ def concurrency_table(rows: list[dict]) -> str:
         one = "decode_tps" in k
         pt = k.get("prompt_tokens") or []
         out.append([str(r["users"]), f"{r['prompt']} ({'-'.join(str(x) for x in sorted(set(pt)))} tokens)",
-                    str(r["max_tokens"]),
+                    str(r["max_tokens"]), str(min(k["rounds"], n["rounds"])),
                     _f(k["aggregate_tps"], "{:.1f}") + (f"; stream {_f(k.get('decode_tps'), '{:.1f}')}" if one else ""),
                     _f(n["aggregate_tps"], "{:.1f}") + (f"; stream {_f(n.get('decode_tps'), '{:.1f}')}" if one else ""),
                     _f(r["aggregate_ratio"], "{:.3f}") + (f"; stream {_f(r.get('decode_ratio'), '{:.3f}')}" if one else ""),
