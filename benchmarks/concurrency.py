@@ -10,7 +10,8 @@ llama.cpp's own `llama-server` built from the same sources and flags, side by si
     bash scripts/device_build.sh .carry /tmp/llbuild
     PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 benchmarks/concurrency.py --gpu \
         --bin-dir /tmp/llbuild/bin --out $OUT/concurrency_h200.json
-    # (--quick: 2 rounds and 128-token long answers, ~3.5 min). Then, here:
+    # (--quick: 2 rounds and 128-token long answers, ~3.5 min; --native-extra "--ctx-checkpoints 0"
+    # re-runs it with llama-server's hybrid-model checkpoints off, an A/B of its defaults). Then, here:
     # cp <files_at>/concurrency_h200.json benchmarks/results/ && python benchmarks/results_md.py
 
 What is measured, for each number of users U (1, then the --users list):
@@ -240,10 +241,13 @@ def client_ceiling(users: int, max_tokens: int) -> dict:
 
 
 # ---- servers ---------------------------------------------------------------------------------------
+NATIVE_EXTRA: list[str] = []  # --native-extra: more llama-server flags (an A/B of its defaults)
+
+
 def native_args(users: int, n_ctx: int) -> list[str]:
     """What NativeServer is given beyond cfg: it renders `-c cfg.n_ctx ... -np 1`, and these
     later flags win in llama.cpp's argument parser."""
-    return ["-np", str(users)] + (["--kv-unified"] if users > 1 else [])
+    return ["-np", str(users)] + (["--kv-unified"] if users > 1 else []) + NATIVE_EXTRA
 
 
 def _get(url: str, timeout: float = 5) -> Any:
@@ -401,6 +405,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 rounds, 128-token long answers")
     ap.add_argument("--budget", type=float, default=None, help="seconds; no server pair starts past it, and no "
                     "round that would end past budget + 200 s (+ 300 s on the CPU); default 900 on the CPU, 330 with --gpu")
+    ap.add_argument("--native-extra", default="", help="more llama-server flags, e.g. \"--ctx-checkpoints 0 "
+                    "--cache-ram 0\" (its defaults for hybrid models: 32 context checkpoints per slot, an 8 GiB "
+                    "host-RAM prompt cache); recorded in the JSON")
     ap.add_argument("--note", action="append", default=[], help="a line for RESULTS.md (repeatable)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/concurrency_cpu.json, or "
                     "concurrency_<gpu>.json with --gpu)")
@@ -425,11 +432,12 @@ def main(argv=None) -> int:
         print("llama-server is not built: run scripts/build_tools.sh (or pass --bin-dir)", file=sys.stderr)
         return 2
     extra = {"logit_bias": eog_bias(model)} if a.eos_bias else {}
+    NATIVE_EXTRA[:] = a.native_extra.split()
 
     meta = bench.machine_info()
     meta.update(model=Path(model).name, model_path=model, threads=a.threads, tools=str(bin_dir), reps=rounds,
                 users=users, max_tokens=a.max_tokens, long_max_tokens=long_max, long_tokens=a.long_tokens,
-                n_ctx_per_slot=a.n_ctx, eos_bias=bool(extra), config=cfg.to_dict(), suite="concurrency",
+                n_ctx_per_slot=a.n_ctx, eos_bias=bool(extra), native_extra=list(NATIVE_EXTRA), config=cfg.to_dict(), suite="concurrency",
                 notes=list(a.note))
     info = bin_dir.parent / "BUILD_INFO"
     if info.is_file():
