@@ -1,7 +1,9 @@
 """Many users at once: the kit's server (qwenkit.serving: N slots, continuous batching) vs
 llama.cpp's own `llama-server` built from the same sources and flags, side by side in ONE run.
 
-    # 2-core CPU, the default model (SmolLM2-135M); users 2 and 4; ~8-10 min:
+    # 2-core CPU, the default model (SmolLM2-135M); users 2 and 4. At 1 thread (a shared machine:
+    # --threads 1) the ~3K-token prompts make it ~15 min for 3 full rounds (4 users long got 2 of
+    # 3 under --budget 560 in the committed run); 2 threads on an idle machine about halve that:
     python benchmarks/concurrency.py            # writes benchmarks/results/concurrency_cpu.json
 
     # GPU (H200), the full-size random synthetic Qwen3.5-35B-A3B (written once, ~15 s), users
