@@ -62,10 +62,10 @@ def run_demo(model: str | Path | None = None, language: str | None = None, n_ctx
                 "the real model answers from the same code)")
         say()
 
-        def notice(msg: str) -> None:  # the loop guard's line, on a line of its own
-            if msg.startswith("["):
+        def notice(msg: str) -> None:  # the loop guard's lines, each on a line of its own
+            if msg.startswith(("loop guard:", "the loop guard")):
                 say()
-                say(msg)
+                say(f"[{msg}]")
 
         result = summarize.summarize(
             text, srv.client(), srv.alias, n_ctx=cfg.n_ctx, language=language,

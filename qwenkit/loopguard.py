@@ -105,10 +105,10 @@ class LoopGuard:
         words = words if len(words) <= 60 else words[:57] + "..."
         gap = lp.repeat_unit - lp.first_unit
         unit = ("character" if _CJK.search(lp.ngram) else "word") + ("s" if gap != 1 else "")
-        return (f"[loop guard: the model began repeating itself (\"{words}\" again after "
+        return (f"loop guard: the model began repeating itself (\"{words}\" again after "
                 f"{gap} {unit}); generation stopped after "
                 f"{self.loop.pieces_seen} streamed pieces and the request was cancelled; "
-                f"the repeat is left out]")
+                f"the repeat is left out")
 
     # -- streaming ------------------------------------------------------------------------------
     def feed(self, piece: str) -> str:

@@ -332,8 +332,8 @@ class _Runner:
         text, call, first = self._ask_stream(user, max_tokens, role, on_token, self.temperature, None)
         if call.finish_reason != "loop" or len(text.split()) >= RETRY_BELOW_WORDS:
             return text, call, first
-        self.on_progress(f"[the loop guard kept only {len(text.split())} words: asking once more "
-                         f"with temperature {RETRY_TEMPERATURE}]")
+        self.on_progress(f"the loop guard kept only {len(text.split())} words: asking once more "
+                         f"with temperature {RETRY_TEMPERATURE}")
         if on_token:
             on_token("\n\n")
         text2, call2, first2 = self._ask_stream(user, max_tokens, role, on_token, RETRY_TEMPERATURE,

@@ -60,7 +60,7 @@ def test_a_looping_stream_is_stopped_within_the_bound(token_pieces):
     # nothing of the repeat is shown, and the notice says what happened in one line
     assert shown.strip() == (INTRO + LOOPED).strip()
     assert guard.text == (INTRO + LOOPED).strip()
-    assert "\n" not in guard.notice and guard.notice.startswith("[loop guard:")
+    assert "\n" not in guard.notice and guard.notice.startswith("loop guard:")
     assert "request was cancelled" in guard.notice and f"after {consumed} streamed pieces" in guard.notice
 
 
@@ -118,7 +118,7 @@ def test_the_summarizer_stops_a_looping_answer_on_the_real_server(served):
                             presence_penalty=0.0, on_progress=said.append)
     first = s.calls[0]
     assert first.finish_reason == "loop" and first.completion_tokens < 64, first
-    assert any(m.startswith("[loop guard:") for m in said), said
+    assert any(m.startswith("loop guard:") for m in said), said
     assert s.loops >= 1 and "loop guard" in str(s)
     assert not text_stats(s.text).repeated_sentences, s.text
     # the server is free again: the next request is answered

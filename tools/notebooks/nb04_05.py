@@ -271,7 +271,7 @@ if TEMPERATURE is not None:
 with trust.Probe([srv.pid]) as probe:   # the server's CPU time is ours, not "other programs"
     s = summarize.summarize(
         text, client, srv.alias, n_ctx=srv.n_ctx, language=language, max_tokens=MAX_TOKENS, **sampling,
-        on_progress=lambda msg: print(msg if msg.startswith("[") else f"[{msg}]"),
+        on_progress=lambda msg: print(f"[{msg}]"),
         on_token=lambda piece: print(piece, end="", flush=True))
 print("\\n")
 print(s)
