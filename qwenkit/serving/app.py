@@ -15,6 +15,7 @@ before the body is read whole), and 503 with Retry-After when the queue is full.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -28,9 +29,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwenkit.fastgen import _Mailbox
-from qwenkit.serving.protocol import (ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
-                                      error_body)
+from qwenkit.serving import tools as tools_mod
+from qwenkit.serving.protocol import (ChatCompletion, ChatRequest, Completion, CompletionRequest, CountResponse,
+                                      DetokenizeRequest, DetokenizeResponse, ErrorResponse, Health, ModelList,
+                                      TokenizeRequest, TokenizeResponse, Unsupported, error_body)
 from qwenkit.serving.scheduler import Request, Result, SchedulerError
+from qwenkit.serving.structured import SchemaError, response_format_grammar
+from qwenkit.serving.tools import ToolStream
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -38,8 +43,13 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 class AppState:
     """What the routes need; filled once the model has loaded."""
 
-    def __init__(self, alias: str, *, stream_flush_ms: float = 0.0, max_body: int = MAX_BODY_BYTES):
+    def __init__(self, alias: str, *, stream_flush_ms: float = 0.0, max_body: int = MAX_BODY_BYTES,
+                 max_tokens_cap: int | None = None, api_key_required: bool | None = None):
         self.alias = alias
+        # every answer stops after this many tokens (a bounded fuzz run against a real model)
+        self.max_tokens_cap = max_tokens_cap
+        # True: the OpenAPI document says every route needs the Bearer key; None: it may
+        self.api_key_required = api_key_required
         self.model = None
         self.scheduler = None
         self.model_id: str | None = None
@@ -122,10 +132,13 @@ class BodyLimit:
 
 
 # ---- responses ---------------------------------------------------------------------------------
-def _usage(res: Result) -> dict[str, Any]:
-    return {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
-            "total_tokens": res.prompt_tokens + res.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": res.cached_tokens}}
+def _usage(results: list[Result]) -> dict[str, Any]:
+    """The prompt counted once (n choices share it), the completions of every choice."""
+    first = results[0]
+    done = sum(r.completion_tokens for r in results)
+    return {"prompt_tokens": first.prompt_tokens, "completion_tokens": done,
+            "total_tokens": first.prompt_tokens + done,
+            "prompt_tokens_details": {"cached_tokens": first.cached_tokens}}
 
 
 def _finish(res: Result) -> str:
@@ -158,11 +171,39 @@ def _legacy_logprobs(model, infos: list[dict]) -> dict[str, Any]:
 class _Job:
     """One request's way from the scheduler thread to this event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int = 1):
         self.mailbox = _Mailbox(loop)
+        self.n = n
 
-    def sink(self, event: tuple) -> None:   # on the scheduler thread
-        self.mailbox.post(event, urgent=event[0] != "text")
+    def sink_for(self, i: int):
+        """The sink of choice i: events as they are for one choice, (i, event) for several."""
+        post = self.mailbox.post
+        if self.n == 1:
+            return lambda event: post(event, urgent=event[0] != "text")
+        return lambda event: post((i, event), urgent=event[0] != "text")
+
+
+_ERR = {"model": ErrorResponse}
+_GUARD = {401: dict(_ERR, description="missing or wrong Bearer key (when the server has one)"),
+          403: dict(_ERR, description="a Host other than localhost, or a foreign Origin")}
+_BUSY = {503: dict(_ERR, description="the model is still loading, or the queue is full (Retry-After)")}
+_BODY = {400: dict(_ERR, description="a client mistake: malformed JSON, a missing or wrong field"),
+         413: dict(_ERR, description="the body is larger than the server's limit")}
+
+
+def _responses(model, *, stream: bool = False, body: bool = True, busy: bool = True) -> dict:
+    ok: dict[str, Any] = {"model": model, "description": "the answer"}
+    if stream:
+        ok["content"] = {"text/event-stream": {"schema": {"type": "string"},
+                                               "description": "server-sent events (`stream: true`)"}}
+    out: dict[Any, Any] = {200: ok, **_GUARD}
+    if body:
+        out.update(_BODY)
+    if busy:
+        out.update(_BUSY)
+    if stream:
+        out[500] = dict(_ERR, description="the model failed while generating (see the server's log)")
+    return out
 
 
 async def _until_disconnect(request: HTTPRequest) -> None:
@@ -172,9 +213,38 @@ async def _until_disconnect(request: HTTPRequest) -> None:
             return
 
 
+def _document(app: FastAPI, state: AppState) -> None:
+    """The OpenAPI document: the Bearer scheme, and no 422 (validation errors are 400 here)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        doc.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "Authorization: Bearer <key>. Needed on every route when the server was started "
+                           "with a key (always when it listens beyond loopback); a loopback server without a "
+                           "key takes any key or none."}
+        doc["security"] = [{"bearerAuth": []}] if state.api_key_required else [{"bearerAuth": []}, {}]
+        for path in doc.get("paths", {}).values():
+            for op in path.values():
+                op.get("responses", {}).pop("422", None)
+        schemas = doc["components"].get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi
+
+
 def create_app(state: AppState) -> FastAPI:
-    app = FastAPI(title="qwenkit server", version="1", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="qwenkit server", version="1", docs_url="/docs", redoc_url=None,
+                  description="OpenAI-compatible routes over one llama.cpp model (qwenkit.serving). Errors are "
+                              "OpenAI's error object; a body the server cannot read is 400, never 422.")
     app.state.qwenkit = state
+    _document(app, state)
 
     @app.exception_handler(APIError)
     async def _api_error(_req, e: APIError):
@@ -206,7 +276,8 @@ def create_app(state: AppState) -> FastAPI:
         return state.model, state.scheduler
 
     # ---- status ----
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": Health}, 503: {"model": Health, "description": "loading"},
+                                   **_GUARD})
     async def health():
         if not state.ready:
             return JSONResponse({"status": "loading", "model": state.alias}, status_code=503,
@@ -214,30 +285,32 @@ def create_app(state: AppState) -> FastAPI:
         return {"status": "ok", "model": state.alias, "model_id": state.model_id,
                 "n_ctx": state.model.n_ctx_slot, **state.scheduler.stats()}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_responses(ModelList, body=False))
     async def models():
         need_ready()
         ids = [state.alias] + ([state.model_id] if state.model_id and state.model_id != state.alias else [])
         return {"object": "list", "data": [{"id": i, "object": "model", "created": state.started,
                                             "owned_by": "qwenkit"} for i in ids]}
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", status_code=501,
+              responses={501: dict(_ERR, description="this server does not serve embeddings"), **_GUARD,
+                         413: _BODY[413]})
     async def embeddings():
         raise APIError(501, "this server generates text; it does not serve embeddings", "not_implemented")
 
     # ---- tokenizer (the summarizer counts with the model's own) ----
-    @app.post("/extras/tokenize")
+    @app.post("/extras/tokenize", responses=_responses(TokenizeResponse))
     async def tokenize(body: TokenizeRequest):
         model, _ = need_ready()
         return {"tokens": await run_in_threadpool(model.tokenize, body.input, add_special=False)}
 
-    @app.post("/extras/tokenize/count")
+    @app.post("/extras/tokenize/count", responses=_responses(CountResponse))
     async def tokenize_count(body: TokenizeRequest):
         model, _ = need_ready()
         toks = await run_in_threadpool(model.tokenize, body.input, add_special=False)
         return {"count": len(toks)}
 
-    @app.post("/extras/detokenize")
+    @app.post("/extras/detokenize", responses=_responses(DetokenizeResponse))
     async def detokenize(body: DetokenizeRequest):
         model, _ = need_ready()
         if any(t < 0 or t >= model.n_vocab for t in body.tokens):
@@ -251,12 +324,24 @@ def create_app(state: AppState) -> FastAPI:
             if v not in (None, False, 0, {}, []):
                 raise APIError(400, f"{name} is not supported by this server yet ({why})", "unsupported_parameter", name)
 
-    async def run(request: HTTPRequest, body, prompt: list[int], stops: list[str], limit: int | None, kind: str):
+    async def run(request: HTTPRequest, body, prompt: list[int], stops: list[str], limit: int | None, kind: str,
+                  grammar: str | None = None, tool_fmt: str | None = None, funcs: list[dict] | None = None):
         model, sched = need_ready()
         try:
             sampling = body.sampling()
+        except Unsupported as e:
+            raise APIError(400, str(e), "unsupported_parameter", e.param) from None
         except ValueError as e:
             raise APIError(400, str(e), "invalid_value", "logit_bias") from None
+        bad = [t for t in sampling.logit_bias if not 0 <= t < model.n_vocab]
+        if bad:
+            raise APIError(400, f"logit_bias token id {bad[0]} is not in 0..{model.n_vocab - 1}", "invalid_value",
+                           "logit_bias")
+        if grammar is not None:
+            if sampling.grammar:
+                raise APIError(400, "grammar cannot be combined with response_format or a required tool call",
+                               "invalid_value", "grammar")
+            sampling = dataclasses.replace(sampling, grammar=grammar)
         if sampling.grammar:
             from qwenkit.serving.sampling import check_grammar
             try:
@@ -265,133 +350,231 @@ def create_app(state: AppState) -> FastAPI:
                 raise APIError(400, str(e), "invalid_grammar", "grammar") from None
         room = model.n_ctx_slot - len(prompt)
         max_tokens = room if limit is None else min(limit, max(room, 1))
+        if state.max_tokens_cap:
+            max_tokens = min(max_tokens, state.max_tokens_cap)
         try:
             n_lp = body.n_logprobs()
         except ValueError as e:
             raise APIError(400, str(e), "invalid_value", "logprobs") from None
+        n = body.n
         loop = asyncio.get_running_loop()
-        job = _Job(loop)
-        req = Request(prompt, max_tokens, sampling, stops, job.sink, top_logprobs=n_lp)
+        job = _Job(loop, n)
+        reqs = []
+        for i in range(n):
+            sp = sampling if i == 0 or sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
+            reqs.append(Request(prompt, max_tokens, sp, stops, job.sink_for(i), top_logprobs=n_lp))
         try:
-            sched.submit(req)
+            for r in reqs:
+                sched.submit(r)
         except SchedulerError as e:
+            for r in reqs:
+                sched.cancel(r)
             raise _from_scheduler(e) from None
-        cid = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
-        created = int(time.time())
-        name = body.model or state.alias
+        g = _Gen(model, kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex, int(time.time()),
+                 body.model or state.alias, n, tool_fmt, funcs)
         if body.stream:
-            return StreamingResponse(_stream(req, job, sched, cid, created, name, kind, body.include_usage, model),
+            return StreamingResponse(_stream(reqs, job, sched, g, body.include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _whole(request, req, job, sched, cid, created, name, kind, model)
+        return await _whole(request, reqs, job, sched, g)
 
-    async def _whole(request, req, job, sched, cid, created, name, kind, model):
-        texts: list[str] = []
-        lps: list[dict] = []
+    async def _whole(request, reqs, job, sched, g: "_Gen"):
+        n = len(reqs)
+        texts: list[list[str]] = [[] for _ in range(n)]
+        lps: list[list[dict]] = [[] for _ in range(n)]
+        ends: list = [None] * n
         watcher = asyncio.ensure_future(_until_disconnect(request))
-        end = None
         try:
-            while end is None:
+            while any(e is None for e in ends):
                 getter = asyncio.ensure_future(job.mailbox.collect())
                 done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
-                    sched.cancel(req)   # the client went away: free the slot
+                    for r in reqs:
+                        sched.cancel(r)   # the client went away: free the slots
                     return JSONResponse(error_body("client disconnected", 499), status_code=499)
-                for ev in getter.result():
+                for item in getter.result():
+                    i, ev = item if n > 1 else (0, item)
                     if ev[0] == "text":
-                        texts.append(ev[1])
+                        texts[i].append(ev[1])
                     elif ev[0] == "logprobs":
-                        lps.append(ev[1])
+                        lps[i].append(ev[1])
                     else:
-                        end = ev
+                        ends[i] = ev
+                        if ev[0] == "error":
+                            for r in reqs:
+                                sched.cancel(r)
+                            raise _from_scheduler(ev[1])
         finally:
             watcher.cancel()
-        if end[0] == "error":
-            raise _from_scheduler(end[1])
-        res: Result = end[1]
-        text = "".join(texts)
-        if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "finish_reason": _finish(res), "logprobs": _chat_logprobs(model, lps) if req.top_logprobs else None}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": _finish(res),
-                      "logprobs": _legacy_logprobs(model, lps) if req.top_logprobs else None}
-            obj = "text_completion"
-        return {"id": cid, "object": obj, "created": created, "model": name, "choices": [choice],
-                "usage": _usage(res)}
-
-    async def _stream(req, job, sched, cid, created, name, kind, include_usage, model):
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        pending_lp: list[dict] = []
-
-        def chunk(text: str | None, finish: str | None, first: bool = False) -> str:
-            lp = None
-            if pending_lp and not first:  # the tokens generated since the last chunk
-                lp = _chat_logprobs(model, pending_lp) if kind == "chat" else _legacy_logprobs(model, pending_lp)
-                pending_lp.clear()
-            if kind == "chat":
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
-                    {"content": text} if text is not None else {})
-                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": lp}
+        results: list[Result] = [e[1] for e in ends]
+        choices = []
+        for i, res in enumerate(results):
+            text = "".join(texts[i])
+            lp = lps[i] if reqs[i].top_logprobs else None
+            if g.kind == "chat":
+                msg: dict[str, Any] = {"role": "assistant", "content": text}
+                finish = _finish(res)
+                if g.tool_fmt:
+                    ts = ToolStream(g.tool_fmt, g.funcs)
+                    content, calls = [], []
+                    for ev in ts.feed(text) + ts.close():
+                        if ev[0] == "content":
+                            content.append(ev[1])
+                        elif ev[0] == "call":
+                            calls.append({"id": _call_id(), "type": "function",
+                                          "function": {"name": ev[2], "arguments": ""}})
+                        else:
+                            calls[ev[1]]["function"]["arguments"] += ev[2]
+                    if calls:
+                        msg = {"role": "assistant", "content": "".join(content).strip() or None, "tool_calls": calls}
+                        if finish == "stop":
+                            finish = "tool_calls"
+                choices.append({"index": i, "message": msg, "finish_reason": finish,
+                                "logprobs": _chat_logprobs(g.model, lp) if lp is not None else None})
             else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": lp}
-            return "data: " + json.dumps({"id": cid, "object": obj, "created": created, "model": name,
-                                          "choices": [choice]}, ensure_ascii=False) + "\n\n"
+                choices.append({"index": i, "text": text, "finish_reason": _finish(res),
+                                "logprobs": _legacy_logprobs(g.model, lp) if lp is not None else None})
+        return {"id": g.cid, "object": "chat.completion" if g.kind == "chat" else "text_completion",
+                "created": g.created, "model": g.name, "choices": choices, "usage": _usage(results)}
+
+    async def _stream(reqs, job, sched, g: "_Gen", include_usage: bool):
+        n = len(reqs)
+        kind = g.kind
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        head = json.dumps({"id": g.cid, "object": obj, "created": g.created, "model": g.name})[:-1]
+        pending_lp: list[list[dict]] = [[] for _ in range(n)]
+        parsers = [ToolStream(g.tool_fmt, g.funcs) for _ in range(n)] if g.tool_fmt else None
+        called = [0] * n
+        results: list = [None] * n
+
+        def chunk(i: int, delta_or_text: Any, finish: str | None) -> str:
+            lp = None
+            if pending_lp[i]:  # the tokens generated since the last chunk
+                lp = (_chat_logprobs(g.model, pending_lp[i]) if kind == "chat"
+                      else _legacy_logprobs(g.model, pending_lp[i]))
+                pending_lp[i] = []
+            if kind == "chat":
+                choice = {"index": i, "delta": delta_or_text, "finish_reason": finish, "logprobs": lp}
+            else:
+                choice = {"index": i, "text": delta_or_text, "finish_reason": finish, "logprobs": lp}
+            return head + ', "choices": [' + json.dumps(choice, ensure_ascii=False) + "]}"
+
+        def tool_chunks(i: int, events: list[tuple], out: list[str]) -> None:
+            for ev in events:
+                if ev[0] == "content":
+                    if ev[1] and not (called[i] and not ev[1].strip()):
+                        out.append(chunk(i, {"content": ev[1]}, None))
+                elif ev[0] == "call":
+                    called[i] += 1
+                    out.append(chunk(i, {"tool_calls": [{"index": ev[1], "id": _call_id(), "type": "function",
+                                                         "function": {"name": ev[2], "arguments": ""}}]}, None))
+                elif ev[2]:
+                    out.append(chunk(i, {"tool_calls": [{"index": ev[1], "function": {"arguments": ev[2]}}]}, None))
 
         finished = False
         try:
             if kind == "chat":
-                yield chunk(None, None, first=True)
+                yield "".join("data: " + chunk(i, {"role": "assistant", "content": ""}, None) + "\n\n"
+                              for i in range(n))
             while True:
                 items = await job.mailbox.collect()
-                out = []
-                for ev in items:
+                out: list[str] = []
+                for item in items:
+                    i, ev = item if n > 1 else (0, item)
                     if ev[0] == "text":
-                        out.append(chunk(ev[1], None))
+                        if parsers is not None:
+                            tool_chunks(i, parsers[i].feed(ev[1]), out)
+                        else:
+                            out.append(chunk(i, {"content": ev[1]} if kind == "chat" else ev[1], None))
                     elif ev[0] == "logprobs":
-                        pending_lp.append(ev[1])
+                        pending_lp[i].append(ev[1])
                     elif ev[0] == "end":
                         res: Result = ev[1]
-                        out.append(chunk(None if kind == "chat" else "", _finish(res)))
-                        if include_usage:
-                            out.append("data: " + json.dumps({"id": cid, "object": obj, "created": created,
-                                                              "model": name, "choices": [],
-                                                              "usage": _usage(res)}) + "\n\n")
-                        out.append("data: [DONE]\n\n")
-                        finished = True
+                        results[i] = res
+                        finish = _finish(res)
+                        if parsers is not None:
+                            tool_chunks(i, parsers[i].close(), out)
+                            if called[i] and finish == "stop":
+                                finish = "tool_calls"
+                        out.append(chunk(i, {} if kind == "chat" else "", finish))
+                        if all(r is not None for r in results):
+                            if include_usage:
+                                out.append(head + ', "choices": [], "usage": ' + json.dumps(_usage(results)) + "}")
+                            out.append("[DONE]")
+                            finished = True
                     else:
                         e: SchedulerError = ev[1]
-                        out.append("data: " + json.dumps(error_body(str(e), e.status, e.code)) + "\n\n")
+                        out.append(json.dumps(error_body(str(e), e.status, e.code)))
                         finished = True
+                        break
                 if out:
-                    yield "".join(out)
+                    yield "".join("data: " + o + "\n\n" for o in out)
                 if finished:
                     return
                 if state.stream_flush_s:
                     await job.mailbox.pause(state.stream_flush_s)
         finally:
-            if not finished:
-                sched.cancel(req)   # client gone (or the server stops): free the slot
+            if not finished or any(r is None for r in results):
+                for r in reqs:
+                    sched.cancel(r)   # client gone (or the server stops): free the slots
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=_responses(ChatCompletion, stream=True))
     async def chat(request: HTTPRequest, body: ChatRequest):
         model, _ = need_ready()
-        unsupported(body, {"response_format": "structured output comes with the conformance work"})
         messages = [m.for_template() for m in body.messages]
+        kwargs = dict(body.chat_template_kwargs or {})
+        grammar, tool_fmt, funcs = None, None, None
         try:
-            prompt = await run_in_threadpool(model.chat_prompt, messages, body.chat_template_kwargs,
-                                             body.tools, body.tool_choice)
-        except ValueError as e:  # the template's raise_exception(): the messages' fault (roles, order)
+            funcs = tools_mod.functions(body.tools)
+            mode, allowed = tools_mod.chosen(body.tool_choice, funcs)
+        except tools_mod.ToolError as e:
+            raise APIError(400, str(e), "invalid_value", e.param) from None
+        try:
+            if mode == "required":
+                grammar = tools_mod.call_grammar(tools_mod.detect_format(model.chat_template), allowed)
+            rf = response_format_grammar(body.response_format)
+        except SchemaError as e:
+            raise APIError(400, str(e), "unsupported_schema" if e.keyword else "invalid_value",
+                           "tools" if mode == "required" else "response_format") from None
+        if rf is not None:
+            if grammar is not None:
+                raise APIError(400, "response_format cannot be combined with a required tool call",
+                               "invalid_value", "response_format")
+            grammar = rf
+        if grammar is not None:
+            # a constrained answer starts at once: no reasoning block first (unless asked for)
+            kwargs.setdefault("enable_thinking", False)
+        render_tools = None
+        if mode != "none":
+            tool_fmt = tools_mod.detect_format(model.chat_template)
+            native = await run_in_threadpool(_template_renders_tools, model)
+            try:
+                messages = tools_mod.history(messages, tool_fmt, native)
+            except tools_mod.ToolError as e:
+                raise APIError(400, str(e), "invalid_value", e.param) from None
+            if native:
+                render_tools = [{"type": "function", "function": f} for f in funcs]
+            else:
+                tool_fmt = tools_mod.HERMES
+                text = tools_mod.system_text(funcs)
+                if messages and messages[0].get("role") == "system":
+                    messages[0] = dict(messages[0], content=f"{messages[0].get('content') or ''}\n\n{text}")
+                else:
+                    messages.insert(0, {"role": "system", "content": text})
+            if mode == "required" and not native:
+                grammar = tools_mod.call_grammar(tool_fmt, allowed)
+        try:
+            prompt = await run_in_threadpool(model.chat_prompt, messages, kwargs, render_tools,
+                                             body.tool_choice if render_tools else None)
+        except Exception as e:  # noqa: BLE001 - a template error is the request's (roles, order)
             raise APIError(400, f"the model's chat template refused these messages: {e}", "invalid_messages",
                            "messages") from None
-        # anything else (a template that breaks jinja2's sandbox: SecurityError) is the model's
-        # fault: the generic 500, the details in the log only
         tokens = await run_in_threadpool(model.chat_tokens, prompt)
-        return await run(request, body, tokens, body.stops() + prompt.stop, body.limit(), "chat")
+        return await run(request, body, tokens, body.stops() + prompt.stop, body.limit(), "chat",
+                         grammar=grammar, tool_fmt=tool_fmt, funcs=funcs)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_responses(Completion, stream=True))
     async def completions(request: HTTPRequest, body: CompletionRequest):
         model, _ = need_ready()
         unsupported(body, {"echo": "not implemented", "suffix": "not implemented"})
@@ -407,3 +590,33 @@ def create_app(state: AppState) -> FastAPI:
         return await run(request, body, tokens, body.stops(), body.max_tokens, "completion")
 
     return app
+
+
+class _Gen:
+    """What the response writers need about one generation request."""
+
+    def __init__(self, model, kind, cid, created, name, n, tool_fmt, funcs):
+        self.model, self.kind, self.cid, self.created, self.name, self.n = model, kind, cid, created, name, n
+        self.tool_fmt, self.funcs = tool_fmt, funcs
+
+
+def _call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+_PROBE = "qwenkit_probe_function_7f3a"
+
+
+def _template_renders_tools(model) -> bool:
+    """Whether the GGUF's chat template writes the `tools` it is given into the prompt."""
+    cached = getattr(model, "_qwenkit_renders_tools", None)
+    if cached is None:
+        try:
+            p = model.chat_prompt([{"role": "user", "content": "hi"}], {},
+                                  [{"type": "function", "function": {"name": _PROBE, "parameters": {
+                                      "type": "object", "properties": {}}}}], None)
+            cached = _PROBE in p.text
+        except Exception:  # noqa: BLE001
+            cached = False
+        model._qwenkit_renders_tools = cached
+    return cached

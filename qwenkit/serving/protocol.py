@@ -11,6 +11,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from qwenkit.serving.sampling import SamplingParams
 
 MAX_STOP = 4
+MAX_N = 8
+DRY_BREAKERS = ["\n", ":", "\"", "*"]   # llama.cpp's defaults
+
+
+class Unsupported(ValueError):
+    def __init__(self, param: str, why: str):
+        super().__init__(f"{param} is not supported by this server ({why})")
+        self.param = param
+
+
+def dry_supported() -> bool:
+    """SamplingParams carries the DRY settings (the scheduler's sampler adds llama.cpp's DRY stage)."""
+    import dataclasses
+    return "dry_multiplier" in {f.name for f in dataclasses.fields(SamplingParams)}
 
 
 class StreamOptions(BaseModel):
@@ -19,13 +33,13 @@ class StreamOptions(BaseModel):
 
 class _Sampling(BaseModel):
     # unknown fields are accepted and ignored (clients send many: user, metadata, store, ...)
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(default=None, ge=1)
     temperature: float = Field(default=0.8, ge=0.0, le=2.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    top_k: int = Field(default=40, ge=0)
+    top_k: int = Field(default=40, ge=0, le=1 << 20)
     min_p: float = Field(default=0.05, ge=0.0, le=1.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -35,9 +49,16 @@ class _Sampling(BaseModel):
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     logit_bias: Optional[dict[str, float]] = None
-    n: int = Field(default=1, ge=1, le=1, description="one choice per request on this server")
+    n: int = Field(default=1, ge=1, le=MAX_N, description="choices: n sequences sharing the prompt, each "
+                   "with its own seed (seed + i when a seed is given)")
     logprobs: Any = None
     grammar: Optional[str] = Field(default=None, max_length=65536, description="GBNF grammar (llama.cpp)")
+    # llama.cpp's DRY ("don't repeat yourself") sampler; 0 = off
+    dry_multiplier: float = Field(default=0.0, ge=0.0, le=10.0)
+    dry_base: float = Field(default=1.75, ge=1.0, le=10.0)
+    dry_allowed_length: int = Field(default=2, ge=0, le=1000)
+    dry_penalty_last_n: int = Field(default=-1, ge=-1, le=1 << 20)
+    dry_sequence_breakers: Optional[list[str]] = Field(default=None, max_length=32)
 
     @field_validator("stop")
     @classmethod
@@ -58,10 +79,21 @@ class _Sampling(BaseModel):
                 bias[int(k)] = float(v)
             except ValueError:
                 raise ValueError(f"logit_bias key {k!r} is not a token id") from None
+            if not -100.0 <= bias[int(k)] <= 100.0:
+                raise ValueError(f"logit_bias value for {k!r} must be from -100 to 100")
+        extra = {}
+        if self.dry_multiplier > 0:
+            extra = dict(dry_multiplier=self.dry_multiplier, dry_base=self.dry_base,
+                         dry_allowed_length=self.dry_allowed_length, dry_penalty_last_n=self.dry_penalty_last_n,
+                         dry_sequence_breakers=tuple(self.dry_sequence_breakers if self.dry_sequence_breakers
+                                                     is not None else DRY_BREAKERS))
+            if not dry_supported():
+                raise Unsupported("dry_multiplier", "llama.cpp's DRY sampler is not wired into this server's "
+                                  "sampler chain yet")
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                               min_p=self.min_p, presence_penalty=self.presence_penalty,
                               frequency_penalty=self.frequency_penalty, repeat_penalty=self.repeat_penalty,
-                              seed=self.seed, logit_bias=bias, grammar=self.grammar or None)
+                              seed=self.seed, logit_bias=bias, grammar=self.grammar or None, **extra)
 
     @property
     def include_usage(self) -> bool:
@@ -76,7 +108,7 @@ class ChatMessage(BaseModel):
     def for_template(self) -> dict[str, Any]:
         d = self.model_dump(exclude_none=True)
         if isinstance(self.content, list):  # content parts: the text parts, joined
-            d["content"] = "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+            d["content"] = "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
         elif self.content is None:
             d["content"] = ""
         if d["role"] == "developer":
@@ -89,8 +121,9 @@ class ChatRequest(_Sampling):
     max_completion_tokens: Optional[int] = Field(default=None, ge=1)
     chat_template_kwargs: Optional[dict[str, Any]] = None
     response_format: Optional[dict[str, Any]] = None
-    tools: Optional[list[dict[str, Any]]] = None
-    tool_choice: Any = None
+    tools: Optional[list[dict[str, Any]]] = Field(default=None, max_length=128)
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    parallel_tool_calls: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
 
     def n_logprobs(self) -> int:
@@ -146,3 +179,127 @@ def error_body(message: str, status: int, code: str | None = None, param: str | 
     if status == 401:
         kind = "authentication_error"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# ---- response bodies (for the OpenAPI document; the app writes plain dicts) ---------------------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error object."""
+    error: ErrorDetail
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: Optional[list[TokenLogprob]] = None
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str = Field(description="the arguments as a JSON object's text")
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    logprobs: Optional[ChoiceLogprobs] = None
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: Optional[PromptTokensDetails] = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class LegacyLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    logprobs: Optional[LegacyLogprobs] = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: Literal["ok", "loading"]
+    model: str
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+
+
+class CountResponse(BaseModel):
+    count: int
+
+
+class DetokenizeResponse(BaseModel):
+    text: str
