@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwenkit.fastgen import _Mailbox
 from qwenkit.serving import tools as tools_mod
-from qwenkit.serving.protocol import (ChatCompletion, ChatRequest, Completion, CompletionRequest, CountResponse,
+from qwenkit.serving.protocol import (ChatCompletion, ChatCompletionChunk, ChatRequest, CompletionChunk, Completion, CompletionRequest, CountResponse,
                                       DetokenizeRequest, DetokenizeResponse, ErrorResponse, Health, ModelList,
                                       TokenizeRequest, TokenizeResponse, Unsupported, error_body)
 from qwenkit.serving.scheduler import Request, Result, SchedulerError
@@ -213,6 +213,16 @@ async def _until_disconnect(request: HTTPRequest) -> None:
             return
 
 
+def _sse_event(chunk: str) -> dict:
+    """One server-sent event: `data:` holds a chunk, an error object, or [DONE]."""
+    ref = "#/components/schemas/"
+    return {"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string"}, "id": {"type": "string"}, "retry": {"type": "integer"},
+        "data": {"anyOf": [{"const": "[DONE]"},
+                           {"type": "string", "contentMediaType": "application/json",
+                            "contentSchema": {"anyOf": [{"$ref": ref + chunk}, {"$ref": ref + "ErrorResponse"}]}}]}}}
+
+
 def _document(app: FastAPI, state: AppState) -> None:
     """The OpenAPI document: the Bearer scheme, and no 422 (validation errors are 400 here)."""
     from fastapi.openapi.utils import get_openapi
@@ -227,10 +237,18 @@ def _document(app: FastAPI, state: AppState) -> None:
                            "with a key (always when it listens beyond loopback); a loopback server without a "
                            "key takes any key or none."}
         doc["security"] = [{"bearerAuth": []}] if state.api_key_required else [{"bearerAuth": []}, {}]
-        for path in doc.get("paths", {}).values():
+        schemas = doc["components"].setdefault("schemas", {})
+        for m in (ChatCompletionChunk, CompletionChunk, ErrorResponse):
+            js = m.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(js.pop("$defs", {}))
+            schemas[m.__name__] = js
+        streams = {"/v1/chat/completions": "ChatCompletionChunk", "/v1/completions": "CompletionChunk"}
+        for route, path in doc.get("paths", {}).items():
             for op in path.values():
                 op.get("responses", {}).pop("422", None)
-        schemas = doc["components"].get("schemas", {})
+                sse = op.get("responses", {}).get("200", {}).get("content", {}).get("text/event-stream")
+                if sse is not None and route in streams:
+                    sse["schema"] = _sse_event(streams[route])
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         app.openapi_schema = doc
@@ -296,7 +314,9 @@ def create_app(state: AppState) -> FastAPI:
               responses={501: dict(_ERR, description="this server does not serve embeddings"), **_GUARD,
                          413: _BODY[413]})
     async def embeddings():
-        raise APIError(501, "this server generates text; it does not serve embeddings", "not_implemented")
+        # x-should-retry: the openai client would retry a 5xx; this one will not change
+        raise APIError(501, "this server generates text; it does not serve embeddings", "not_implemented",
+                       headers={"x-should-retry": "false"})
 
     # ---- tokenizer (the summarizer counts with the model's own) ----
     @app.post("/extras/tokenize", responses=_responses(TokenizeResponse))
@@ -557,7 +577,8 @@ def create_app(state: AppState) -> FastAPI:
                 render_tools = [{"type": "function", "function": f} for f in funcs]
             else:
                 tool_fmt = tools_mod.HERMES
-                text = tools_mod.system_text(funcs)
+                # a required call lists only what may be called (the grammar allows nothing else)
+                text = tools_mod.system_text(allowed if mode == "required" else funcs)
                 if messages and messages[0].get("role") == "system":
                     messages[0] = dict(messages[0], content=f"{messages[0].get('content') or ''}\n\n{text}")
                 else:

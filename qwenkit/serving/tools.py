@@ -78,13 +78,11 @@ def chosen(tool_choice: Any, funcs: list[dict]) -> tuple[str, list[dict]]:
 
 
 def system_text(funcs: list[dict]) -> str:
-    """The hermes tool prompt (Qwen2.5's wording) for templates that do not render tools."""
-    lines = "\n".join(json.dumps({"type": "function", "function": f}, ensure_ascii=False) for f in funcs)
-    return ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-            f"{lines}\n</tools>\n\nFor each function call, return a json object with function name and "
-            "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
-            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+    """A compact hermes tool prompt for templates that do not render tools."""
+    lines = "\n".join(json.dumps({"type": "function", "function": f}, ensure_ascii=False, separators=(",", ":"))
+                      for f in funcs)
+    return (f"# Tools\nYou may call these functions:\n<tools>\n{lines}\n</tools>\nTo call one, reply with:\n"
+            '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
 
 
 def history(messages: list[dict], fmt: str, template_has_tools: bool) -> list[dict]:
