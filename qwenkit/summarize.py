@@ -445,13 +445,24 @@ class _Runner:
         end = time.perf_counter()
         raw = r.choices[0].message.content or "" if r.choices else ""
         text = strip_thinking(raw).strip()
+        looped = ""
+        if self.loop_guard and text:  # a whole answer at once: the guard can only cut it after the fact
+            guard = LoopGuard.for_language(self.language)
+            guard.feed(text)
+            guard.flush()
+            if guard.looped:
+                text = guard.text
+                looped = (f"loop guard: the answer repeated itself (\"{guard.loop.ngram[:60]}\" again); "
+                          f"the repeat is left out")
+                self.on_progress(looped)
         if on_token and text:
             on_token(text)
         usage = getattr(r, "usage", None)
         call = Call(role=role, prompt_tokens=getattr(usage, "prompt_tokens", None) or self.prompt_tokens(user),
                     completion_tokens=getattr(usage, "completion_tokens", None) or (self.count(raw) if raw else 0),
                     seconds=end - t0, first_token_s=None, decode_s=0.0,
-                    finish_reason=r.choices[0].finish_reason if r.choices else None)
+                    finish_reason="loop" if looped else (r.choices[0].finish_reason if r.choices else None),
+                    notice=looped)
         self.calls.append(call)
         return text, call, end
 
