@@ -8,7 +8,7 @@ write("notebooks/01_build_check.ipynb", [
 **What you learn:** how to tell a CUDA build of llama-cpp-python from a CPU-only one, why the
 CPU-only build is the most common failure of a local LLM set-up, and the exact command that fixes it.
 
-**Time:** under a minute on a quiet 2-core machine. **Needs:** the kit installed (`make setup`); a GPU is optional: on a
+**Time:** under a minute on a 2-core machine (27 s measured while other programs kept it busy). **Needs:** the kit installed (`make setup`); a GPU is optional: on a
 machine without one this notebook says so and runs on the CPU.
 """),
 ("code", """

@@ -13,8 +13,9 @@ written, which of `llama_cpp.server`'s defaults hurt (memory, speed, streams cut
 web pages) and how the kit avoids each one, how one GPU serves a room of users at once (sequence
 slots), and how to check, log and stop the server.
 
-**Time:** about 1 minute with the small default model; loading Qwen3.5-35B-A3B adds its load time
-(tens of seconds from a fast disk). **Needs:** the kit installed (`make setup`). A GPU is optional;
+**Time:** under a minute with the small default model on a 2-core machine (30 s measured while
+other programs took 1.35 of its 2 cores); loading Qwen3.5-35B-A3B adds its load time (tens of
+seconds from a fast disk). **Needs:** the kit installed (`make setup`). A GPU is optional;
 put the model you downloaded in notebook 02 (and the config you fitted in notebook 03) in the
 parameters below.
 
@@ -192,9 +193,12 @@ split at paragraph and sentence boundaries (Japanese `。` too), counted with th
 tokenizer, summarized part by part and combined (map-reduce), streamed as it is written, with the
 numbers that tell you how fast it ran.
 
-**Time:** about 1 minute with the small default model on a quiet 2-core CPU machine (the summary
-itself about 30 s; section 3 measures it and says whether the machine was quiet); with
-Qwen3.5-35B-A3B on a GPU about as long as its answer takes to write.
+**Time:** about 1 minute with the small default model on a quiet 2-core CPU machine: the summary
+itself reads about 3,100 prompt tokens and writes about 300 (at the 460 and 150 tok/s such a machine
+measures quietly, 10-20 s). While other programs kept one of the two cores busy, we measured 100 s
+for the whole notebook and up to 270 s for the summary: section 3 prints the time next to the
+statement and says whether your machine was quiet. With Qwen3.5-35B-A3B on a GPU, about as long as
+its answer takes to write.
 
 **What the small default model can and cannot do.** Without a model of your own, this notebook
 runs SmolLM2-135M-Instruct, a 135-million-parameter stand-in: the whole pipeline (splitting by

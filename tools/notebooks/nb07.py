@@ -11,8 +11,9 @@ against llama.cpp (and how the kit gets it back); what a server costs on top; wh
 cache ("q8_0 is a free lunch that speeds up inference") really speeds anything up; and what it costs in
 quality, measured as perplexity and KL divergence the way llama.cpp's `llama-perplexity` does.
 
-**Time:** about 3 minutes with the parameters below on the small default model on a quiet 2-core
-machine (each test repeats until its mean is known within ±3 % or 5 s pass); a real run (r=5, p=512,
+**Time:** about 3 minutes with the parameters below on the small default model on a 2-core machine
+(180 s measured while other programs kept it busy; each test repeats until its mean is known within
+±3 % or 5 s pass, so a quiet machine takes less); a real run (r=5, p=512,
 n=128) on Qwen3.5-35B-A3B takes 5-10 minutes. **Needs:** the kit installed (`make setup`). Optional:
 llama.cpp's own tools built from the same sources (`scripts/build_tools.sh`, ~10 minutes once on 2 cores)
 for the side-by-side comparison; without them those cells say how to get them and move on.
