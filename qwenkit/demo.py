@@ -19,7 +19,7 @@ from qwenkit.models import default_model_path
 
 # Measured on the English sample with SmolLM2-135M (2-core CPU): with the summarizer's defaults
 # (temperature 0.2, presence_penalty 1.5) the answer repeated one sentence until max_tokens (28-31 %
-# distinct words over 340 words); greedy decoding with frequency_penalty 1.0 gave 74-76 % distinct
+# distinct words over 340 words); greedy decoding with frequency_penalty 1.0 gave 71-74 % distinct
 # words, no repeated sentence. The longer a 135M model writes, the more it repeats itself, so
 # the demo asks it for about 200 tokens (roughly 150 words).
 SMALL_MODEL_SAMPLING = {"temperature": 0.0, "frequency_penalty": 1.0}

@@ -6,7 +6,7 @@ repeated n-gram: `n` consecutive words (CJK: characters) that already occurred e
 
     guard = LoopGuard.for_language("en")  # n = 10 words
     for piece in stream:
-        show(guard.feed(piece))          # text that is safe to show (held back n-1 words)
+        show(guard.feed(piece))          # text that is safe to show (whole sentences)
         if guard.looped:
             stream.close()               # cancel the request: the server stops generating
             print(guard.notice)          # one line: what repeated, after how many words
@@ -19,8 +19,9 @@ Bound: a loop whose repeated block is p words long (p >= n) is stopped n words i
 block's second occurrence, i.e. at most p + n words after the block first began; a shorter
 block (the same word or phrase over and over) within 2 * n words.
 Nothing of the second occurrence is ever shown: the guard holds back the last n - 1 words,
-and shows whole sentences (or at most MAX_HELD characters without a sentence end), so a stop
-never leaves a repeat or half a sentence on screen. A text without a repeated n-gram passes
+and shows whole sentences (or at most MAX_HELD characters without a sentence end); at a stop
+the kept text ends at the last sentence end before the repeat, unless that would drop more
+than half of it. A text without a repeated n-gram passes
 through unchanged (feed + flush == the input), only held back a little.
 """
 from __future__ import annotations
@@ -34,7 +35,8 @@ _UNIT = re.compile(r"[^\W_]+", re.UNICODE)
 _CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]")
 
 # where a sentence (or a line) ends; MAX_HELD: characters held back at most when none comes
-_BOUNDARY = re.compile(r"(?<=[.!?。！？])[ \t]+|[.!?。！？](?=\n)|\n+")
+# (Japanese puts no space after 。)
+_BOUNDARY = re.compile(r"(?<=[。！？])(?![。！？])|(?<=[.!?])[ \t]+|[.!?](?=\n)|\n+")
 MAX_HELD = 300
 _ENDS = tuple(".!?。！？")
 

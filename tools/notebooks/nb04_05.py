@@ -261,7 +261,7 @@ as it streams (`qwenkit.loopguard`): when a run of 10 words (24 characters in Ja
 second time, it closes the stream (the server stops generating), leaves the repeat out and says so
 in one line; an answer stopped very early is asked for once more. For the small model the
 notebook also asks for greedy decoding with `frequency_penalty` 1.0, which made its summaries of
-the bundled sample far less repetitive (71-76 % distinct words instead of about 30 %).
+the bundled sample far less repetitive (71-74 % distinct words instead of about 30 %).
 `trust.Probe` records how much CPU time other programs took meanwhile, so the time printed at the
 end can be judged."""),
 code("""from qwenkit import trust
