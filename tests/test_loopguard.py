@@ -120,6 +120,8 @@ def test_the_summarizer_stops_a_looping_answer_on_the_real_server(served):
     assert first.finish_reason == "loop" and first.completion_tokens < 64, first
     assert any(m.startswith("loop guard:") for m in said), said
     assert s.loops >= 1 and "loop guard" in str(s)
+    # stopped before 40 words: asked once more, warmer (a second request), the longer answer kept
+    assert any(m.startswith("the loop guard kept only") for m in said) and len(s.calls) == 2, said
     assert not text_stats(s.text).repeated_sentences, s.text
     # the server is free again: the next request is answered
     r = served.client().chat.completions.create(model=served.alias, max_tokens=4,
