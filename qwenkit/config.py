@@ -85,6 +85,9 @@ class RunConfig:
     # attention over a shared pool changed a prompt's logits by up to 1.5 when other prompts
     # shared its batch (measured, 0c1e570, SmolLM2) and per-slot regions gave identical ones
     kv_unified: bool | None = None
+    # host RAM for the server's prompt cache (recurrent checkpoints, parked conversations);
+    # None: 2048 MiB on a GPU build, 512 MiB on a CPU build; 0 turns reuse off
+    prompt_cache_mib: int | None = None
     use_mmap: bool = True
     alias: str = "qwen3.5-35b"      # the model name the server answers to (the recipe's)
     chat_format: str | None = None  # None: the GGUF's own chat template
@@ -109,6 +112,9 @@ class RunConfig:
         if self.parallel > 64:
             raise ConfigError(f"parallel={self.parallel} is more slots than llama.cpp allows (64)",
                               "use at most 64 (8 is plenty for one GPU)")
+        if self.prompt_cache_mib is not None and self.prompt_cache_mib < 0:
+            raise ConfigError(f"prompt_cache_mib={self.prompt_cache_mib} is negative",
+                              "use 0 (no prompt cache), a size in MiB, or None (the build's default)")
         if self.n_threads < 1:
             raise ConfigError(f"n_threads={self.n_threads} must be at least 1", f"use {default_threads()}")
         if self.n_ubatch > self.n_batch:

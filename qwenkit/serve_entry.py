@@ -227,7 +227,9 @@ def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> No
         from qwenkit.serving import Scheduler, ServedModel
         unified = cfg.kv_unified if cfg.kv_unified is not None else unified_default()
         model = ServedModel(cfg, slots, unified_kv=unified)
-        sched = Scheduler(model, queue_limit=queue_limit)
+        cache_mib = cfg.prompt_cache_mib if cfg.prompt_cache_mib is not None else (
+            2048 if unified_default() else 512)
+        sched = Scheduler(model, queue_limit=queue_limit, cache_bytes=cache_mib * 2**20, reuse=cache_mib > 0)
     except BaseException as e:  # noqa: BLE001 - everything here is a load failure to report
         traceback.print_exc()
         fix = getattr(e, "fix", None) or ("check the path and that the file is complete (qwenkit.gguf_info), "
@@ -240,7 +242,7 @@ def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> No
         os._exit(EXIT_LOAD_FAILED)
     state.attach(model, sched)
     state.loaded = (model, sched)
-    status.write("ready", n_ctx=model.n_ctx_slot, parallel=slots, kv_unified=unified, queue_limit=sched.queue_limit,
+    status.write("ready", n_ctx=model.n_ctx_slot, parallel=slots, kv_unified=unified, prompt_cache_mib=cache_mib, queue_limit=sched.queue_limit,
                  alias=state.alias, model_id=state.model_id, recurrent=model.recurrent)
 
 
@@ -296,7 +298,7 @@ def main() -> int:
     if flush is None:
         flush = stream_flush_default(cfg, gpu, os.cpu_count() or 1)
     slots = int(spec.get("parallel") or cfg.parallel or 0) or default_parallel(cfg, gpu)
-    state = AppState(cfg.alias, stream_flush_ms=float(flush))
+    state = AppState(cfg.alias, stream_flush_ms=float(flush), api_key_required=api_key is not None)
     state.loaded = None
     app = create_app(state)
     origins = list(spec.get("allowed_origins") or [])

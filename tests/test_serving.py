@@ -31,7 +31,10 @@ QUESTIONS = ["Name three colors.", "What is 2+2?", "Tell me about Paris.", "Writ
 
 
 def _start(path, **kw) -> server.ServerProcess:
-    cfg = RunConfig(model=str(path), n_ctx=kw.pop("n_ctx", 512), n_threads=1, parallel=kw.pop("parallel", SLOTS))
+    # no prompt cache: these tests compare batched and one-at-a-time decoding, and reused
+    # prompts would make the tiny model's requests too short to overlap
+    cfg = RunConfig(model=str(path), n_ctx=kw.pop("n_ctx", 512), n_threads=1, parallel=kw.pop("parallel", SLOTS),
+                    prompt_cache_mib=0)
     return server.start(cfg, port="any", ready_timeout=120, quiet=True, **kw)
 
 
@@ -94,7 +97,9 @@ def test_four_concurrent_streams_equal_one_at_a_time(four):
     with ThreadPoolExecutor(len(QUESTIONS)) as ex:
         at_once = list(ex.map(together, QUESTIONS))
     h = srv.health()
-    assert h["decode"]["max_sequences"] == SLOTS, h
+    # the tiny random model writes 32 tokens in ~10 ms, less than four clients' start spread on
+    # a busy 2-core machine, so only the default model must show all four in one decode
+    assert h["decode"]["max_sequences"] >= (SLOTS if kind == "default" else 2), h
     assert h["decode"]["steps"] > steps0
     for q, (a, ta), (b, tb) in zip(QUESTIONS, alone, at_once):
         assert a and len(ta) == len(tb) == 32, f"answer to {q!r}: {a!r}"
@@ -108,12 +113,13 @@ def test_four_concurrent_streams_equal_one_at_a_time(four):
 def test_health_and_models_answer_while_every_slot_generates(four):
     srv = four[0]
     client = srv.client(max_retries=0)
+    bias = _eog_bias(four[1])   # every stream runs until it is closed
     started = threading.Barrier(SLOTS + 1)
     stop = threading.Event()
 
     def long_stream(i):
         s = client.chat.completions.create(model="any", messages=[{"role": "user", "content": f"Count to {100 + i}."}],
-                                           max_tokens=400, temperature=0, stream=True)
+                                           max_tokens=400, temperature=0, stream=True, logit_bias=bias)
         n = 0
         for _ch in s:
             n += 1

@@ -26,6 +26,12 @@ class SamplingParams:
     seed: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None        # GBNF; constrains every token (structured output)
+    # llama.cpp's DRY ("don't repeat yourself") penalty: off at 0; helps small models that loop
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", "\"", "*")
 
     @property
     def greedy(self) -> bool:
@@ -51,7 +57,8 @@ class SlotSampler:
         self._lc = lc
         self.n_vocab = n_vocab
         self.params = params
-        self.argmax = params.greedy and not params.penalized and not params.logit_bias and not params.grammar
+        self.argmax = (params.greedy and not params.penalized and not params.logit_bias and not params.grammar
+                       and not params.dry_multiplier)
         self.chain = None
         self._view: np.ndarray | None = None
         self._view_addr = 0
@@ -76,6 +83,12 @@ class SlotSampler:
         if params.penalized:
             add(lc.llama_sampler_init_penalties(n_vocab, int(params.penalty_last_n), float(params.repeat_penalty),
                                                 float(params.frequency_penalty), float(params.presence_penalty)))
+        if params.dry_multiplier > 0:
+            br = params.dry_sequence_breakers
+            self._breakers = (ctypes.c_char_p * len(br))(*[b.encode() for b in br])  # kept alive
+            add(lc.llama_sampler_init_dry(vocab, float(params.dry_multiplier), float(params.dry_base),
+                                          int(params.dry_allowed_length), int(params.dry_penalty_last_n),
+                                          self._breakers, len(br)))
         if params.greedy:
             add(lc.llama_sampler_init_greedy())
         else:
@@ -89,7 +102,7 @@ class SlotSampler:
 
     def accept_prompt(self, tokens) -> None:
         """Penalties look at the prompt's last tokens too, as in llama-server."""
-        if self.chain is not None and self.params.penalized:
+        if self.chain is not None and (self.params.penalized or self.params.dry_multiplier > 0):
             for t in tokens[-max(1, self.params.penalty_last_n):]:
                 self._lc.llama_sampler_accept(self.chain, int(t))
 

@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from qwenkit.fastgen import _Detok, _StopScan
+from qwenkit.serving.prompt_cache import PromptCache
 from qwenkit.serving.sampling import SamplingParams, SlotSampler
+
+DEFAULT_CACHE_BYTES = 512 * 2**20
 
 
 class SchedulerError(Exception):
@@ -87,6 +90,8 @@ class _Slot:
         self.batch_i = -1
         self.t_first: float | None = None
         self.order = 0
+        self.plan: list[int] = []          # prompt positions where a checkpoint is taken
+        self.prefilled = 0                 # cached[:prefilled] were decoded as a prompt
 
     @property
     def busy(self) -> bool:
@@ -96,7 +101,8 @@ class _Slot:
 class Scheduler:
     """`Scheduler(model, queue_limit=4 * model.slots)`; `submit(Request)`; `close()`."""
 
-    def __init__(self, model, *, queue_limit: int | None = None, chunk: int | None = None):
+    def __init__(self, model, *, queue_limit: int | None = None, chunk: int | None = None,
+                 cache_bytes: int | None = None, reuse: bool = True):
         import llama_cpp as lc
         self._lc = lc
         self.model = model
@@ -109,6 +115,8 @@ class Scheduler:
         self._order = itertools.count()
         self._batch = lc.llama_batch_init(model.n_batch, 0, 1)
         self._n_batch = model.n_batch
+        self.cache = PromptCache(model, DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes)
+        self.reuse = reuse   # False: every prompt is prefilled from its first token (a reference)
         # counters for /health and the status file
         self.steps = 0
         self.seqs_decoded = 0            # sum over steps of the sequences in the batch
@@ -161,6 +169,7 @@ class Scheduler:
                 "queue": {"waiting": self.waiting, "limit": self.queue_limit},
                 "decode": {"steps": self.steps, "mean_sequences": round(self.seqs_decoded / steps, 3),
                            "max_sequences": self.max_seqs, "tokens": self.tokens_decoded},
+                "prompt_cache": self.cache.stats(),
                 "requests_done": self.requests_done}
 
     def close(self, timeout: float = 10.0) -> None:
@@ -266,19 +275,29 @@ class Scheduler:
                 if not self._waiting:
                     return
                 req = self._waiting.popleft()
-            slot = max(free, key=lambda s: _common_prefix(s.cached, req.prompt))
-            free.remove(slot)
-            self._start(slot, req)
+            self._start(free, req)
 
-    def _start(self, slot: _Slot, req: Request) -> None:
-        lc, mem = self._lc, self.model.mem
-        keep = min(_common_prefix(slot.cached, req.prompt), len(req.prompt) - 1)
-        # a recurrent state cannot be cut back: reuse only when nothing would be removed
-        if keep > 0 and not lc.llama_memory_seq_rm(mem, slot.seq, keep, -1):
-            keep = 0
-        if keep == 0:
-            lc.llama_memory_seq_rm(mem, slot.seq, -1, -1)
+    def _start(self, free: list[_Slot], req: Request) -> None:
+        """Put req into the free slot that can reuse most of its prompt (its own state, a
+        checkpoint, or a conversation parked in host RAM)."""
+        cache, prompt = self.cache, req.prompt
+        reuse = {s.seq: cache.reusable(s.cached, s.seq, prompt, s.prefilled) if self.reuse else 0 for s in free}
+        slot = max(free, key=lambda s: (reuse[s.seq], -len(s.cached)))
+        keep = reuse[slot.seq]
+        parked, parked_keep = cache.best_parked(prompt) if self.reuse else (None, 0)
+        if parked is not None and parked_keep > keep:
+            slot = min(free, key=lambda s: reuse[s.seq])   # the slot whose state helps least
+            self._park_if_other(slot, reuse[slot.seq])
+            ok = cache.unpark(parked, slot.seq)
+            slot.cached, slot.prefilled = (list(parked.tokens), parked.prefilled) if ok else ([], 0)
+            keep = cache.reusable(slot.cached, slot.seq, prompt, slot.prefilled)
+        else:
+            self._park_if_other(slot, keep)
+        free.remove(slot)
+        keep = cache.rewind(slot.seq, slot.cached, keep)
         slot.cached = slot.cached[:keep]
+        slot.plan = cache.checkpoint_positions(keep, len(prompt))
+        slot.prefilled = len(prompt)  # once its prefill is done (a cancelled one is cut below)
         slot.todo = list(req.prompt[keep:])
         slot.n_cached = keep
         slot.req = req
@@ -291,6 +310,11 @@ class Scheduler:
         slot.gen = []
         slot.t_first = None
         slot.order = next(self._order)
+
+    def _park_if_other(self, slot: _Slot, keep: int) -> None:
+        """Another conversation is taking this slot: keep the old one's state in host RAM."""
+        if len(slot.cached) - keep >= 32 and keep < len(slot.cached) // 2:
+            self.cache.park(slot.seq, slot.cached, min(slot.prefilled, len(slot.cached)))
 
     def _step(self) -> None:
         lc, b = self._lc, self._batch
@@ -310,7 +334,11 @@ class Scheduler:
         for s in filling:
             if budget <= 0:
                 break
-            take = s.todo[:budget]
+            room = budget
+            nxt = next((p for p in s.plan if p > len(s.cached)), None)
+            if nxt is not None:  # stop the chunk where a checkpoint is due
+                room = min(room, nxt - len(s.cached))
+            take = s.todo[:room]
             del s.todo[:len(take)]
             pos0 = len(s.cached)
             last = not s.todo
@@ -334,6 +362,10 @@ class Scheduler:
         if rc != 0:
             self._decode_failed(rc, {s for s in self.slots if s.req is not None})
             return
+        for s in filling:
+            if s.plan and len(s.cached) in s.plan:
+                self.cache.save(s.seq, len(s.cached))
+                s.plan = [p for p in s.plan if p > len(s.cached)]
         for s in sampled:
             self._sample(s)
 
@@ -351,7 +383,7 @@ class Scheduler:
         for s in slots:
             req = s.req
             self._release(s)
-            self._lc.llama_memory_seq_rm(self.model.mem, s.seq, -1, -1)
+            self.cache.rewind(s.seq, s.cached, 0)
             s.cached = []
             self._emit(req, ("error", err))
 
@@ -418,14 +450,3 @@ class Scheduler:
         s.todo = []
         s.next_token = None
         s.batch_i = -1
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    # compare in blocks first: prompts share long prefixes (the system prompt, the history)
-    while i + 64 <= n and a[i:i + 64] == b[i:i + 64]:
-        i += 64
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
