@@ -127,3 +127,37 @@ def test_the_summarizer_stops_a_looping_answer_on_the_real_server(served):
     r = served.client().chat.completions.create(model=served.alias, max_tokens=4,
                                                 messages=[{"role": "user", "content": "Hi"}])
     assert r.choices[0].finish_reason
+
+
+@pytest.mark.slow
+def test_closing_the_stream_at_a_loop_stops_the_server_generating(served):
+    """The guard's stop is a real cancel: the server's decode counter stops, far short of max_tokens."""
+    import time
+
+    import httpx
+
+    from qwenkit.summarize import SYSTEM_PROMPTS, WHOLE_PROMPTS
+    doc = "The cache holds keys and values. " * 30    # the default model echoes it in a loop
+    messages = [{"role": "system", "content": SYSTEM_PROMPTS["en"]},
+                {"role": "user", "content": WHOLE_PROMPTS["en"].format(text=doc)}]
+    prompt = served.client().chat.completions.create(model=served.alias, max_tokens=1,
+                                                     messages=messages).usage.prompt_tokens
+    health = served.base_url.rsplit("/v1", 1)[0] + "/health"
+    before = httpx.get(health).json()["decode"]["tokens"]
+    guard = LoopGuard.for_language("en")
+    stream = served.client().chat.completions.create(model=served.alias, max_tokens=600, temperature=0.0,
+                                                     stream=True, messages=messages)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            guard.feed(chunk.choices[0].delta.content)
+            if guard.looped:
+                stream.close()
+                break
+    assert guard.looped, guard.raw
+    time.sleep(1.0)      # the scheduler frees the slot at its next step
+    h1 = httpx.get(health).json()
+    time.sleep(1.0)
+    h2 = httpx.get(health).json()
+    assert h1["decode"]["tokens"] == h2["decode"]["tokens"] and h2["slots"]["busy"] == 0, (h1, h2)
+    generated = h2["decode"]["tokens"] - before - prompt    # the counter counts prompt tokens too
+    assert generated < 100, (prompt, before, h2)             # a few dozen tokens, not 600
