@@ -176,7 +176,11 @@ def main() -> int:
         if "LiteLLM proxy" in paths:
             print("  LiteLLM answers GET /v1/models from its own config (no server behind it): only the chat row compares.")
         if args.json:
-            Path(args.json).write_text(json.dumps({"host": host, "rounds": args.rounds, "rows": rows, "notes": notes}, indent=1))
+            from qwenkit import bench
+            meta = bench.machine_info()
+            meta.setdefault("model", "SmolLM2-135M-Instruct.Q4_1.gguf")
+            Path(args.json).write_text(json.dumps({"meta": meta, "host": host, "rounds": args.rounds, "rows": rows,
+                                                   "notes": notes}, indent=1))
         return 0
     finally:
         for p in procs:
