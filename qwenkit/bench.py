@@ -690,14 +690,20 @@ def table(results: Sequence[BenchResult], baseline: Callable[[BenchResult], Benc
     return _md(head, rows)
 
 
-def html(markdown: str):
+def html(markdown: str, trust_of: Sequence[BenchResult] | None = None):
     """A pipe table (table(), quality.table()) as a qwenkit.htmltable.Table: a notebook shows it
-    as an HTML table (printed text tables wrap into unreadable lines), print() as text."""
+    as an HTML table (printed text tables wrap into unreadable lines), print() as text.
+    trust_of: the results behind the rows, in order: adds a "trust" column (qwenkit.trust.judge)."""
     from qwenkit.htmltable import Table
+    from qwenkit.trust import judge
     lines = [l.strip() for l in markdown.strip().splitlines() if l.strip().startswith("|")]
     cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    head = cells[0] if cells else []
     rows = [r for r in cells[1:] if not all(set(c) <= set("-:") for c in r)]
-    return Table(cells[0] if cells else [], rows)
+    if trust_of is not None:
+        head = [*head, "trust"]
+        rows = [[*row, judge(r).short if r.rates else "-"] for row, r in zip(rows, trust_of)]
+    return Table(head, rows)
 
 
 def _md(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -188,7 +188,7 @@ def diagnose(build: BuildInfo | None = None, gpus: list[GPU] | None = None,
         advice += [
             "everything runs on the CPU: decode speed is bounded by RAM bandwidth divided by the "
             "bytes read per token (about 2 GB for Qwen3.5-35B-A3B at Q4_K_M), so expect a few to "
-            "~15 tok/s for the 35B model on a desktop; the small default model decodes about 150 tok/s "
+            "~15 tok/s for the 35B model on a desktop; the small default model decodes 150-200 tok/s "
             "on a quiet 2-core machine (llama-bench tg128 measured 155-197 there; a busy one measures less)",
             "the kit, its notebooks and tests all work here on the small default model",
         ]

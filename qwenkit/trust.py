@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 MAX_SPREAD = 0.10        # relative sd of repeated runs above which a figure is too noisy
 MAX_BUSY = 0.15          # share of all cores other programs may use before the machine is "busy"
-SIGNIFICANCE = 3.0       # a difference counts when it exceeds this many standard errors ...
+SIGNIFICANCE = 3.0       # a difference counts when it exceeds this many standard errors (more
+                         # with few runs: Student's t, see _critical) ...
 MIN_EFFECT = 0.02        # ... and this relative size (smaller differences do not matter here)
 
 
@@ -178,6 +179,18 @@ class Verdict:
     def __bool__(self) -> bool:
         return self.trusted
 
+    @property
+    def short(self) -> str:
+        """A table cell: "ok", or what is wrong ("busy", "spread 44%", "1 run")."""
+        f, out = self.figure, []
+        if len(f.values) < 2:
+            out.append(f"{len(f.values)} run")
+        elif any(r.startswith("spread") for r in self.reasons):
+            out.append(f"spread {f.spread:.0%}")
+        if any(r.startswith("machine busy") for r in self.reasons):
+            out.append("busy")
+        return ", ".join(out) or "ok"
+
 
 def busy_reason(machine: dict[str, Any], max_busy: float = MAX_BUSY) -> tuple[str | None, str]:
     """(why the machine was too busy, or None; what was seen) for a Probe.record()."""
@@ -225,6 +238,15 @@ class Conclusion:
 
 
 _WORDS = {True: ("faster", "slower"), False: ("lower", "higher")}
+# Student's t, two-sided 99 %, by degrees of freedom (beyond 30: 2.75 and falling to 2.58)
+_T99 = {1: 63.66, 2: 9.925, 3: 5.841, 4: 4.604, 5: 4.032, 6: 3.707, 7: 3.499, 8: 3.355, 9: 3.250,
+        10: 3.169, 15: 2.947, 20: 2.845, 30: 2.750}
+
+
+def _critical(df: int) -> float:
+    """How many standard errors a difference must exceed, for df degrees of freedom."""
+    t = next((v for k, v in sorted(_T99.items()) if df <= k), 2.75)
+    return max(SIGNIFICANCE, t)
 
 
 def compare(a: Any, b: Any, what: str = "runs", max_spread: float = MAX_SPREAD,
@@ -242,7 +264,10 @@ def compare(a: Any, b: Any, what: str = "runs", max_spread: float = MAX_SPREAD,
         return Conclusion(f"not conclusive ({fa.label} vs {fb.label}: {nums}): " + "; ".join(why),
                           False, "unknown", ratio, (va, vb))
     ratio = fa.mean / fb.mean
-    noise = SIGNIFICANCE * math.hypot(fa.sem, fb.sem)   # relative, for the ratio
+    # relative noise of the ratio; with 3 runs a standard deviation is itself uncertain, so the
+    # multiplier is Student's t (two-sided 99 %) for the smaller sample, at least SIGNIFICANCE
+    df = min(len(fa.values), len(fb.values)) - 1
+    noise = _critical(df) * math.hypot(fa.sem, fb.sem)
     diff = ratio - 1.0
     spreads = f"spread {fa.spread:.1%} and {fb.spread:.1%}"
     if abs(diff) <= max(noise, MIN_EFFECT):

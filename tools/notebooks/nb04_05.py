@@ -13,8 +13,8 @@ written, which of `llama_cpp.server`'s defaults hurt (memory, speed, streams cut
 web pages) and how the kit avoids each one, how one GPU serves a room of users at once (sequence
 slots), and how to check, log and stop the server.
 
-**Time:** under a minute with the small default model on a 2-core machine (30 s measured while
-other programs took 1.35 of its 2 cores); loading Qwen3.5-35B-A3B adds its load time (tens of
+**Time:** under a minute with the small default model on a 2-core machine (measured: 6 s quiet,
+30 s while other programs took 1.35 of its 2 cores); loading Qwen3.5-35B-A3B adds its load time (tens of
 seconds from a fast disk). **Needs:** the kit installed (`make setup`). A GPU is optional;
 put the model you downloaded in notebook 02 (and the config you fitted in notebook 03) in the
 parameters below.
@@ -193,11 +193,11 @@ split at paragraph and sentence boundaries (Japanese `。` too), counted with th
 tokenizer, summarized part by part and combined (map-reduce), streamed as it is written, with the
 numbers that tell you how fast it ran.
 
-**Time:** about 1 minute with the small default model on a quiet 2-core CPU machine: the summary
-itself reads about 3,100 prompt tokens and writes about 300 (at the 460 and 150 tok/s such a machine
-measures quietly, 10-20 s). While other programs kept one of the two cores busy, we measured 100 s
-for the whole notebook and up to 270 s for the summary: section 3 prints the time next to the
-statement and says whether your machine was quiet. With Qwen3.5-35B-A3B on a GPU, about as long as
+**Time:** about 15 seconds with the small default model on a quiet 2-core CPU machine (measured:
+13 s for the notebook, 10 s for the summary, which reads about 3,100 prompt tokens and writes about
+300). While other programs kept one of the two cores busy, we measured 100 s for the notebook and
+up to 270 s for the summary: section 3 prints the time next to the statement and says whether your
+machine was quiet. With Qwen3.5-35B-A3B on a GPU, about as long as
 its answer takes to write.
 
 **What the small default model can and cannot do.** Without a model of your own, this notebook
@@ -217,7 +217,7 @@ LANGUAGE = None      # "ja" (the recipe's) or "en"; None: "en" for the small def
 N_CTX = 2048         # the server's context; the recipe uses 8192
 MAX_TOKENS = 128     # the recipe uses 1000; small here so the small model finishes quickly
 TEMPERATURE = None   # None: 0.0 for the small default model, the summarizer's 0.2 otherwise
-STATED_SECONDS = (10, 60)   # what a quiet 2-core machine takes for section 3's summary (measured)"""),
+STATED_SECONDS = (5, 30)    # what a quiet 2-core machine takes for section 3's summary (measured 10 s)"""),
 md("""## 1. A server and a document"""),
 code("""from pathlib import Path
 from qwenkit import server, summarize

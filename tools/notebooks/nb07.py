@@ -11,9 +11,9 @@ against llama.cpp (and how the kit gets it back); what a server costs on top; wh
 cache ("q8_0 is a free lunch that speeds up inference") really speeds anything up; and what it costs in
 quality, measured as perplexity and KL divergence the way llama.cpp's `llama-perplexity` does.
 
-**Time:** about 3 minutes with the parameters below on the small default model on a 2-core machine
-(180 s measured while other programs kept it busy; each test repeats until its mean is known within
-±3 % or 5 s pass, so a quiet machine takes less); a real run (r=5, p=512,
+**Time:** under a minute with the parameters below on the small default model on a quiet 2-core
+machine (measured 40 s; 180 s while other programs kept it busy: each test repeats until its mean
+is known within ±3 % or 5 s pass); a real run (r=5, p=512,
 n=128) on Qwen3.5-35B-A3B takes 5-10 minutes. **Needs:** the kit installed (`make setup`). Optional:
 llama.cpp's own tools built from the same sources (`scripts/build_tools.sh`, ~10 minutes once on 2 cores)
 for the side-by-side comparison; without them those cells say how to get them and move on.
@@ -85,7 +85,7 @@ paths = []
 for path in bench.PATHS:
     paths += bench.bench(llm, p=N_PROMPT, n=N_GEN, path=path, config=cfg, **REPEAT)
 ceiling = {r.test: r for r in paths if r.path == "decode"}
-display(bench.html(bench.table(paths, baseline=lambda r: ceiling.get(r.test))))
+display(bench.html(bench.table(paths, baseline=lambda r: ceiling.get(r.test)), trust_of=paths))
 bench.plot(paths, title="same model, three generation paths");
 """),
 ("md", """
@@ -118,8 +118,8 @@ else:
     for r in lb:
         r.extra["machine"] = probe.record()
     ref = {r.test: r for r in lb}
-    display(bench.html(bench.table(lb + [r for r in paths if r.path == "kit"],
-                                            baseline=lambda r: ref.get(r.test))))
+    both = lb + [r for r in paths if r.path == "kit"]
+    display(bench.html(bench.table(both, baseline=lambda r: ref.get(r.test)), trust_of=both))
     for r in lb:
         kit = next(k for k in paths if k.path == "kit" and k.test == r.test)
         print(trust.claim_line(f"the kit's {r.test} is within a few % of llama-bench",
@@ -184,7 +184,8 @@ for k, v in pairs:
             r.extra["setting"] = f"{k}/{v}"
             kv_rows.append(r)
 f16 = {r.test: r for r in kv_rows if r.extra["setting"] == "f16/f16"}
-display(bench.html(bench.table(kv_rows, baseline=lambda r: f16.get(r.test), columns=["type_k", "type_v"])))
+display(bench.html(bench.table(kv_rows, baseline=lambda r: f16.get(r.test), columns=["type_k", "type_v"]),
+                   trust_of=kv_rows))
 kv_claims = []
 for r in kv_rows:
     if r.extra["setting"] != "f16/f16":
