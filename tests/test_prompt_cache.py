@@ -166,3 +166,13 @@ def test_cached_tokens_reach_the_usage_of_the_api(served):
              {"role": "user", "content": "Again."}]
     second = client.chat.completions.create(model="x", messages=msgs, max_tokens=4, temperature=0)
     assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 8
+
+
+def test_in_kernel_chat_session_keeps_its_prefix(hybrid_path):
+    from qwenkit.serving.chat import ChatSession
+    with ChatSession(RunConfig(model=str(hybrid_path), n_ctx=1024, n_threads=1), system="Be brief.",
+                     max_tokens=8) as chat:
+        a = chat.ask("What is a GGUF file?")
+        b = chat.ask("And why quantize it?")
+        assert a.cached_tokens == 0 and b.cached_tokens >= a.prompt_tokens - 8
+        assert len(chat.messages) == 5 and chat.messages[-1]["role"] == "assistant"
