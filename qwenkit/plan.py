@@ -245,7 +245,7 @@ class MemoryPlan:
         out.append(Row("KV cache", f"K {self.cfg.type_k}, {self.kv_cells} cells", *self.kv_k))
         out.append(Row("KV cache", f"V {self.cfg.type_v}", *self.kv_v))
         if self.recurrent_bytes:
-            out.append(Row("recurrent state", "conv + SSM state, f32, 1 sequence", *self.recurrent))
+            out.append(Row("recurrent state", f"conv + SSM state, f32, {slots_of(self.cfg)} sequence(s)", *self.recurrent))
         out.append(Row("compute buffers", f"n_ubatch {batch_sizes(self.cfg, max(self.kv_cells, 1))[1]}",
                        *self.compute))
         out.append(Row("output buffer", "logits of one token", 0, self.output_buffer))
