@@ -109,10 +109,12 @@ def test_probe_sees_another_program_burn_cpu():
     try:
         with trust.Probe() as p:
             time.sleep(1.8)
+        child_cores = trust._proc_cpu_s(child.pid) / p.wall   # what it got (less on a busy machine)
     finally:
         child.wait()
     rec = p.record()
-    assert rec["others_cores"] >= 0.6 and rec["seconds"] >= 1.8 and rec["cores"] == trust.cores()
+    assert child_cores > 0.2 and rec["others_cores"] >= child_cores - 0.1, (child_cores, rec)
+    assert rec["seconds"] >= 1.8 and rec["cores"] == trust.cores()
 
 
 def test_probe_counts_the_pids_it_is_given_as_ours():
@@ -124,9 +126,11 @@ def test_probe_counts_the_pids_it_is_given_as_ours():
     try:
         with trust.Probe() as theirs, trust.Probe(pids=[child.pid]) as ours:
             time.sleep(1.8)   # the child has finished, not yet reaped: its CPU time is still readable
+        child_cores = trust._proc_cpu_s(child.pid) / ours.wall
     finally:
         child.wait()
-    assert theirs.others_cores - ours.others_cores >= 0.6, (theirs.record(), ours.record())
+    assert child_cores > 0.2, child_cores
+    assert abs((theirs.others_cores - ours.others_cores) - child_cores) < 0.15, (child_cores, theirs.record(), ours.record())
 
 
 # ---- bench repeats until its spread is small or time runs out ---------------------------------
