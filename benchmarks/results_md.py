@@ -32,6 +32,8 @@ TITLES = {
     "gpu_h200_server_ab": "H200: A/B of a wake-up variant that was dropped, and of CPU threads",
     "concurrency_cpu": "2-core CPU: users at once, the kit's server (N slots) vs llama-server -np N --kv-unified",
     "concurrency_h200": "H200: users at once, the kit's server (N slots) vs llama-server -np N --kv-unified",
+    "multiturn_cpu": "2-core CPU: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
+    "multiturn_h200": "H200: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
 }
 
 
@@ -147,6 +149,48 @@ def concurrency_table(rows: list[dict]) -> str:
     return _md(head, out)
 
 
+def multiturn_tables(summaries: list[dict]) -> str:
+    """benchmarks/multiturn.py's scenarios: per turn the time to first token of the kit's
+    server (prompt cache on), the same server with the cache off, and llama-server (median over
+    the scenario's conversations, max in brackets when there are several), prompt and reused
+    tokens, the per-turn ratios; then turns 2-T overall and the issue's targets."""
+    parts = []
+    for sm in summaries:
+        many = sm["conversations"] > 1
+        t = lambda d: _f(d.get("ttft_s"), "{:.3f}") + (f" ({_f(d.get('ttft_max_s'), '{:.3f}')})" if many else "")
+        head = ["turn", "prompt tokens", "new share", "kit cached", "llama-server reused", "kit TTFT (s)",
+                "cache off TTFT (s)", "llama-server TTFT (s)", "kit / llama-server", "kit / cache off"]
+        rows = []
+        for r in sm["per_turn"]:
+            k, o, n = r["kit"], r["kit_cache_off"], r["llama_server"]
+            rows.append([str(r["turn"]), _f(k.get("prompt_tokens"), "{:.0f}"), _f(r.get("new_share"), "{:.3f}"),
+                         _f(k.get("cached_tokens"), "{:.0f}") + ("" if k.get("cached_ok") in (None, True) else " (short)"),
+                         _f(n.get("cache_n"), "{:.0f}"), t(k), t(o), t(n),
+                         _f(r.get("ratio_llama_server"), "{:.2f}"), _f(r.get("ratio_kit_cache_off"), "{:.3f}")])
+        ov = sm["overall"]
+        title = f"{sm['conversations']} conversation{'s interleaved turn by turn' if many else ''}"
+        parts += [f"#### {title} ({sm['status']})", "", _md(head, rows), ""]
+        head2 = ["turns " + str(ov.get("turns")), "kit", "cache off", "llama-server"]
+        rows2 = [["TTFT median (s)", *[_f(ov[s]["ttft_median_s"], "{:.3f}") for s in ("kit", "kit_cache_off", "llama_server")]],
+                 ["TTFT max (s)", *[_f(ov[s]["ttft_max_s"], "{:.3f}") for s in ("kit", "kit_cache_off", "llama_server")]]]
+        for ref, lab in (("llama_server", "kit / llama-server"), ("kit_cache_off", "kit / cache off")):
+            o = ov[f"ratio_{ref}"]
+            ok = "-" if o["meets_target_median"] is None else (
+                "met" if o["meets_target_max"] else ("median met, max not" if o["meets_target_median"] else "not met"))
+            rows2.append([f"{lab}: per-turn ratio median / max; of summed TTFT",
+                          f"{_f(o['median'], '{:.3f}')} / {_f(o['max'], '{:.3f}')}; {_f(o['of_sums'], '{:.3f}')}",
+                          f"target <= {o['target']}", ok])
+        parts += [_md(head2, rows2), "",
+                  f"New share: the tokens added since the previous prompt / the whole prompt (the kit's "
+                  f"prompts), the least a perfect prefix cache prefills; over turns {ov.get('turns')} "
+                  f"{_f(ov.get('new_share_of_sums'), '{:.3f}')} of all prompt tokens (median per turn "
+                  f"{_f(ov.get('new_share_median'), '{:.3f}')}). "
+                  f"Kit cached_tokens >= previous prompt - 8 on {ov['kit_cached_ok']} turns; answers "
+                  f"{', '.join(str(x) for x in ov['completion_tokens'])} tokens, finish "
+                  f"{', '.join(ov['finish_reasons'])}; errors {ov['errors']}.", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
 def files() -> list[Path]:
     all_ = sorted(RESULTS.glob("*.json"))
     first = [RESULTS / n for n in ORDER if (RESULTS / n).is_file()]
@@ -172,6 +216,9 @@ def render() -> str:
                 cc = doc["client_ceiling"]
                 parts += [f"The client (one thread and connection per user) took in {cc['events_per_s']:,.0f} "
                           f"events/s from a stand-in server over {cc['users']} streams.", ""]
+        if doc.get("multiturn"):
+            parts += ["### Multi-turn chats: time to first token per turn (ratio < 1 is the kit faster)", "",
+                      multiturn_tables(doc["multiturn"])]
         if doc.get("quality"):
             parts += ["### Quality and cost per KV type", "", _quality_table(doc["quality"], doc.get("speed")), ""]
             if doc.get("speed_note"):

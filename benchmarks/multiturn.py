@@ -1,0 +1,612 @@
+"""Multi-turn chats (issue 14): time to first token per turn from the kit's server with its
+prompt cache, the same server with the cache off (the cold prefill of the same conversation
+each turn), and llama.cpp's own `llama-server` with its prompt reuse (context checkpoints,
+host-RAM prompt cache, its defaults), all three loaded side by side in ONE run, same build,
+model and flags.
+
+    # 2-core CPU, the default model (SmolLM2-135M), 10 turns x 500 new tokens, --threads 1
+    # (a shared machine). The cache-off server prefills every turn's whole history, the
+    # expensive part: the committed run, --turns 5, took 471 s at load 3-4.9 (cache off 253 s of
+    # it); 10 turns would be ~20 min at that load:
+    python benchmarks/multiturn.py              # writes benchmarks/results/multiturn_cpu.json
+    python benchmarks/multiturn.py --model /path/qwen35moe-synthetic.gguf --out benchmarks/results/multiturn_cpu_qwen35moe.json
+
+    # GPU (H200), the full-size random synthetic Qwen3.5-35B-A3B (written once, ~15 s), 10 turns
+    # x 1500 new tokens, 1 and 4 conversations, ~3-4 min (estimated; --budget 390 s stops it
+    # between requests, the scenario marked as stopped); the tools and the CUDA wheel from
+    # scripts/device_build.sh first (a separate command of the same lease: ~4.6 min), then the
+    # ONE benchmark command:
+    bash scripts/device_build.sh .carry /tmp/llbuild
+    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 benchmarks/multiturn.py --gpu \
+        --bin-dir /tmp/llbuild/bin --out $OUT/multiturn_h200.json
+    # (--quick: 6 turns; --native-extra "--ctx-checkpoints 0 --cache-ram 0" re-runs it with
+    # llama-server's prompt reuse for hybrid models off). Then, here:
+    # cp <files_at>/multiturn_h200.json benchmarks/results/ && python benchmarks/results_md.py
+
+What is measured:
+- three servers, loaded once and kept for the whole run: "kit" = the kit's server with
+  `RunConfig(n_ctx=N_CTX, parallel=4)` (the prompt cache on, the build's default budget);
+  "kit cache off" = the same with `prompt_cache_mib=0` (no reuse at all: every turn prefills
+  the whole conversation); "llama-server" = `llama-server -c 4*N_CTX -np 4 --kv-unified`
+  (its own prompt reuse at its defaults; --native-extra adds flags). N_CTX (per slot) holds
+  the whole conversation: the tokenized user turns + turns x (answer + 32) + 512, rounded
+  up to 1024 (at least turns x (N + 64) + 512).
+- scenario "1 conversation": T turns (default 10); each user turn adds a passage of ~N new
+  tokens of qwenkit/data/sample_en.txt (N = 1500 with --gpu, 500 on the CPU; a different
+  offset per conversation and turn, with a label and a question around it); answers of 32
+  tokens (greedy; logit_bias -100 on every end-of-generation token so that every answer has
+  32 tokens: --no-eos-bias lets them stop). The assistant's text as the server streamed it is
+  appended to that server's own history, as a real client does (each server continues its own
+  conversation). Thinking off: `chat_template_kwargs={"enable_thinking": false}` (the
+  synthetic Qwen3.5's template, qwenkit.synthetic, honours it; SmolLM2's ignores it).
+- scenario "4 interleaved": 4 conversations A-D sent turn by turn (A1 B1 C1 D1 A2 B2 ...),
+  one request at a time, through the same 4-slot servers.
+- the three servers are asked in lockstep: each request step goes to all three (one after
+  the other, the order rotating from step to step), so load from other processes hits them
+  alike. Before the first scenario every server answers one short warm-up chat.
+- per request: time to first token (send -> first streamed event with text), prompt tokens
+  (usage), for the kit `usage.prompt_tokens_details.cached_tokens` (and whether it is at least
+  the previous turn's prompt - 8, the issue's criterion), for llama-server its `timings`
+  (cache_n: tokens it reused, prompt_n: tokens it computed), the answer's length and finish.
+  Streamed `/v1/chat/completions` through http.client (as qwenkit.bench.stream_completion:
+  the openai package is not among the device's carried wheels), one connection per request.
+- figures: TTFT of turns 2-T, median and max, per server; per turn (matched by conversation
+  and turn) the ratios kit / llama-server and kit / cache off, and overall: the median and max
+  of the per-turn ratios and the ratio of the summed TTFTs (targets of issue 14: <= 1.2 and
+  <= 0.15). The kit's /health "prompt_cache" block after each scenario; the load average
+  before and after each request step.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from qwenkit import bench
+from qwenkit.config import RunConfig, default_threads
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SAMPLE = ROOT / "qwenkit" / "data" / "sample_en.txt"
+SERVERS = ("kit", "kit_cache_off", "llama_server")
+LABEL = {"kit": "kit", "kit_cache_off": "kit cache off", "llama_server": "llama-server"}
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+TARGET_NATIVE, TARGET_COLD = 1.2, 0.15
+
+
+# ---- the conversations --------------------------------------------------------------------------
+def _text() -> str:
+    return " ".join(SAMPLE.read_text(encoding="utf-8").split())
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """llama.cpp's loader log (file descriptor 2) goes nowhere while the vocabulary loads."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class Vocab:
+    """The model's own tokenizer (llama.cpp, the model loaded vocab only: no weights, no context)."""
+
+    def __init__(self, model: str):
+        import llama_cpp as lc
+        self._lc = lc
+        lc.llama_backend_init()
+        mp = lc.llama_model_default_params()
+        mp.vocab_only = True
+        with quiet_stderr():
+            self._model = lc.llama_model_load_from_file(model.encode(), mp)
+        if not self._model:
+            raise bench.BenchError(f"cannot read the vocabulary of {model}")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+
+    def count(self, text: str) -> int:
+        lc, b = self._lc, text.encode("utf-8")
+        buf = (lc.llama_token * (len(b) + 8))()
+        n = lc.llama_tokenize(self._vocab, b, len(b), buf, len(buf), False, False)
+        return n if n >= 0 else -n
+
+    def close(self) -> None:
+        if self._model:
+            self._lc.llama_model_free(self._model)
+            self._model = None
+
+
+def passage(conv: int, turn: int, chars: int) -> str:
+    """~chars characters of the sample text from an offset that differs per (conv, turn),
+    starting at a word, cycling through the text."""
+    text = _text()
+    n = len(text)
+    off = ((conv * 13 + turn) * 1657 + conv * 211) % n
+    off = text.find(" ", off) + 1
+    out, size = [], 0
+    while size < chars:
+        piece = text[off:off + chars - size]
+        out.append(piece)
+        size += len(piece)
+        off = 0
+    body = "".join(out)
+    return body[:body.rfind(" ")] if " " in body[-40:] else body
+
+
+def user_message(label: str, turn: int, turns: int, body: str) -> str:
+    return (f"Conversation {label}, part {turn + 1} of {turns} of a technical report.\n\n{body}\n\n"
+            f"In one sentence: what does part {turn + 1} add?")
+
+
+def build_conversations(vocab: Vocab, labels: list[str], turns: int, new_tokens: int) -> dict[str, list[str]]:
+    """The user turns of each conversation, each ~new_tokens tokens (the passage's size is
+    corrected once by its measured token count)."""
+    text = _text()
+    cpt = len(text) / max(1, vocab.count(text))
+    out = {}
+    for c, lab in enumerate(labels):
+        msgs = []
+        for t in range(turns):
+            chars = int(new_tokens * cpt)
+            body = passage(c, t, chars)
+            n = vocab.count(body)
+            if n and abs(n - new_tokens) > 0.02 * new_tokens:
+                body = passage(c, t, int(chars * new_tokens / n))
+            msgs.append(user_message(lab, t, turns, body))
+        out[lab] = msgs
+    return out
+
+
+# ---- one streamed chat request -------------------------------------------------------------------
+def stream_chat(base_url: str, messages: list[dict], max_tokens: int, *, headers: dict | None = None,
+                extra: dict | None = None, timeout: float = 900) -> dict:
+    """POST {base_url}/chat/completions, stream=true, greedy; times the first event that
+    carries text (content or reasoning_content). Returns the answer's content (what a client
+    appends to its history), usage, llama-server's timings, finish_reason."""
+    u = urllib.parse.urlsplit(base_url.rstrip("/") + "/chat/completions")
+    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
+            "stream_options": {"include_usage": True}, **NO_THINKING, **(extra or {})}
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    try:
+        t_send = time.perf_counter()
+        conn.request("POST", u.path, body=json.dumps(body),
+                     headers={"Content-Type": "application/json", "Accept": "text/event-stream", **(headers or {})})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise bench.BenchError(f"{base_url}: HTTP {resp.status}: {resp.read()[:300]!r}")
+        t_first = t_last = None
+        content, reasoning, events, finish, info = [], [], 0, None, {}
+        while True:
+            line = resp.readline()
+            if not line:
+                break
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            now = time.perf_counter()
+            try:
+                ev = json.loads(data)
+            except ValueError:
+                continue
+            if "error" in ev:
+                raise bench.BenchError(f"{base_url}: the stream reported an error: {ev['error']}")
+            for k in ("usage", "timings"):
+                if ev.get(k):
+                    info[k] = ev[k]
+            ch = (ev.get("choices") or [{}])[0]
+            d = ch.get("delta") or {}
+            got = False
+            if d.get("content"):
+                content.append(d["content"])
+                got = True
+            if d.get("reasoning_content"):
+                reasoning.append(d["reasoning_content"])
+                got = True
+            if got:
+                events += 1
+                t_first = now if t_first is None else t_first
+                t_last = now
+            finish = ch.get("finish_reason") or finish
+        usage, timings = info.get("usage") or {}, info.get("timings") or {}
+        return {"ttft_s": None if t_first is None else t_first - t_send,
+                "answer_s": None if t_last is None else t_last - t_send,
+                "content": "".join(content), "reasoning": "".join(reasoning), "events": events,
+                "finish_reason": finish, "prompt_tokens": usage.get("prompt_tokens", timings.get("prompt_n")),
+                "completion_tokens": usage.get("completion_tokens", timings.get("predicted_n")),
+                "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+                "timings": {k: timings[k] for k in ("cache_n", "prompt_n", "prompt_ms", "predicted_n") if k in timings}}
+    finally:
+        conn.close()
+
+
+# ---- servers --------------------------------------------------------------------------------------
+def eog_bias(model: str) -> dict[str, float]:
+    """logit_bias -100 for every end-of-generation token of the model's vocabulary."""
+    import llama_cpp as lc
+    lc.llama_backend_init()
+    mp = lc.llama_model_default_params()
+    mp.vocab_only = True
+    with quiet_stderr():
+        m = lc.llama_model_load_from_file(model.encode(), mp)
+    try:
+        v = lc.llama_model_get_vocab(m)
+        return {str(t): -100.0 for t in range(lc.llama_vocab_n_tokens(v)) if lc.llama_vocab_is_eog(v, t)}
+    finally:
+        lc.llama_model_free(m)
+
+
+class Kit:
+    """The kit's server for a RunConfig (qwenkit.server.start on a free port of our choosing,
+    so that two can load at once)."""
+
+    def __init__(self, cfg: RunConfig):
+        from qwenkit import server
+        self.srv = server.start(cfg, port=bench.free_port(), access_log=False, quiet=True, ready_timeout=600)
+        self.base_url = self.srv.base_url
+
+    def headers(self) -> dict:
+        return self.srv.headers()
+
+    def health(self) -> dict:
+        return self.srv.health()
+
+    def stop(self) -> None:
+        self.srv.stop()
+
+
+@contextlib.contextmanager
+def servers(cfg: RunConfig, parallel: int, bin_dir: Path, native_extra: list[str], together: bool):
+    """{"kit", "kit_cache_off", "llama_server"}: the kit's two (parallel slots of cfg.n_ctx
+    each) and llama-server (-c parallel x n_ctx: its total) loaded side by side."""
+    kcfg = cfg.replace(parallel=parallel)
+    ocfg = kcfg.replace(prompt_cache_mib=0)
+    ncfg = cfg.replace(n_ctx=cfg.n_ctx * parallel)
+    nargs = ["-np", str(parallel), "--kv-unified", *native_extra]
+    got: dict[str, Any] = {}
+    try:
+        if together:  # a GPU host: llama-server loads while the kit's two load one after the other
+            with cf.ThreadPoolExecutor(2) as ex:
+                fn = ex.submit(bench.NativeServer, ncfg, bin_dir=bin_dir, extra_args=nargs, ready_timeout=600)
+
+                def kits():
+                    got["kit"] = Kit(kcfg)
+                    got["kit_cache_off"] = Kit(ocfg)
+                fk = ex.submit(kits)
+                errs = [f.exception() for f in (fn, fk)]
+                if fn.exception() is None:
+                    got["llama_server"] = fn.result()
+                if any(errs):
+                    raise next(e for e in errs if e)
+        else:
+            got["kit"] = Kit(kcfg)
+            got["kit_cache_off"] = Kit(ocfg)
+            got["llama_server"] = bench.NativeServer(ncfg, bin_dir=bin_dir, extra_args=nargs, ready_timeout=600)
+        yield {k: got[k] for k in SERVERS}
+    finally:
+        for s in got.values():
+            with contextlib.suppress(Exception):
+                s.stop()
+
+
+def _get(url: str, timeout: float = 5) -> Any:
+    u = urllib.parse.urlsplit(url)
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        c.request("GET", u.path)
+        r = c.getresponse()
+        return json.loads(r.read()) if r.status == 200 else {"status": r.status}
+    except (OSError, ValueError) as e:
+        return {"error": str(e)}
+    finally:
+        c.close()
+
+
+# ---- a scenario -------------------------------------------------------------------------------------
+def run_scenario(name: str, srvs: dict, convs: dict[str, list[str]], max_tokens: int, extra: dict,
+                 loads: list, save, deadline: float | None) -> dict:
+    """Every conversation's turns, interleaved turn by turn (A1 B1 ... A2 B2 ...), each request
+    step sent to the three servers in a rotating order; every server keeps its own history."""
+    labels = list(convs)
+    turns = len(convs[labels[0]])
+    hist = {s: {lab: [] for lab in labels} for s in SERVERS}
+    prev_prompt = {s: {lab: None for lab in labels} for s in SERVERS}
+    recs: list[dict] = []
+    scen = {"name": name, "conversations": labels, "turns": turns, "requests": recs, "status": "complete"}
+    step = 0
+    for t in range(turns):
+        for lab in labels:
+            if deadline is not None and time.monotonic() > deadline:
+                scen["status"] = f"stopped at turn {t + 1} of {turns} (conversation {lab}): past the time budget"
+                print(f"  {name}: {scen['status']}", file=sys.stderr, flush=True)
+                return scen
+            order = list(SERVERS[step % 3:] + SERVERS[:step % 3])
+            step += 1
+            la0 = os.getloadavg()
+            line = []
+            for s in order:
+                srv = srvs[s]
+                msgs = hist[s][lab] + [{"role": "user", "content": convs[lab][t]}]
+                try:
+                    r = stream_chat(srv.base_url, msgs, max_tokens, headers=srv.headers(), extra=extra)
+                except Exception as e:  # noqa: BLE001 - recorded; the conversation goes on
+                    r = {"error": f"{type(e).__name__}: {e}"[:500], "content": ""}
+                answer = r.pop("content")
+                r.pop("reasoning", None)
+                r.update(server=s, conversation=lab, turn=t + 1, answer_chars=len(answer),
+                         answer_head=answer[:60])
+                pp = prev_prompt[s][lab]
+                if s == "kit" and t > 0 and pp is not None and r.get("cached_tokens") is not None:
+                    r["cached_ok"] = r["cached_tokens"] >= pp - 8
+                prev_prompt[s][lab] = r.get("prompt_tokens")
+                hist[s][lab] = msgs + [{"role": "assistant", "content": answer}]
+                recs.append(r)
+                line.append(f"{LABEL[s]} {_f(r.get('ttft_s'), '{:.3f}')} s"
+                            + (f" (cached {r['cached_tokens']})" if r.get("cached_tokens") is not None else "")
+                            + (f" (cache_n {r['timings'].get('cache_n')})" if r.get("timings", {}).get("cache_n") is not None else "")
+                            + (f" ERROR {r['error'][:120]}" if "error" in r else ""))
+            la1 = os.getloadavg()
+            loads.append({"scenario": name, "conversation": lab, "turn": t + 1, "before": list(la0), "after": list(la1)})
+            pt = next((r.get("prompt_tokens") for r in recs[-3:] if r["server"] == "kit"), None)
+            print(f"  {name} {lab}{t + 1} ({pt} prompt tokens): " + "; ".join(line)
+                  + f"; load {la0[0]:.2f}->{la1[0]:.2f}", file=sys.stderr, flush=True)
+            save()
+    return scen
+
+
+# ---- figures -----------------------------------------------------------------------------------------
+def _f(x, fmt="{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(scen: dict) -> dict:
+    """Per turn (all conversations of the scenario), per server: TTFT median / max, prompt and
+    cached tokens; per (conversation, turn) the ratios kit / llama-server and kit / cache off;
+    over turns 2-T: TTFT median and max per server, the per-turn ratios' median and max, the
+    ratio of the summed TTFTs, and whether the issue's targets hold."""
+    by = {(r["server"], r["conversation"], r["turn"]): r for r in scen["requests"]}
+    turns = sorted({r["turn"] for r in scen["requests"]})
+    convs = scen["conversations"]
+    rows = []
+    kit_pt = {(r["conversation"], r["turn"]): r.get("prompt_tokens") for r in scen["requests"] if r["server"] == "kit"}
+    shares: dict[int, list[tuple[int, int]]] = {}
+    for (c, t), pt in kit_pt.items():  # (new tokens since the previous prompt, whole prompt)
+        prev = kit_pt.get((c, t - 1)) if t > 1 else 0
+        if pt and prev is not None:
+            shares.setdefault(t, []).append((pt - prev, pt))
+    pair_ratios: dict[str, list[tuple[int, float]]] = {"llama_server": [], "kit_cache_off": []}
+    for t in turns:
+        row: dict[str, Any] = {"turn": t, "new_share": _med([n / a for n, a in shares.get(t, [])])}
+        for s in SERVERS:
+            rs = [by.get((s, c, t)) for c in convs]
+            rs = [r for r in rs if r is not None]
+            tt = [r.get("ttft_s") for r in rs if r.get("ttft_s") is not None]
+            row[s] = {"ttft_s": _med(tt), "ttft_max_s": max(tt) if tt else None,
+                      "prompt_tokens": _med([r.get("prompt_tokens") for r in rs]),
+                      "errors": sum(1 for r in rs if "error" in r)}
+            if s != "llama_server":
+                row[s]["prefilled"] = _med([r["prompt_tokens"] - (r.get("cached_tokens") or 0) for r in rs
+                                            if r.get("prompt_tokens") is not None])
+            if s == "kit":
+                row[s]["cached_tokens"] = _med([r.get("cached_tokens") for r in rs])
+                oks = [r["cached_ok"] for r in rs if "cached_ok" in r]
+                row[s]["cached_ok"] = all(oks) if oks else None
+            if s == "llama_server":
+                row[s]["cache_n"] = _med([r.get("timings", {}).get("cache_n") for r in rs])
+                row[s]["prefilled"] = _med([r.get("timings", {}).get("prompt_n") for r in rs])
+        for ref in pair_ratios:
+            rr = []
+            for c in convs:
+                k, b = by.get(("kit", c, t)), by.get((ref, c, t))
+                if k and b and k.get("ttft_s") is not None and b.get("ttft_s"):
+                    rr.append(k["ttft_s"] / b["ttft_s"])
+                    pair_ratios[ref].append((t, rr[-1]))
+            row[f"ratio_{ref}"] = _med(rr)
+        rows.append(row)
+    late = [t for t in turns if t >= 2]
+    overall: dict[str, Any] = {"turns": f"2-{max(turns)}" if late else None}
+    for s in SERVERS:
+        tt = [r["ttft_s"] for r in scen["requests"] if r["server"] == s and r["turn"] >= 2 and r.get("ttft_s") is not None]
+        overall[s] = {"ttft_median_s": _med(tt), "ttft_max_s": max(tt) if tt else None,
+                      "ttft_sum_s": sum(tt) if tt else None, "n": len(tt)}
+    for ref, target in (("llama_server", TARGET_NATIVE), ("kit_cache_off", TARGET_COLD)):
+        rr = [x for t, x in pair_ratios[ref] if t >= 2]
+        ks, bs = overall["kit"]["ttft_sum_s"], overall[ref]["ttft_sum_s"]
+        o = {"median": _med(rr), "max": max(rr) if rr else None,
+             "of_sums": ks / bs if (ks is not None and bs) else None,
+             "of_medians": (overall["kit"]["ttft_median_s"] / overall[ref]["ttft_median_s"]
+                            if overall["kit"]["ttft_median_s"] is not None and overall[ref]["ttft_median_s"] else None),
+             "target": target}
+        o["meets_target_median"] = None if o["median"] is None else o["median"] <= target
+        o["meets_target_max"] = None if o["max"] is None else o["max"] <= target
+        overall[f"ratio_{ref}"] = o
+    late_shares = [x for t, xs in shares.items() if t >= 2 for x in xs]
+    # the least a perfect prefix cache could prefill (everything up to the previous prompt reused),
+    # as a share of the whole prompt: a floor for kit / cache off if prefill time were linear in tokens
+    overall["new_share_of_sums"] = (sum(n for n, _ in late_shares) / sum(a for _, a in late_shares)
+                                    if late_shares else None)
+    overall["new_share_median"] = _med([n / a for n, a in late_shares])
+    oks = [r["cached_ok"] for r in scen["requests"] if "cached_ok" in r]
+    overall["kit_cached_ok"] = f"{sum(oks)}/{len(oks)}"
+    fins = sorted({str(r.get("finish_reason")) for r in scen["requests"]})
+    overall["finish_reasons"] = fins
+    overall["completion_tokens"] = sorted({r.get("completion_tokens") for r in scen["requests"]
+                                           if r.get("completion_tokens") is not None})
+    overall["errors"] = sum(1 for r in scen["requests"] if "error" in r)
+    return {"name": scen["name"], "conversations": len(convs), "status": scen["status"], "per_turn": rows,
+            "overall": overall}
+
+
+def table(summaries: list[dict]) -> str:
+    sys.path.insert(0, str(HERE))
+    from results_md import multiturn_tables
+    return multiturn_tables(summaries)
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+def gpu_slug() -> str:
+    try:
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False,
+                              capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "gpu"
+    words = [w for w in name.replace("-", " ").split() if w.lower() not in ("nvidia", "geforce", "tesla")]
+    return (words[0] if words else "gpu").lower()
+
+
+def synthetic_model(model_dir: str) -> str:
+    """The full-size random synthetic Qwen3.5-35B-A3B, written once (as concurrency.py does)."""
+    from qwenkit.synthetic import write_model
+    path = Path(model_dir) / "qwen35moe-full-random-q4_k_m.gguf"
+    if not path.is_file():
+        t = time.monotonic()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"writing the full-size random qwen35moe to {path} ...", file=sys.stderr, flush=True)
+        write_model(str(path), arch="qwen35moe", size="full", weights="random", progress=False)
+        print(f"  written in {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
+    return str(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu", action="store_true", help="GPU mode: all layers on the GPU, 1500 new tokens per "
+                    "turn, the full-size synthetic Qwen3.5 unless --model")
+    ap.add_argument("--model", help="GGUF (CPU default: the default model; --gpu default: the synthetic Qwen3.5)")
+    ap.add_argument("--model-dir", default=os.environ.get("QWENKIT_GPU_MODEL_DIR", "/tmp/qwenkit-models"))
+    ap.add_argument("--turns", type=int, default=None, help="turns per conversation (default 10; --quick 6)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="new tokens per user turn (default 1500 with "
+                    "--gpu, 500 on the CPU)")
+    ap.add_argument("--max-tokens", type=int, default=32, help="answer length")
+    ap.add_argument("--parallel", type=int, default=4, help="slots of every server, and conversations of the "
+                    "interleaved scenario")
+    ap.add_argument("--scenarios", default="one,interleaved", help="comma list of: one, interleaved")
+    ap.add_argument("--n-ctx", type=int, default=None, help="context PER SLOT (default: the whole conversation "
+                    "fits, computed from the tokenized turns)")
+    ap.add_argument("--threads", type=int, default=None, help="default 1 on the CPU (a shared 2-core machine), "
+                    "all cores with --gpu")
+    ap.add_argument("--bin-dir", default=None, help="folder with llama-server (default: bench.find_tools())")
+    ap.add_argument("--no-eos-bias", action="store_true", help="let answers stop at an end-of-generation token")
+    ap.add_argument("--quick", action="store_true", help="6 turns")
+    ap.add_argument("--budget", type=float, default=None, help="seconds; no request step starts past it "
+                    "(default 390 with --gpu, none on the CPU)")
+    ap.add_argument("--native-extra", default="", help="more llama-server flags, e.g. \"--ctx-checkpoints 0 "
+                    "--cache-ram 0\"; recorded in the JSON")
+    ap.add_argument("--note", action="append", default=[], help="a line for RESULTS.md (repeatable)")
+    ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/multiturn_cpu.json, or "
+                    "multiturn_<gpu>.json with --gpu)")
+    a = ap.parse_args(argv)
+    t_start = time.monotonic()
+    turns = a.turns or (6 if a.quick else 10)
+    new_tokens = a.new_tokens or (1500 if a.gpu else 500)
+    threads = a.threads or (default_threads() if a.gpu else 1)
+    scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    budget = a.budget if a.budget is not None else (390 if a.gpu else None)
+    if a.gpu:
+        model = a.model or synthetic_model(a.model_dir)
+    else:
+        from qwenkit.models import default_model_path
+        model = a.model or str(default_model_path())
+    out = Path(a.out or HERE / "results" / (f"multiturn_{gpu_slug()}.json" if a.gpu else "multiturn_cpu.json"))
+    bin_dir = Path(a.bin_dir) if a.bin_dir else bench.find_tools(("llama-server",))
+    if bin_dir is None or not (bin_dir / "llama-server").is_file():
+        print("llama-server is not built: run scripts/build_tools.sh (or pass --bin-dir)", file=sys.stderr)
+        return 2
+
+    vocab = Vocab(model)
+    labels_all = [chr(ord("A") + i) for i in range(a.parallel)]
+    convs = {"one": build_conversations(vocab, ["S"], turns, new_tokens),
+             "interleaved": build_conversations(vocab, labels_all, turns, new_tokens)}
+    user_tokens = max(sum(vocab.count(m) for m in msgs) for c in convs.values() for msgs in c.values())
+    need = user_tokens + turns * (a.max_tokens + 32) + 512
+    n_ctx = a.n_ctx or -(-max(need, turns * (new_tokens + 64) + 512) // 1024) * 1024
+    if a.gpu:
+        cfg = RunConfig(model=model, n_ctx=n_ctx, n_gpu_layers=-1, n_threads=threads)
+    else:
+        cfg = RunConfig(model=model, n_ctx=n_ctx, n_threads=threads)
+    extra = {} if a.no_eos_bias else {"logit_bias": eog_bias(model)}
+    native_extra = a.native_extra.split()
+
+    meta = bench.machine_info()
+    meta.update(model=Path(model).name, model_path=model, threads=threads, tools=str(bin_dir), suite="multiturn",
+                turns=turns, new_tokens_per_turn=new_tokens, max_tokens=a.max_tokens, parallel=a.parallel,
+                n_ctx_per_slot=n_ctx, user_tokens_max_conversation=user_tokens, eos_bias=bool(extra),
+                native_extra=native_extra, config=cfg.to_dict(), notes=list(a.note), budget_s=budget,
+                client="http.client, streamed /v1/chat/completions, one connection per request, "
+                       "chat_template_kwargs enable_thinking=false, temperature 0")
+    info = bin_dir.parent / "BUILD_INFO"
+    if info.is_file():
+        meta["tools_build"] = info.read_text().strip().splitlines()
+    meta["servers"] = {
+        "kit": f"qwenkit.server.start(RunConfig(n_ctx={n_ctx} per slot, parallel={a.parallel})): prompt cache on "
+               "(the build's default budget)",
+        "kit_cache_off": "the same with prompt_cache_mib=0: no reuse, every turn prefills the whole conversation",
+        "llama_server": f"{bench.NativeServer.__doc__.strip()} with -c {a.parallel * n_ctx} (its total) and "
+                        f"`-np {a.parallel} --kv-unified {' '.join(native_extra)}`".rstrip() + "; same -t/-tb/-ngl/-fa/-ctk/-ctv/-b/-ub"}
+    loads: list = []
+    doc: dict[str, Any] = {"meta": meta, "multiturn": [], "scenarios": [], "servers_info": {}}
+
+    def save() -> None:
+        meta["wall_s"] = round(time.monotonic() - t_start, 1)
+        meta["load"] = loads
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+        tmp.replace(out)
+
+    print(f"{cfg.summary()} | tools: {bin_dir} | turns {turns} x {new_tokens} tokens | n_ctx/slot {n_ctx} | "
+          f"out {out}", file=sys.stderr, flush=True)
+    deadline = None if budget is None else t_start + budget
+    t_load = time.monotonic()
+    with servers(cfg, a.parallel, bin_dir, native_extra, together=a.gpu) as srvs:
+        nat = srvs["llama_server"]
+        props = _get(f"http://127.0.0.1:{nat.port}/props")
+        doc["servers_info"] = {"load_s": round(time.monotonic() - t_load, 1),
+                               "llama_server_args": nat.proc.args[1:],
+                               "llama_server_total_slots": props.get("total_slots") if isinstance(props, dict) else None,
+                               "kit_health_start": srvs["kit"].health(),
+                               "kit_cache_off_health_start": srvs["kit_cache_off"].health()}
+        print(f"servers loaded in {doc['servers_info']['load_s']} s", file=sys.stderr, flush=True)
+        for s in SERVERS:  # warm-up: one short chat each
+            stream_chat(srvs[s].base_url, [{"role": "user", "content": f"Warm-up for {LABEL[s]}: say hello."}],
+                        8, headers=srvs[s].headers(), extra=extra)
+        save()
+        for name in scenarios:
+            cs = convs["one"] if name == "one" else convs["interleaved"]
+            print(f"== {name}: {len(cs)} conversation(s) x {turns} turns", file=sys.stderr, flush=True)
+            scen = run_scenario(name, srvs, cs, a.max_tokens, extra, loads, save, deadline)
+            scen["kit_health_end"] = srvs["kit"].health()
+            scen["kit_cache_off_health_end"] = srvs["kit_cache_off"].health()
+            doc["scenarios"].append(scen)
+            doc["multiturn"].append(summarize(scen))
+            save()
+    meta["machine_after"] = {"loadavg": list(os.getloadavg())}
+    save()
+    print(table(doc["multiturn"]))
+    print(f"\nwrote {out} ({time.monotonic() - t_start:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
