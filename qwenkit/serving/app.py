@@ -382,7 +382,9 @@ def create_app(state: AppState) -> FastAPI:
         reqs = []
         for i in range(n):
             sp = sampling if i == 0 or sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
-            reqs.append(Request(prompt, max_tokens, sp, stops, job.sink_for(i), top_logprobs=n_lp))
+            # chats come back with one more message: their prompts get checkpoints and parking
+            reqs.append(Request(prompt, max_tokens, sp, stops, job.sink_for(i), top_logprobs=n_lp,
+                                conversation=kind == "chat" and i == 0))
         try:
             for r in reqs:
                 sched.submit(r)

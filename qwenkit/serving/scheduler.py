@@ -66,6 +66,10 @@ class Request:
     sink: Callable[[tuple], None] | None = None
     id: int = field(default_factory=lambda: next(_ids))
     top_logprobs: int = 0              # > 0: ("logprobs", info) events for each generated token
+    # a conversation likely to come back (a chat): checkpoint its prompt and park it in host RAM
+    # when another takes its slot. One-off prompts (/v1/completions) skip both: each costs a
+    # copy of the recurrent state (63 MiB on Qwen3.5) that nothing would use
+    conversation: bool = True
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -92,6 +96,7 @@ class _Slot:
         self.order = 0
         self.plan: list[int] = []          # prompt positions where a checkpoint is taken
         self.prefilled = 0                 # cached[:prefilled] were decoded as a prompt
+        self.conversation = False          # the state belongs to a chat worth parking
 
     @property
     def busy(self) -> bool:
@@ -296,7 +301,8 @@ class Scheduler:
         free.remove(slot)
         keep = cache.rewind(slot.seq, slot.cached, keep)
         slot.cached = slot.cached[:keep]
-        slot.plan = cache.checkpoint_positions(keep, len(prompt))
+        slot.plan = cache.checkpoint_positions(keep, len(prompt)) if req.conversation else []
+        slot.conversation = req.conversation
         slot.prefilled = len(prompt)  # once its prefill is done (a cancelled one is cut below)
         slot.todo = list(req.prompt[keep:])
         slot.n_cached = keep
@@ -313,7 +319,7 @@ class Scheduler:
 
     def _park_if_other(self, slot: _Slot, keep: int) -> None:
         """Another conversation is taking this slot: keep the old one's state in host RAM."""
-        if len(slot.cached) - keep >= 32 and keep < len(slot.cached) // 2:
+        if slot.conversation and len(slot.cached) - keep >= 32 and keep < len(slot.cached) // 2:
             self.cache.park(slot.seq, slot.cached, min(slot.prefilled, len(slot.cached)))
 
     def _step(self) -> None:
