@@ -320,3 +320,39 @@ def test_users_at_once_reports_each_user_and_the_aggregate(served):
     assert [u.user for u in crowd.users] == [1, 2] and crowd.slots == served.health()["slots"]["total"]
     assert all(u.tokens >= 1 and 0 < u.ttft_s <= u.total_s for u in crowd.users)
     assert crowd.aggregate > 0 and "aggregate" in str(crowd) and "<table" in crowd._repr_html_()
+
+
+def test_memory_flat_over_500_requests_from_8_clients(served):
+    """500 short requests (streamed and not, chat and legacy, every 4th with a prompt cache
+    entry to park) from 8 concurrent clients: each ends with a finish_reason, and the server's
+    resident memory stays within a bound once warm (no per-request leak)."""
+    import os
+    from pathlib import Path
+
+    def rss_mib() -> float:
+        for line in Path(f"/proc/{served.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    client = served.client(timeout=120, max_retries=0)
+
+    def one(i: int) -> str | None:
+        if i % 2:
+            r = client.completions.create(model="x", prompt=f"Number {i} is", max_tokens=4, temperature=0.7, seed=i)
+            return r.choices[0].finish_reason
+        finish = None
+        for ch in client.chat.completions.create(model="x", max_tokens=4, stream=True, temperature=0.7, seed=i,
+                                                 messages=[{"role": "user", "content": f"One word about {i}." * (1 + i % 4)}]):
+            if ch.choices and ch.choices[0].finish_reason:
+                finish = ch.choices[0].finish_reason
+        return finish
+
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(one, range(40)))          # warm-up: allocator, caches, first-request paths
+        rss0 = rss_mib()
+        finishes = list(ex.map(one, range(40, 540)))
+    rss1 = rss_mib()
+    assert all(f in ("stop", "length") for f in finishes), [i for i, f in enumerate(finishes) if f not in ("stop", "length")]
+    assert rss1 - rss0 <= 64, f"RSS grew {rss1 - rss0:.1f} MiB over 500 requests ({rss0:.0f} -> {rss1:.0f})"
+    assert served.health()["slots"]["busy"] == 0 and os.path.exists(f"/proc/{served.pid}")
