@@ -9,14 +9,20 @@ boundaries (Japanese 。！？ included), then, for a sentence longer than a chu
 boundaries; every chunk is counted with the model's own tokenizer (the server's
 `/extras/tokenize`) and fits n_ctx together with the prompt and the answer. Each chunk is
 summarized (map), the partial summaries are combined (reduce), repeated while they do not fit.
+The map requests go out as many at once as the server has slots (its `/health`), and every map
+prompt starts with the same instructions (the chunk, then "part i of n"), so the server's prompt
+cache prefills that prefix once.
 
 Thinking models (Qwen3.5 thinks first by default) get `chat_template_kwargs={"enable_thinking":
 false}`, and a `<think>...</think>` block that still comes is removed, in the stream too.
 """
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -31,9 +37,11 @@ SYSTEM_PROMPTS = {
     "en": ("You are an assistant that summarizes technical documents. Summarize the given document "
            "concisely in English. Keep technical details such as numbers, names, steps and settings."),
 }
+# The chunk comes before "part i of n": every map request starts with the same system prompt and
+# instructions, a prefix the server's prompt cache prefills once for all of them.
 MAP_PROMPTS = {
-    "ja": "次の文書は長い文書の一部（{i}/{n}）です。この部分を要約してください。\n\n{text}",
-    "en": "The following is part {i} of {n} of a longer document. Summarize this part.\n\n{text}",
+    "ja": "次の文書は長い文書の一部です。この部分を要約してください。\n\n{text}\n\n（以上は全{n}部のうち第{i}部です。）",
+    "en": "The following is one part of a longer document. Summarize this part.\n\n{text}\n\n(This was part {i} of {n}.)",
 }
 REDUCE_PROMPTS = {
     "ja": "次は一つの文書の各部分の要約です。これらを一つの要約にまとめてください。\n\n{text}",
@@ -76,6 +84,7 @@ class Call:
     decode_s: float
     finish_reason: str | None    # the server's; "loop" when the loop guard stopped the answer
     notice: str = ""             # the loop guard's one line, when it stopped this answer
+    started: float = 0.0         # time.perf_counter() when the request was sent
 
 
 @dataclass
@@ -322,6 +331,7 @@ class _Runner:
         self.extra = {k: v for k, v in (("frequency_penalty", frequency_penalty), ("seed", seed)) if v}
         self.on_progress = on_progress
         self.calls: list[Call] = []
+        self.parallel = 1           # requests sent at once by _ask_all
 
     def prompt_tokens(self, user: str) -> int:
         return self.count(self.system) + self.count(user) + self.overhead
@@ -424,7 +434,7 @@ class _Runner:
         call = Call(role=role, prompt_tokens=self.prompt_tokens(user), completion_tokens=n_out,
                     seconds=end - t0, first_token_s=(first - t0) if first else None,
                     decode_s=(last - first) if first and last else 0.0, finish_reason=finish,
-                    notice=notice)
+                    notice=notice, started=t0)
         self.calls.append(call)
         return answer.strip(), call, first
 
@@ -462,9 +472,83 @@ class _Runner:
                     completion_tokens=getattr(usage, "completion_tokens", None) or (self.count(raw) if raw else 0),
                     seconds=end - t0, first_token_s=None, decode_s=0.0,
                     finish_reason="loop" if looped else (r.choices[0].finish_reason if r.choices else None),
-                    notice=looped)
+                    notice=looped, started=t0)
         self.calls.append(call)
         return text, call, end
+
+
+def server_slots(client, timeout: float = 5.0) -> int:
+    """Sequence slots of the server behind `client` (the kit's `GET /health` -> slots.total);
+    1 for a server without /health or without slots in it."""
+    import httpx
+    base = str(client.base_url).rstrip("/")
+    root = base[:-3] if base.endswith("/v1") else base
+    key = getattr(client, "api_key", None)
+    try:
+        r = httpx.get(root + "/health", timeout=timeout,
+                      headers={"Authorization": f"Bearer {key}"} if key else {})
+        total = int(r.json()["slots"]["total"]) if r.status_code == 200 else 1
+    except Exception:  # noqa: BLE001 - no /health, not JSON, no slots: one request at a time
+        return 1
+    return max(1, total)
+
+
+def _ask_all(run: "_Runner", users: list[str], max_tokens: int, role: str, starting: list[str],
+             say) -> list[str]:
+    """Ask for each prompt in `users`, run.parallel at a time, and return the answers in order.
+
+    Each request keeps its loop guard, retry and errors (run.ask); its progress lines (the
+    `starting` line, the loop guard's) reach `say` on the calling thread, and its Call records
+    join run.calls in the order of `users`. On an error the requests not yet sent are dropped,
+    those in flight finish, and the error of the earliest failed prompt is raised."""
+    width = min(run.parallel, len(users))
+    if width <= 1:
+        out = []
+        for line, user in zip(starting, users):
+            say(line)
+            out.append(run.ask(user, max_tokens, role)[0])
+        return out
+    lines: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    calls: list[list[Call]] = [[] for _ in users]
+
+    def one(k: int) -> str:
+        if stop.is_set():
+            raise _Skipped()
+        lines.put(starting[k])
+        sub = _Runner.__new__(_Runner)          # the same settings; its own calls and progress sink
+        sub.__dict__.update(run.__dict__, calls=calls[k], on_progress=lines.put)
+        try:
+            return sub.ask(users[k], max_tokens, role)[0]
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(width, thread_name_prefix="summarize") as pool:
+        futures = [pool.submit(one, k) for k in range(len(users))]
+        try:
+            while True:
+                done = all(f.done() for f in futures)
+                try:
+                    while True:
+                        say(lines.get(timeout=0 if done else 0.05))
+                except queue.Empty:
+                    pass
+                if done:
+                    break
+        except BaseException:   # Ctrl-C or a progress callback that raised: send nothing more
+            stop.set()
+            raise
+    for c in calls:
+        run.calls.extend(c)
+    errors = [f.exception() for f in futures if not isinstance(f.exception(), (_Skipped, type(None)))]
+    if errors:
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
+class _Skipped(Exception):
+    """A request not sent because an earlier one failed."""
 
 
 def _template_overhead(client, model, system: str, count) -> int:
@@ -489,7 +573,7 @@ def _template_overhead(client, model, system: str, count) -> int:
 def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja",
               system_prompt: str | None = None, temperature: float = 0.2, max_tokens: int = 1000,
               presence_penalty: float = PRESENCE_PENALTY, frequency_penalty: float = 0.0,
-              seed: int | None = None, loop_guard: bool = True,
+              seed: int | None = None, loop_guard: bool = True, parallel: int | None = None,
               on_token: Callable[[str], None] | None = None,
               on_progress: Callable[[str], None] | None = None) -> Summary:
     """Summarize `text` through `client` (openai.OpenAI) and `model`, fitting n_ctx.
@@ -499,6 +583,10 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
 
     loop_guard: stop an answer that starts repeating itself (qwenkit.loopguard): the request is
     cancelled, the repeat left out, and on_progress hears one line about it.
+
+    parallel: how many map (and group-reduce) requests are sent at once; None asks the server's
+    `/health` for its slots once (1 for a server without it). Partial summaries keep the
+    document's order whatever order the answers finish in.
 
     on_token(piece) receives the final summary as it streams (thinking removed; with the loop
     guard, a few words behind the model, so that a repeat is never shown);
@@ -521,6 +609,7 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
                   overhead=overhead, on_progress=say, presence_penalty=presence_penalty,
                   language=language, loop_guard=loop_guard, frequency_penalty=frequency_penalty,
                   seed=seed)
+    run.parallel = max(1, parallel) if parallel is not None else server_slots(client)
     plan_ctx = n_ctx
     for _attempt in range(5):
         try:
@@ -591,13 +680,12 @@ def _summarize_once(text: str, run: "_Runner", language: str, n_ctx: int, max_to
 
 
 def _map(run: _Runner, text: str, spans, language: str, answer: int, say) -> list[str]:
-    out = []
     todo = [text[s:e].strip() for s, e in spans]
     n = len(todo)
-    for i, piece in enumerate(todo, 1):
-        say(f"summarizing part {i}/{n}")
-        out.append(run.ask(MAP_PROMPTS[language].format(i=i, n=n, text=piece), answer, "map")[0])
-    return out
+    if run.parallel > 1 and n > 1:
+        say(f"summarizing {n} parts, {min(run.parallel, n)} at once")
+    users = [MAP_PROMPTS[language].format(i=i, n=n, text=piece) for i, piece in enumerate(todo, 1)]
+    return _ask_all(run, users, answer, "map", [f"summarizing part {i}/{n}" for i in range(1, n + 1)], say)
 
 
 def _reduce(run: _Runner, partials: list[str], language: str, chunk_budget: int, answer: int,
@@ -619,7 +707,8 @@ def _reduce(run: _Runner, partials: list[str], language: str, chunk_budget: int,
             groups = [items[k:k + 2] for k in range(0, len(items), 2)]
         rounds += 1
         say(f"round {rounds}: combining {len(items)} summaries in {len(groups)} groups")
-        items = [run.ask(template.format(text=_join(g)), answer, "reduce")[0] for g in groups]
+        items = _ask_all(run, [template.format(text=_join(g)) for g in groups], answer, "reduce",
+                         [f"combining group {k}/{len(groups)}" for k in range(1, len(groups) + 1)], say)
 
 
 def _join(items: Iterable[str]) -> str:

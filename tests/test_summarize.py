@@ -219,3 +219,159 @@ def test_empty_stream_then_failing_server_submits_twice_not_four_times():
     finally:
         httpd.shutdown()
     assert chats == [True, False]
+
+
+# ---- concurrent map requests -------------------------------------------------------------------
+def _slotted_server(slots: int | None, fail_part: int | None = None):
+    """A fake OpenAI-protocol server with `slots` in its /health (no /health when None): each map
+    request streams "Summary of part i." after a delay that makes later parts finish first
+    (part `fail_part` answers 500); it records the most requests it held at once and every
+    reduce prompt."""
+    import re
+    import time as _time
+
+    from netutil import QuietHandler, serve
+
+    state = {"now": 0, "max": 0, "reduce": [], "map": []}
+    lock = __import__("threading").Lock()
+
+    def chunk(content=None, finish=None):
+        delta = {"content": content} if content else {}
+        return ("data: " + __import__("json").dumps({
+            "id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n").encode()
+
+    class H(QuietHandler):
+        def do_GET(self):
+            if self.path == "/health" and slots is not None:
+                return self.send_json({"status": "ok", "slots": {"total": slots, "busy": 0, "idle": slots}})
+            self.send_json({"error": {"message": "no such route"}}, 404)
+
+        def do_POST(self):
+            req = self.read_json()
+            if self.path.endswith("/tokenize/count"):
+                return self.send_json({"count": 1 + len(req.get("input", "").split())})
+            if req.get("max_tokens") == 1:
+                return self.send_json({
+                    "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "A"}}],
+                    "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41}})
+            user = req["messages"][-1]["content"]
+            m = re.search(r"\(This was part (\d+) of (\d+)\.\)$", user)
+            if not m:
+                state["reduce"].append(user)
+                body = chunk("The whole summary.") + chunk(finish="stop") + b"data: [DONE]\n\n"
+                return self.send_body(200, body, "text/event-stream")
+            i, n = int(m.group(1)), int(m.group(2))
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+                state["map"].append(i)
+            try:
+                _time.sleep(0.02 * (n - i + 1))
+                if i == fail_part:
+                    return self.send_json({"error": {"message": "boom", "type": "server_error"}}, 500)
+                body = chunk(f"Summary of part {i}.") + chunk(finish="stop") + b"data: [DONE]\n\n"
+                self.send_body(200, body, "text/event-stream")
+            finally:
+                with lock:
+                    state["now"] -= 1
+
+    httpd, root = serve(H)
+    return httpd, root + "/v1", state
+
+
+_DOC = "\n\n".join(f"Paragraph {k} says something about topic {k} in a few plain words here." for k in range(40))
+
+
+@pytest.mark.parametrize("slots,width", [(3, 3), (None, 1), (1, 1)])
+def test_map_requests_go_out_as_many_at_once_as_the_server_has_slots(slots, width):
+    httpd, url, state = _slotted_server(slots)
+    said = []
+    try:
+        client = openai.OpenAI(base_url=url, api_key="x", timeout=10, max_retries=0)
+        assert summarize.server_slots(client) == (slots or 1)
+        s = summarize.summarize(_DOC, client, "m", n_ctx=200, language="en", max_tokens=16,
+                                on_progress=said.append)
+    finally:
+        httpd.shutdown()
+    n = s.chunks
+    assert n >= 4 and state["max"] == width, (n, state)
+    # the partial summaries reach the reduce in the document's order, whatever finished first
+    assert state["reduce"][0] == summarize.REDUCE_PROMPTS["en"].format(
+        text=summarize._join(f"Summary of part {k}." for k in range(1, n + 1)))
+    maps = [c for c in s.calls if c.role == "map"]
+    assert len(maps) == n and all(c.finish_reason == "stop" for c in maps)
+    if width == 1:
+        assert [c.started for c in maps] == sorted(c.started for c in maps)
+    assert [m for m in said if m.startswith("summarizing part")] and all(
+        f"summarizing part {k}/{n}" in said for k in range(1, n + 1))
+
+
+def test_a_failing_map_request_raises_its_error_with_others_in_flight():
+    httpd, url, state = _slotted_server(3, fail_part=2)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="x", timeout=10, max_retries=0)
+        with pytest.raises(ServerError, match="500"):
+            summarize.summarize(_DOC, client, "m", n_ctx=200, language="en", max_tokens=16)
+    finally:
+        httpd.shutdown()
+    assert state["reduce"] == [] and state["max"] >= 2
+
+
+def test_map_prompt_puts_the_instructions_first_and_the_part_number_last():
+    for lang, tpl in summarize.MAP_PROMPTS.items():
+        a, b = tpl.format(i=1, n=5, text="CHUNK A"), tpl.format(i=4, n=5, text="CHUNK B")
+        head = tpl.split("{text}")[0]
+        assert a.startswith(head) and b.startswith(head) and "{" not in head, lang
+        assert a.index("CHUNK A") < a.index("1") and b.index("CHUNK B") < b.index("4"), lang
+
+
+@pytest.fixture(scope="module")
+def two_slots(default_model, tmp_path_factory):
+    """A fresh 2-slot server on the default model with flash attention off: with the prompt
+    cache on, CPU flash attention gives logits that depend on where a prompt's prefill was cut
+    (a reused prefix), so even two one-at-a-time summaries can differ; without it, batched and
+    one-at-a-time greedy answers are bit-identical (measured: equal either way)."""
+    from qwenkit import server
+    from qwenkit.config import RunConfig
+    srv = server.start(RunConfig(model=str(default_model), n_ctx=1024, n_threads=1, parallel=2,
+                                 flash_attn=False), port="any", ready_timeout=120, quiet=True,
+                       log_path=tmp_path_factory.mktemp("two_slots") / "server.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.slow
+def test_map_requests_overlap_on_the_real_server_and_equal_the_sequential_summary(two_slots, monkeypatch):
+    """On a fresh 2-slot server: the map requests run two at once (their times overlap and the
+    server decoded 2 sequences in one step), and the partial summaries and the summary are the
+    ones one-at-a-time requests give, in the same order (greedy)."""
+    srv = two_slots
+    client = srv.client()
+    assert summarize.server_slots(client) == 2
+    text = sample_text("en")[:5000]           # about 1100 tokens: 4 chunks at n_ctx 512
+    got = []
+    real = summarize._ask_all
+
+    def recording(run, users, *a, **kw):
+        out = real(run, users, *a, **kw)
+        got.append((run.parallel, a[1], out))
+        return out
+
+    monkeypatch.setattr(summarize, "_ask_all", recording)
+    kw = dict(n_ctx=512, language="en", max_tokens=32, temperature=0.0, seed=1)
+    assert srv.health()["decode"]["max_sequences"] <= 1
+    both = summarize.summarize(text, client, srv.alias, **kw)     # first, on a cold prompt cache
+    assert srv.health()["decode"]["max_sequences"] == 2
+    one = summarize.summarize(text, client, srv.alias, parallel=1, **kw)
+    assert one.chunks == both.chunks >= 3
+    maps_par = [g for g in got if g[1] == "map"]
+    assert [(p, len(out)) for p, _, out in maps_par] == [(2, both.chunks), (1, one.chunks)]
+    assert maps_par[0][2] == maps_par[1][2] and both.text == one.text
+    maps = [c for c in both.calls if c.role == "map"]
+    overlaps = sum(1 for a, b in zip(maps, maps[1:]) if b.started < a.started + a.seconds)
+    assert overlaps >= 1, [(c.started, c.seconds) for c in maps]
+    wall = max(c.started + c.seconds for c in maps) - maps[0].started
+    print(f"map step, {len(maps)} requests 2 at once: {wall:.1f} s wall for "
+          f"{sum(c.seconds for c in maps):.1f} s of requests; summary {both.seconds:.1f} s")
