@@ -15,7 +15,7 @@ slots), and how to check, log and stop the server.
 
 **Time:** under a minute with the small default model on a 2-core machine (measured: 6 s quiet,
 30 s while other programs took 1.35 of its 2 cores; section 6's chat adds two loads of the model
-and about 4,000 prompt tokens, 66 s measured while other programs took most of the cores); loading Qwen3.5-35B-A3B adds its load time (tens of
+and about 3,800 prompt tokens: 11 s measured, 66 s while other programs took most of the cores); loading Qwen3.5-35B-A3B adds its load time (tens of
 seconds from a fast disk). **Needs:** the kit installed (`make setup`). A GPU is optional;
 put the model you downloaded in notebook 02 (and the config you fitted in notebook 03) in the
 parameters below.
@@ -208,8 +208,9 @@ assert all(a.cached_tokens >= b.prompt_tokens - 8 for a, b in zip(on[1:], on)), 
 assert all(b.cached_tokens == 0 for b in off)"""),
 md("""Turn 1 costs the same either way. From turn 2 on, the cached chat reads only its new
 message, so its time to first token stays flat while the uncached one grows with the
-conversation (a busy 2-core CPU, measured: turn 4 took 1.0 s with the cache and 18.7 s without,
-the two answers the same; the times jump about when other programs take the cores). On a
+conversation (2-core CPU, measured: turns 1-4 took 0.57, 0.65, 0.73, 0.85 s with the cache and
+0.58, 1.23, 1.95, 2.64 s without, the answers the same; the times jump about when other programs
+take the cores). On a
 16 GB card with Qwen3.5's experts in system RAM, a 20K-token conversation costs tens of seconds
 a turn without the cache (`benchmarks/RESULTS.md` has the H200 and CPU measurements)."""),
 md("""## 7. The log, and stopping
