@@ -590,9 +590,11 @@ def create_app(state: AppState) -> FastAPI:
         try:
             prompt = await run_in_threadpool(model.chat_prompt, messages, kwargs, render_tools,
                                              body.tool_choice if render_tools else None)
-        except Exception as e:  # noqa: BLE001 - a template error is the request's (roles, order)
+        except ValueError as e:  # the template's raise_exception(): the messages' fault (roles, order)
             raise APIError(400, f"the model's chat template refused these messages: {e}", "invalid_messages",
                            "messages") from None
+        # anything else (a template that breaks jinja2's sandbox: SecurityError) is the model's
+        # fault: the generic 500, the details in the log only (tests/test_faults_files.py)
         tokens = await run_in_threadpool(model.chat_tokens, prompt)
         return await run(request, body, tokens, body.stops() + prompt.stop, body.limit(), "chat",
                          grammar=grammar, tool_fmt=tool_fmt, funcs=funcs)
