@@ -49,6 +49,7 @@ class ServedModel:
             raise ModelLoadError(f"slots={slots} must be at least 1", "use --parallel 1 or more")
         self.cfg = cfg
         self.slots = int(slots)
+        self._verbose = verbose
         lc.llama_backend_init()
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0x7FFFFFFF if cfg.n_gpu_layers == -1 else cfg.n_gpu_layers
@@ -154,13 +155,15 @@ class ServedModel:
 
     # ---- life ----
     def close(self) -> None:
+        from qwenkit.llamalog import capture_log
         lc = _lc()
-        if self.ctx:
-            lc.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            lc.llama_model_free(self.model)
-            self.model = None
+        with capture_log(echo=getattr(self, "_verbose", True)):  # llama.cpp logs its buffers on free
+            if self.ctx:
+                lc.llama_free(self.ctx)
+                self.ctx = None
+            if self.model:
+                lc.llama_model_free(self.model)
+                self.model = None
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
