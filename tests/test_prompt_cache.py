@@ -176,3 +176,27 @@ def test_in_kernel_chat_session_keeps_its_prefix(hybrid_path):
         b = chat.ask("And why quantize it?")
         assert a.cached_tokens == 0 and b.cached_tokens >= a.prompt_tokens - 8
         assert len(chat.messages) == 5 and chat.messages[-1]["role"] == "assistant"
+
+
+def test_a_new_chat_takes_an_empty_slot_rather_than_displace_one(default_model):
+    """Two chats sharing only a system prompt on two slots: the second goes to the empty slot,
+    nothing is parked, and both keep their prefix on their next turn."""
+    m = _model(default_model, 2)
+    s = Scheduler(m)
+    try:
+        system = {"role": "system", "content": "You are a helpful assistant. " * 4}
+        hist = {c: [system, {"role": "user", "content": f"Chat {c}: tell me about the sea."}] for c in (0, 1)}
+        first = {}
+        for c in (0, 1):
+            p = m.chat_prompt(hist[c])
+            text, res, _ = _ask(s, m.chat_tokens(p), p.stop)
+            first[c] = res.prompt_tokens
+            hist[c] += [{"role": "assistant", "content": text}, {"role": "user", "content": "And rivers?"}]
+        for c in (0, 1):
+            p = m.chat_prompt(hist[c])
+            _, res, _ = _ask(s, m.chat_tokens(p), p.stop)
+            assert res.cached_tokens >= first[c], (c, res.cached_tokens, first[c])
+        assert s.cache.stats()["parked_total"] == 0
+    finally:
+        s.close()
+        m.close()

@@ -288,6 +288,11 @@ class Scheduler:
         cache, prompt = self.cache, req.prompt
         reuse = {s.seq: cache.reusable(s.cached, s.seq, prompt, s.prefilled) if self.reuse else 0 for s in free}
         slot = max(free, key=lambda s: (reuse[s.seq], -len(s.cached)))
+        empty = [s for s in free if not s.cached]
+        if empty and slot.cached and reuse[slot.seq] < min(slot.prefilled, len(slot.cached)) - 8:
+            # the request does not continue that slot's chat, it only shares a prefix with it (a
+            # system prompt): an empty slot costs that prefix once and displaces nobody
+            slot = empty[0]
         keep = reuse[slot.seq]
         parked, parked_keep = cache.best_parked(prompt) if self.reuse else (None, 0)
         if parked is not None and parked_keep > keep:
