@@ -166,6 +166,8 @@ def test_router_follows_health_keys_and_tls(fakes, tmp_path):
         # every server down: 503 with a message that says so
         a.health = b.health = (503, {"status": "loading"})
         _until(lambda: not r.in_rotation(), 5)
+        # nginx applies the new configuration on its reload, a moment after the room's own view
+        _until(lambda: _chat(r.root_url, ann, verify=cert).status_code == 503, 5)
         resp = _chat(r.root_url, ann, verify=cert)
         assert resp.status_code == 503 and resp.json()["error"]["code"] == "room_servers_down"
         assert len(a.seen) + len(b.seen) > n
