@@ -35,6 +35,8 @@ TITLES = {
     "concurrency_h200_nockpt": "H200: users at once, the kit's server (prompt cache on) vs llama-server with its context checkpoints off (--ctx-checkpoints 0)",
     "multiturn_cpu": "2-core CPU: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
     "multiturn_h200": "H200: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
+    "summary_slots_cpu": "2-core CPU: one long summary, the kit's server with N slots vs one slot",
+    "summary_slots_h200": "H200: a ~30K-token summary, the kit's server with N slots vs one slot",
 }
 
 
@@ -192,6 +194,45 @@ def multiturn_tables(summaries: list[dict]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+def summary_slots_tables(ss: dict) -> str:
+    """benchmarks/summary_slots.py: one summary (qwenkit.summarize) per run through the kit's
+    server with N slots and with one; per run its wall time, map and reduce phases, calls, the
+    map requests at once, the server's token counts and finish reasons and its sequences per
+    decode; then wall(N) / wall(1) and whether both runs did the same work."""
+    head = ["round", "slots", "wall (s)", "map (s)", "reduce (s)", "chunks", "calls map / reduce",
+            "at once: summarizer / in flight", "prompt tokens (cached)", "completion tokens",
+            "map answer tokens", "finish", "seqs per decode mean / max"]
+    rows = []
+    for r in ss.get("rows", []):
+        rows.append([str(r["round"] + 1), str(r["slots"]), _f(r["wall_s"], "{:.1f}"), _f(r["map_s"], "{:.1f}"),
+                     _f(r["reduce_s"], "{:.1f}"), str(r["chunks"]), f"{r['map_calls']} / {r['reduce_calls']}",
+                     f"{r['map_width']} / {r['map_in_flight_max']}",
+                     f"{r['prompt_tokens']:,} ({r['cached_tokens']:,})", f"{r['completion_tokens']:,}",
+                     ", ".join(str(x) for x in r["map_completion_tokens"]), ", ".join(r["finish_reasons"]),
+                     f"{_f(r['decode_mean_sequences'], '{:.2f}')} / {_f(r['decode_max_sequences'], '{}')}"])
+    c = ss.get("compare") or {}
+    n = ss.get("slots")
+    parts = [f"Document: {ss.get('document_tokens'):,} tokens ({ss.get('language')} sample); {n} slots vs 1, "
+             f"n_ctx {ss.get('n_ctx_per_slot')} per slot on both servers (and the summarizer's n_ctx); answers: "
+             f"map {ss.get('map_answer_tokens')}, final {ss.get('max_tokens')} tokens at most; greedy, loop guard off"
+             + (", logit_bias -100 on end-of-generation tokens (every answer runs to its limit)" if ss.get("eos_bias") else "")
+             + ".", "", _md(head, rows), ""]
+    if c.get("rounds"):
+        per = "; per round " + ", ".join(f"{x:.3f}" for x in c["ratios"]) if c["rounds"] > 1 else ""
+        rows2 = [[f"wall, {n} slots / 1 slot (of the summed walls{per})", f"{c['ratio']:.3f}",
+                  f"{c['wall_n_s']:.1f} s / {c['wall_1_s']:.1f} s"],
+                 ["map phase, {} slots / 1 slot".format(n), _f(c.get("map_ratio"), "{:.3f}"), ""],
+                 ["same work (chunks, calls, completion tokens)", "yes" if c["equal_work"] else "no", ""],
+                 [f"target wall ratio <= {c['target']} (the issue's, on the H200)",
+                  "met" if c["meets_target"] else "not met", ""]]
+        parts += [_md([f"{c['rounds']} round{'s' if c['rounds'] > 1 else ''}", "ratio", "walls"], rows2), ""]
+    for e in ss.get("errors") or []:
+        parts += [f"Error, round {e['round'] + 1}, {e['slots']} slot(s): {e['error'][:300]}", ""]
+    for s in ss.get("skipped") or []:
+        parts += [f"Skipped: {s}", ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
 def files() -> list[Path]:
     all_ = sorted(RESULTS.glob("*.json"))
     first = [RESULTS / n for n in ORDER if (RESULTS / n).is_file()]
@@ -220,6 +261,9 @@ def render() -> str:
         if doc.get("multiturn"):
             parts += ["### Multi-turn chats: time to first token per turn (ratio < 1 is the kit faster)", "",
                       multiturn_tables(doc["multiturn"])]
+        if doc.get("summary_slots"):
+            parts += ["### One summary, N slots vs one (ratio < 1 is the N-slot server faster)", "",
+                      summary_slots_tables(doc["summary_slots"])]
         if doc.get("quality"):
             parts += ["### Quality and cost per KV type", "", _quality_table(doc["quality"], doc.get("speed")), ""]
             if doc.get("speed_note"):
