@@ -32,9 +32,10 @@ TITLES = {
     "gpu_h200_server_ab": "H200: A/B of a wake-up variant that was dropped, and of CPU threads",
     "concurrency_cpu": "2-core CPU: users at once, the kit's server (N slots) vs llama-server -np N --kv-unified",
     "concurrency_h200": "H200: users at once, the kit's server (N slots) vs llama-server -np N --kv-unified",
-    "concurrency_h200_nockpt": "H200: users at once, the kit's server (prompt cache on) vs llama-server with its context checkpoints off (--ctx-checkpoints 0)",
+    "concurrency_h200_nockpt": "H200, an earlier run (before 795cde5: the kit checkpointed every request): users at once, the kit's server (prompt cache on) vs llama-server with its context checkpoints off (--ctx-checkpoints 0)",
     "multiturn_cpu": "2-core CPU: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
     "multiturn_h200": "H200: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
+    "multiturn_h200_interleaved": "H200: four chats interleaved turn by turn over four slots, the kit's prompt cache vs cache off and llama-server",
     "summary_slots_cpu": "2-core CPU: one long summary, the kit's server with N slots vs one slot",
     "summary_slots_h200": "H200: a ~30K-token summary, the kit's server with N slots vs one slot",
 }

@@ -410,7 +410,10 @@ def load_llama(llama_cls: Any = None, *, echo: bool = True, **kwargs: Any):
                                  "check the path, or download the model first") from failure
         if not ("Failed to" in msg or log.errors):
             raise failure
-        gc.collect()  # the half-built Llama holds the model until it is collected
+        # the half-built Llama (its loaded model: GiBs of GPU memory) is reachable from the
+        # traceback's frames until they are dropped; a smaller retry would then run out of memory
+        failure = failure.with_traceback(None)
+        gc.collect()
         raise model_load_error(log, failure, str(path) if path else None) from failure
     try:
         llm.load_log = log

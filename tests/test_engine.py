@@ -139,3 +139,20 @@ def test_server_class_applies_n_cpu_moe(engine_models, monkeypatch):
         assert llm.tensor_overrides is not None and len(llm.tensor_overrides) == 2
     finally:
         llm.close()
+
+
+def test_failed_context_frees_the_loaded_model(default_model):
+    """A context that cannot be created (here: 2^22 cells, ~96 GB of KV) must not keep the
+    model loaded: on a GPU the half-built Llama held the weights until a later gc, so the
+    next, smaller attempt ran out of memory (H200, 64K q8_0 sweep of benchmarks/fit_gpu.py)."""
+    name = default_model.name
+
+    def mapped() -> int:
+        with open("/proc/self/maps") as f:
+            return sum(name in line for line in f)
+
+    before = mapped()
+    cfg = RunConfig(model=str(default_model), n_ctx=2**22)
+    with pytest.raises(ModelLoadError, match="could not create the context"):
+        Engine().load(cfg)
+    assert mapped() == before
