@@ -1,7 +1,6 @@
-import sys; sys.path.insert(0, ".")
-from tools.nb import write
+"""Source of notebooks/01_build_check.ipynb (regenerate with `python tools/nb.py`)."""
 
-write("notebooks/01_build_check.ipynb", [
+NOTEBOOKS = {"01_build_check": [
 ("md", """
 # 01 · Does llama-cpp-python really use your GPU?
 
@@ -98,4 +97,4 @@ else:
 **Next:** `02_download` picks the Qwen3.5-35B-A3B file that fits your card. The same check from a
 terminal: `python -m qwenkit doctor` (add `--json` for a machine-readable report).
 """),
-])
+]}

@@ -1,7 +1,6 @@
-import sys; sys.path.insert(0, ".")
-from tools.nb import write
+"""Source of notebooks/02_download.ipynb (regenerate with `python tools/nb.py`)."""
 
-write("notebooks/02_download.ipynb", [
+NOTEBOOKS = {"02_download": [
 ("md", """
 # 02 · Which Qwen3.5-35B-A3B file fits your card, and a download you can trust
 
@@ -188,4 +187,4 @@ serves the practice repos; point `HF_ENDPOINT` at the address it prints.
 
 **Next:** `03_fit` plans where every byte of the model goes on your card.
 """),
-])
+]}

@@ -1,7 +1,6 @@
-import sys; sys.path.insert(0, ".")
-from tools.nb import write
+"""Source of notebooks/03_fit.ipynb (regenerate with `python tools/nb.py`)."""
 
-write("notebooks/03_fit.ipynb", [
+NOTEBOOKS = {"03_fit": [
 ("md", """
 # 03 · Make the 35B model fit your card: memory plan and expert offload
 
@@ -157,4 +156,4 @@ else:
 prints the same plan and the fitted flags (`--probe` adds the llama.cpp comparison, `--save cfg.json`
 keeps the config). **Next:** `04_serve` serves the model with this config.
 """),
-])
+]}

@@ -1,11 +1,7 @@
-import nbformat
-from nbformat.v4 import new_notebook, new_markdown_cell as md, new_code_cell as code
+"""Source of notebooks/04_serve.ipynb and notebooks/05_summarize.ipynb (regenerate with `python tools/nb.py`)."""
 
-def params(src):
-    c = code(src); c.metadata["tags"] = ["parameters"]; return c
-
-nb04 = new_notebook(cells=[
-md("""# 04 · Serve the model: an OpenAI-compatible API on your own machine
+_NB04 = [
+("md", """# 04 · Serve the model: an OpenAI-compatible API on your own machine
 
 **What you learn:** how to start the kit's OpenAI-compatible server from a `RunConfig` so that
 the recipe's client (`OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="anything")`) works as
@@ -28,7 +24,7 @@ log) works and is shown with it. It knows little: its answers are often wrong or
 writes only English. The server calls whatever it serves `qwen3.5-35b` (the name the recipe's
 client asks for). Put your Qwen3.5 GGUF in `MODEL_PATH` and the same cells give the real model's
 answers."""),
-params("""# Parameters (the test suite overrides these)
+("code", """# Parameters (the test suite overrides these)
 MODEL_PATH = None    # None: the small default model (SmolLM2-135M-Instruct); or your Qwen3.5 GGUF
 CONFIG_PATH = None   # a RunConfig saved by notebook 03 / 06 (JSON); wins over MODEL_PATH and N_CTX
 N_CTX = 2048         # context size for this demo; the recipe uses 8192
@@ -36,7 +32,7 @@ PORT = "any"         # 8000 is the recipe's; "any" takes the first free port fro
 MAX_TOKENS = 64      # tokens per answer in this notebook
 N_CONCURRENT = 4     # streams started at the same time in section 5
 CHAT_TURNS = 4       # chat turns of about 250 tokens each in section 6"""),
-md("""## 1. One configuration, rendered for the server
+("md", """## 1. One configuration, rendered for the server
 
 The recipe starts the server with `python -m llama_cpp.server --cache_type_k q8_0 --n_gpu_layers -1
 --flash_attn True --n_ctx 8192 ...`. Two things in such a command are wrong for llama-cpp-python
@@ -47,7 +43,7 @@ cost memory and speed: `logits_all=True` (a float32 array of n_ctx x vocabulary:
 (a new request silently ends the answer still streaming).
 
 `from_recipe_flags` translates the recipe's flags; `server_args()` shows what the server gets."""),
-code("""from pathlib import Path
+("code", """from pathlib import Path
 from qwenkit.config import RunConfig, from_recipe_flags
 from qwenkit.models import default_model_path
 
@@ -61,7 +57,7 @@ for n in notes:
 cfg = RunConfig.load(CONFIG_PATH) if CONFIG_PATH else RunConfig(model=model, n_ctx=N_CTX)
 print("\\nthis notebook's config:", cfg.summary())
 print("server arguments:", " ".join(cfg.server_args()))"""),
-md("""## 2. Start it (safe by default)
+("md", """## 2. Start it (safe by default)
 
 `server.start(cfg)` runs the server in a **child process** (a crash in llama.cpp, such as a CUDA
 out-of-memory abort, cannot take this notebook's kernel with it) and waits until `GET /v1/models`
@@ -73,16 +69,16 @@ answers. On the way it:
 - passes settings through a clean environment: `HOST=0.0.0.0` or `API_KEY=...` in your shell do
   not reach it (llama_cpp.server lets such variables override its flags);
 - writes everything, llama.cpp's own messages included, to a log file."""),
-code("""from qwenkit import server
+("code", """from qwenkit import server
 
 srv = server.start(cfg, port=PORT)   # prints the URL (and the key, when there is one)
 print(srv)
 print("context size the server really has:", srv.n_ctx)"""),
-md("""## 3. The recipe's client, as written
+("md", """## 3. The recipe's client, as written
 
 No key is needed on 127.0.0.1 (section 4 explains why that is safe here), so any `api_key`
 string works, and the model name the recipe asks for, `qwen3.5-35b`, is the server's alias."""),
-code("""import time
+("code", """import time
 from openai import OpenAI
 
 client = OpenAI(base_url=srv.base_url, api_key="anything", timeout=120, max_retries=1)
@@ -95,10 +91,10 @@ r = client.chat.completions.create(
 print(r.choices[0].message.content)
 print(f"{r.usage.prompt_tokens} prompt + {r.usage.completion_tokens} completion tokens "
       f"in {time.perf_counter() - t0:.2f} s")"""),
-md("""Streaming shows tokens as they come. The decode speed below is measured by the client:
+("md", """Streaming shows tokens as they come. The decode speed below is measured by the client:
 tokens after the first, divided by the time after the first. (With the 135M stand-in, read the
 answer for *how* it arrives, not for what it says about GGUF.)"""),
-code("""t0 = time.perf_counter(); first = None; n = 0
+("code", """t0 = time.perf_counter(); first = None; n = 0
 for chunk in client.chat.completions.create(
         model="qwen3.5-35b", max_tokens=MAX_TOKENS, stream=True,
         messages=[{"role": "user", "content": "Explain GGUF in three short sentences."}]):
@@ -109,13 +105,13 @@ for chunk in client.chat.completions.create(
 end = time.perf_counter()
 print(f"\\n\\nfirst token after {first - t0:.2f} s; decode {(n - 1) / max(end - first, 1e-9):.1f} tok/s "
       f"({n} streamed pieces)")"""),
-md("""## 4. Why no key is needed on 127.0.0.1, and when one is
+("md", """## 4. Why no key is needed on 127.0.0.1, and when one is
 
 A server on 127.0.0.1 is not reachable from other machines, but a web page you visit *is*
 running on your machine: with llama_cpp.server's defaults (any `Host` header, CORS `*`), a page can
 point a hostname of its own at 127.0.0.1 ("DNS rebinding") and drive the model. The kit's entry
 point accepts only `localhost` Host headers and no foreign `Origin`, so such requests are refused:"""),
-code("""import httpx
+("code", """import httpx
 
 ok = httpx.get(srv.base_url + "/models")
 rebinding = httpx.get(srv.base_url + "/models", headers={"Host": "attacker.example"})
@@ -124,7 +120,7 @@ web_page = httpx.post(srv.base_url + "/chat/completions", headers={"Origin": "ht
 print("normal request:         ", ok.status_code)
 print("foreign Host (rebinding):", rebinding.status_code, rebinding.json()["error"]["message"])
 print("foreign web Origin:      ", web_page.status_code, web_page.json()["error"]["message"])"""),
-md("""Any other address (`host="0.0.0.0"` to share the model on your network) needs
+("md", """Any other address (`host="0.0.0.0"` to share the model on your network) needs
 `allow_remote=True` **and** an API key; requests without `Authorization: Bearer <key>` then get
 401, the API docs pages included. `server.new_api_key()` makes a key, and `srv.client()` knows it:
 
@@ -132,11 +128,11 @@ md("""Any other address (`host="0.0.0.0"` to share the model on your network) ne
 lan = server.start(cfg, host="0.0.0.0", allow_remote=True, api_key=server.new_api_key())
 print(lan.describe())          # prints the key; give it to the clients that may use the model
 ```"""),
-code("""try:
+("code", """try:
     server.start(cfg, host="0.0.0.0")
 except Exception as e:
     print(type(e).__name__, "-", e)"""),
-md("""## 5. One GPU, a room of users
+("md", """## 5. One GPU, a room of users
 
 The kit's server decodes several requests **together**: it has `parallel` sequence slots, and
 each step of the model is one `llama_decode` that holds the next token of every answer being
@@ -149,23 +145,23 @@ shown), then one with `parallel = N_CONCURRENT`. Look at the worst time to first
 aggregate rate. On a CPU-only machine the kit's default is one slot (one answer already takes
 every core), so the gain here is small; on a GPU it is large (H200, Qwen3.5-35B-A3B-sized model,
 8 users: 513 tok/s together against 238 for one stream, `benchmarks/RESULTS.md`)."""),
-code("""from qwenkit import users
+("code", """from qwenkit import users
 
 print("slots of the first server:", srv.health()["slots"])
 one = users.at_once(srv, N_CONCURRENT, max_tokens=MAX_TOKENS // 2)
 one"""),
-code("""with server.start(cfg.replace(parallel=N_CONCURRENT), port="any", quiet=True) as srv_n:
+("code", """with server.start(cfg.replace(parallel=N_CONCURRENT), port="any", quiet=True) as srv_n:
     print("slots:", srv_n.health()["slots"])
     many = users.at_once(srv_n, N_CONCURRENT, max_tokens=MAX_TOKENS // 2)
     print("sequences per decode, mean / largest:", srv_n.health()["decode"]["mean_sequences"],
           "/", srv_n.health()["decode"]["max_sequences"])
 many"""),
-code("""worst = lambda c: max(u.ttft_s for u in c.users)
+("code", """worst = lambda c: max(u.ttft_s for u in c.users)
 print(f"worst time to first token: {worst(one):.2f} s with {one.slots} slot(s), "
       f"{worst(many):.2f} s with {many.slots}")
 print(f"aggregate: {one.aggregate:.1f} tok/s with {one.slots} slot(s), {many.aggregate:.1f} tok/s with {many.slots}")
 assert all(u.finish for u in one.users + many.users), 'an answer ended without a finish_reason'"""),
-md("""## 6. Why turn 2 is fast
+("md", """## 6. Why turn 2 is fast
 
 A chat client sends the whole conversation again with every message. The kit keeps what it
 already prefilled: the prompt tokens of the previous turn (the attention KV cache of a dense
@@ -177,7 +173,7 @@ turns, one with the cache and one with `reuse=False` (each prompt read from its 
 each turn adds about 250 tokens of the sample document. Flash attention is off so that the
 two give the same greedy answers (on a CPU it is not bit-identical when a prompt is read in
 different pieces)."""),
-code("""import matplotlib.pyplot as plt
+("code", """import matplotlib.pyplot as plt
 from qwenkit.data import sample_text
 from qwenkit.serving.chat import ChatSession
 
@@ -206,21 +202,21 @@ ax.set_ylim(bottom=0); ax.legend(fontsize=8); ax.set_title("Time to first token 
 plt.show()
 assert all(a.cached_tokens >= b.prompt_tokens - 8 for a, b in zip(on[1:], on)), "turn 2+ should reuse the last prompt"
 assert all(b.cached_tokens == 0 for b in off)"""),
-md("""Turn 1 costs the same either way. From turn 2 on, the cached chat reads only its new
+("md", """Turn 1 costs the same either way. From turn 2 on, the cached chat reads only its new
 message, so its time to first token stays flat while the uncached one grows with the
 conversation (2-core CPU, measured: turns 1-4 took 0.57, 0.65, 0.73, 0.85 s with the cache and
 0.58, 1.23, 1.95, 2.64 s without, the answers the same; the times jump about when other programs
 take the cores). On a
 16 GB card with Qwen3.5's experts in system RAM, a 20K-token conversation costs tens of seconds
 a turn without the cache (`benchmarks/RESULTS.md` has the H200 and CPU measurements)."""),
-md("""## 7. The log, and stopping
+("md", """## 7. The log, and stopping
 
 The log holds llama.cpp's messages (model load, memory, per-request timings) and one line per request.
 When a server does not come up (a wrong path, a truncated download, out of memory), `server.start`
 raises an error that quotes the last lines of this log, and nothing is left running."""),
-code("""print(srv.log_path)
+("code", """print(srv.log_path)
 print(srv.log_tail(12))"""),
-md("""`srv.stop()` ends the server (terminate, wait, kill if it has to); `with server.start(cfg) as srv:`
+("md", """`srv.stop()` ends the server (terminate, wait, kill if it has to); `with server.start(cfg) as srv:`
 does it at the end of the block, and a server is also stopped when this kernel exits.
 
 To keep a server running outside a notebook, use the command line:
@@ -230,12 +226,12 @@ python -m qwenkit serve --config my_run.json --background    # prints the URL (a
 python -m qwenkit serve --status
 python -m qwenkit serve --stop
 ```"""),
-code("""srv.stop()
+("code", """srv.stop()
 print("running:", srv.alive())"""),
-])
+]
 
-nb05 = new_notebook(cells=[
-md("""# 05 · Summarize long technical documents through the server
+_NB05 = [
+("md", """# 05 · Summarize long technical documents through the server
 
 **What you learn:** the recipe's payoff, summarizing a long technical document through the local
 OpenAI-compatible API, done so that it works on documents far longer than the context:
@@ -258,7 +254,7 @@ The small model writes only English, gets facts wrong and, left alone, repeats o
 Qwen3.5 GGUF in `MODEL_PATH` and the same code writes a real summary, in Japanese too. **Needs:** the kit installed (`make setup`); notebook 04
 explains the server. The bundled sample documents are technical texts (Japanese and English)
 about GGUF and memory for local inference, written for this kit."""),
-params("""# Parameters (the test suite overrides these)
+("code", """# Parameters (the test suite overrides these)
 MODEL_PATH = None    # None: the small default model (SmolLM2-135M-Instruct); or your Qwen3.5 GGUF
 CONFIG_PATH = None   # a RunConfig saved by notebook 03 / 06 (JSON); wins over MODEL_PATH and N_CTX
 DOCUMENT = None      # a text file to summarize; None: the bundled sample in LANGUAGE
@@ -268,8 +264,8 @@ N_CTX = 2048         # the server's context; the recipe uses 8192
 MAX_TOKENS = 128     # the recipe uses 1000; small here so the small model finishes quickly
 TEMPERATURE = None   # None: 0.0 for the small default model, the summarizer's 0.2 otherwise
 STATED_SECONDS = (5, 30)    # what a quiet 2-core machine takes for section 3's summary (measured 10 s)"""),
-md("""## 1. A server and a document"""),
-code("""from pathlib import Path
+("md", """## 1. A server and a document"""),
+("code", """from pathlib import Path
 from qwenkit import server, summarize
 from qwenkit.config import RunConfig
 from qwenkit.data import sample_path
@@ -287,19 +283,19 @@ count = summarize.TokenCounter(client, srv.alias)   # the model's own tokenizer,
 print(f"{doc_path.name}: {len(text):,} characters, {count(text):,} tokens for this model, "
       f"context {srv.n_ctx}")
 print(text[:300], "...")"""),
-md("""## 2. How the document is cut
+("md", """## 2. How the document is cut
 
 A chunk must leave room in the context for the system prompt, the chat template's own tokens and
 the answer. The cuts fall at paragraph breaks first, then after sentences (`。！？` and `.!?`),
 and only a sentence longer than a whole chunk is cut between tokens. Token counts come from the
 server's `/extras/tokenize`, so they are the model's own, not a guess from characters
 (Japanese takes very different numbers of tokens per character in different tokenizers)."""),
-code("""budget = srv.n_ctx - 400   # an illustration; summarize() computes the exact budget itself
+("code", """budget = srv.n_ctx - 400   # an illustration; summarize() computes the exact budget itself
 spans = summarize.split_spans(text, budget, count)
 for i, (a, b) in enumerate(spans, 1):
     piece = text[a:b]
     print(f"chunk {i}: {count(piece):>5} tokens, ends with {piece.rstrip()[-25:]!r}")"""),
-md("""## 3. Summarize, streaming
+("md", """## 3. Summarize, streaming
 
 Qwen3.5 *thinks* before it answers by default: a summary would start with a long `<think>` block
 that costs time and tokens. The kit asks the chat template not to
@@ -314,7 +310,7 @@ notebook also asks for greedy decoding with `frequency_penalty` 1.0, which made 
 the bundled sample far less repetitive (71-74 % distinct words instead of about 30 %).
 `trust.Probe` records how much CPU time other programs took meanwhile, so the time printed at the
 end can be judged."""),
-code("""from qwenkit import trust
+("code", """from qwenkit import trust
 from qwenkit.demo import SMALL_MODEL_SAMPLING
 from qwenkit.loopguard import text_stats
 
@@ -332,17 +328,17 @@ print(s)
 print("the summary:", text_stats(s.text))
 took = trust.Figure("section 3's summary", [s.seconds], unit="s", machine=probe.record())
 print(trust.within(took, *STATED_SECONDS, f"takes {STATED_SECONDS[0]}-{STATED_SECONDS[1]} s on a quiet 2-core machine"))"""),
-md("""## 4. Where the time went
+("md", """## 4. Where the time went
 
 Each request's prompt and answer sizes and times. Prompt processing is usually fast; the answer's
 decode speed (tokens per second) is what a person waits for. `truncated` says whether an answer was
 cut by `max_tokens`."""),
-code("""print(f"{'request':>8} {'prompt':>7} {'answer':>7} {'seconds':>8} {'decode tok/s':>13} finish")
+("code", """print(f"{'request':>8} {'prompt':>7} {'answer':>7} {'seconds':>8} {'decode tok/s':>13} finish")
 for c in s.calls:
     rate = (c.completion_tokens - 1) / c.decode_s if c.decode_s > 0 else float("nan")
     print(f"{c.role:>8} {c.prompt_tokens:>7} {c.completion_tokens:>7} {c.seconds:>8.2f} {rate:>13.1f} {c.finish_reason}")
 print(f"\\nchunks: {s.chunks}, rounds: {s.rounds}, cut by max_tokens: {s.truncated}")"""),
-code("""import matplotlib.pyplot as plt
+("code", """import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(6, 2.5))
 ax.bar(range(1, len(s.chunk_tokens) + 1), s.chunk_tokens, label="tokens in the chunk")
@@ -350,7 +346,7 @@ ax.axhline(s.chunk_budget, color="red", linestyle="--", label=f"budget ({s.chunk
 ax.set_xlabel("chunk"); ax.set_ylabel("tokens"); ax.legend(loc="lower right")
 ax.set_title(f"{doc_path.name}: every chunk within its budget (n_ctx {srv.n_ctx})")
 plt.show()"""),
-md("""## 5. The same from the command line, and cleaning up
+("md", """## 5. The same from the command line, and cleaning up
 
 ```
 python -m qwenkit summarize report.txt                 # the background server, or a fresh one
@@ -359,13 +355,8 @@ python -m qwenkit summarize notes.txt --url http://127.0.0.1:8000/v1 --ctx 8192
 ```
 
 It streams the summary and ends with the same stats line as `print(s)` above."""),
-code("""srv.stop()
+("code", """srv.stop()
 print("running:", srv.alive())"""),
-])
-for nb, name in ((nb04, "04_serve"), (nb05, "05_summarize")):
-    for i, c in enumerate(nb.cells):
-        c.id = f"{name[:2]}-{i:02d}"
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    nbformat.validate(nb)
-    nbformat.write(nb, f"/work/main/notebooks/{name}.ipynb")
+]
+
+NOTEBOOKS = {"04_serve": _NB04, "05_summarize": _NB05}

@@ -1,7 +1,6 @@
-import sys; sys.path.insert(0, ".")
-from tools.nb import write
+"""Source of notebooks/06_tune.ipynb (regenerate with `python tools/nb.py`)."""
 
-write("notebooks/06_tune.ipynb", [
+NOTEBOOKS = {"06_tune": [
 ("md", """
 # 06 · Tune interactively: what each knob does to memory and speed
 
@@ -110,4 +109,4 @@ step at a time until the plan turns red: each expert layer back on the GPU buys 
 of VRAM per layer at Q4_K_M). `panel.close_model()` frees the model when you are done.
 **Next:** `07_benchmark` measures settings properly (repetitions, depth, llama-bench's method).
 """),
-])
+]}

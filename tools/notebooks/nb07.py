@@ -1,7 +1,6 @@
-import sys; sys.path.insert(0, ".")
-from tools.nb import write
+"""Source of notebooks/07_benchmark.ipynb (regenerate with `python tools/nb.py`)."""
 
-write("notebooks/07_benchmark.ipynb", [
+NOTEBOOKS = {"07_benchmark": [
 ("md", """
 # 07 · Benchmark: measure the recipe's claims instead of believing them
 
@@ -241,4 +240,4 @@ if SAVE_JSON:
     bench.save_json(results + paths + lb + served + kv_rows, SAVE_JSON, quality=[r.to_dict() for r in q])
     print("saved", SAVE_JSON)
 """),
-])
+]}

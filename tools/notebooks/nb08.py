@@ -1,7 +1,6 @@
-import sys; sys.path.insert(0, ".")
-from tools.nb import write
+"""Source of notebooks/08_room.ipynb (regenerate with `python tools/nb.py`)."""
 
-write("notebooks/08_room.ipynb", [
+NOTEBOOKS = {"08_room": [
 ("md", """
 # 08 · Run it for a room: several servers behind one address
 
@@ -119,4 +118,4 @@ python -m qwenkit room start --server http://gpu1:8000 --server http://gpu2:8000
 python -m qwenkit room status          # per-server load, from another terminal
 ```
 """),
-])
+]}
