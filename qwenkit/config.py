@@ -2,7 +2,9 @@
 
 Every other module takes a RunConfig; none re-derives llama.cpp flags. It renders itself as
 `llama_cpp.Llama` keyword arguments (`llama_kwargs`), as `python -m llama_cpp.server`
-arguments (`server_args`) and as a one-line summary (`summary`).
+arguments (`server_args`), as llama.cpp's `llama-server` and `llama-bench` flags
+(`llama_server_args`, `llama_bench_args`), for the kit's own server (`to_dict`: the JSON its
+child process reads) and as a one-line summary (`summary`).
 """
 from __future__ import annotations
 
@@ -176,6 +178,28 @@ class RunConfig:
         if self.chat_format:
             args += ["--chat_format", self.chat_format]
         return args
+
+    def llama_server_args(self) -> list[str]:
+        """Flags for llama.cpp's `llama-server` (the model, host and port are the launcher's):
+        one slot and no web UI. -c is llama-server's TOTAL context over its slots, so it is
+        n_ctx here; a caller that wants N slots adds `-np N` (and `-c N x n_ctx`) after these,
+        where llama.cpp's parser lets the later flag win. n_cpu_moe only when set."""
+        return ["-c", str(self.n_ctx), "-t", str(self.n_threads),
+                "-tb", str(self.n_threads_batch or self.n_threads), "-ngl", self._llama_cpp_ngl(),
+                "-fa", "on" if self.flash_attn else "off", "-ctk", self.type_k, "-ctv", self.type_v,
+                "-b", str(self.n_batch), "-ub", str(self.n_ubatch), "-np", "1", "--no-webui",
+                "-a", self.alias, *(["--n-cpu-moe", str(self.n_cpu_moe)] if self.n_cpu_moe else [])]
+
+    def llama_bench_args(self) -> list[str]:
+        """Flags for llama.cpp's `llama-bench`, as (flag, value) pairs (the model and the test
+        sizes are the caller's; n_ctx does not apply: llama-bench sizes its context to p + n + d)."""
+        return ["-t", str(self.n_threads), "-ngl", self._llama_cpp_ngl(),
+                "-fa", "1" if self.flash_attn else "0", "-ctk", self.type_k, "-ctv", self.type_v,
+                "-b", str(self.n_batch), "-ub", str(self.n_ubatch), "-ncmoe", str(self.n_cpu_moe)]
+
+    def _llama_cpp_ngl(self) -> str:
+        # llama.cpp's tools have no "all layers" value: 999 is more layers than any model has
+        return str(999 if self.n_gpu_layers < 0 else self.n_gpu_layers)
 
     def summary(self) -> str:
         moe = f" n_cpu_moe={self.n_cpu_moe}" if self.n_cpu_moe else ""

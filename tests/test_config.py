@@ -73,6 +73,35 @@ def test_server_args_fix_the_servers_defaults():
     assert "--cache_type_k" not in args and "--cache_type" not in args
 
 
+# What qwenkit/bench.py rendered for these configs before RunConfig took the job (a6d1c3a:
+# NativeServer's argv after `-m MODEL --host H --port P`, and bench.llama_bench_args).
+_LLAMA_CPP_CASES = [
+    (dict(model="m.gguf", n_threads=4),
+     ["-c", "8192", "-t", "4", "-tb", "4", "-ngl", "999", "-fa", "on", "-ctk", "f16", "-ctv", "f16",
+      "-b", "512", "-ub", "512", "-np", "1", "--no-webui", "-a", "qwen3.5-35b"],
+     ["-t", "4", "-ngl", "999", "-fa", "1", "-ctk", "f16", "-ctv", "f16", "-b", "512", "-ub", "512",
+      "-ncmoe", "0"]),
+    (dict(model="/x/q.gguf", n_ctx=65536, type_k="q8_0", type_v="q4_0", n_gpu_layers=20, n_cpu_moe=8,
+          n_threads=8, n_threads_batch=16, n_batch=2048, n_ubatch=1024, alias="a"),
+     ["-c", "65536", "-t", "8", "-tb", "16", "-ngl", "20", "-fa", "on", "-ctk", "q8_0", "-ctv", "q4_0",
+      "-b", "2048", "-ub", "1024", "-np", "1", "--no-webui", "-a", "a", "--n-cpu-moe", "8"],
+     ["-t", "8", "-ngl", "20", "-fa", "1", "-ctk", "q8_0", "-ctv", "q4_0", "-b", "2048", "-ub", "1024",
+      "-ncmoe", "8"]),
+    (dict(model="m.gguf", flash_attn=False, type_k="q8_0", n_threads=2, n_gpu_layers=0, parallel=4),
+     ["-c", "8192", "-t", "2", "-tb", "2", "-ngl", "0", "-fa", "off", "-ctk", "q8_0", "-ctv", "f16",
+      "-b", "512", "-ub", "512", "-np", "1", "--no-webui", "-a", "qwen3.5-35b"],
+     ["-t", "2", "-ngl", "0", "-fa", "0", "-ctk", "q8_0", "-ctv", "f16", "-b", "512", "-ub", "512",
+      "-ncmoe", "0"]),
+]
+
+
+@pytest.mark.parametrize("settings,server,bench", _LLAMA_CPP_CASES)
+def test_llama_cpp_tool_flags_are_the_benchmarks_own(settings, server, bench):
+    cfg = RunConfig(**settings)
+    assert cfg.llama_server_args() == server
+    assert cfg.llama_bench_args() == bench
+
+
 def test_save_and_load_round_trip(tmp_path):
     cfg = RunConfig(model="m.gguf", n_ctx=2048, type_k="q8_0")
     path = cfg.save(tmp_path / "tuned.json")
