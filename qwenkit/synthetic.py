@@ -7,6 +7,13 @@ memory planning, speed benchmarks) need a `qwen35moe` model, and the real one is
 * ``size="tiny"``: a few MB, same structure (hybrid layers with ``full_attention_interval`` 4,
   routed + shared experts, Q/K norms, partial IMRoPE), loads and generates in well under a
   second on a 2-core CPU. Used by the tests and the notebooks' CI runs.
+* ``size="small"``: about 160 MB, the same structure at a size where prefill costs what a
+  CPU benchmark can see: 12 blocks (DeltaNet 0-2, 4-6, 8-10; attention 3, 7, 11), 16 experts
+  with 4 used + a shared one, the real model's head sizes (attention 256, DeltaNet 128), a
+  4,096-token vocabulary (the same tokenizer and chat template as the others). On the 2-core
+  box (AMD EPYC, AVX-512) a 500-token prefill of the qwen35moe one takes 1.25-1.4 s at 1
+  thread, decoding about 160 t/s; the file is written in ~3.5 s. Used by the CPU multi-turn
+  benchmark (benchmarks/multiturn.py) and benchmarks/rs_rollback.py.
 * ``size="full", weights="sparse"``: the exact full-size header and tensor table of
   Qwen3.5-35B-A3B (or Qwen3-30B-A3B for ``arch="qwen3moe"``) with a Q4_K_M-like type mix;
   the tensor data is a hole (seek + truncate), so a 20 GiB file costs almost no disk and is
@@ -46,7 +53,8 @@ import numpy as np
 GENERATOR_VERSION = 1
 
 ARCHS = ("qwen35moe", "qwen3moe")
-SIZES = ("tiny", "full")
+SIZES = ("tiny", "small", "full")
+CACHED_SIZES = ("tiny", "small")  # what cached_model() writes (random weights, a few MB to ~160 MB)
 WEIGHTS = ("random", "sparse")
 MIXES = ("q4_k_m", "q4_k", "q8_0")
 
@@ -169,6 +177,16 @@ _HPARAMS = {
         rope_theta=1e7, n_rot=16, rope_sections=(3, 3, 2, 0),
         ssm_d_conv=4, ssm_d_state=64, ssm_n_group=2, ssm_dt_rank=4,
         full_attention_interval=4),
+    # same structure, ~160 MB: 500-token prefill >= 1 s at 1 CPU thread (module docstring);
+    # 12 blocks (attention 3, 7, 11), the real head sizes, 16 experts (4 used) + shared expert
+    ("qwen35moe", "small"): HParams(
+        arch="qwen35moe", name="Qwen3.5-MoE small (qwenkit synthetic)",
+        n_layer=12, n_embd=1024, n_vocab=4096, n_ctx_train=32_768,
+        n_head=8, n_head_kv=2, head_dim=256,
+        n_expert=16, n_expert_used=4, n_ff_exp=256, n_ff_shexp=256,
+        rope_theta=1e7, n_rot=64, rope_sections=(11, 11, 10, 0),
+        ssm_d_conv=4, ssm_d_state=128, ssm_n_group=8, ssm_dt_rank=16,
+        full_attention_interval=4),
     # Qwen3-30B-A3B
     ("qwen3moe", "full"): HParams(
         arch="qwen3moe", name="Qwen3-30B-A3B (qwenkit synthetic)",
@@ -181,6 +199,12 @@ _HPARAMS = {
         n_layer=4, n_embd=256, n_vocab=512, n_ctx_train=32_768,
         n_head=4, n_head_kv=2, head_dim=64,
         n_expert=4, n_expert_used=2, n_ff_exp=256, n_ff=512,
+        rope_theta=1e6),
+    ("qwen3moe", "small"): HParams(
+        arch="qwen3moe", name="Qwen3-MoE small (qwenkit synthetic)",
+        n_layer=12, n_embd=1024, n_vocab=4096, n_ctx_train=32_768,
+        n_head=16, n_head_kv=2, head_dim=128,
+        n_expert=16, n_expert_used=4, n_ff_exp=512, n_ff=3072,
         rope_theta=1e6),
 }
 
@@ -698,7 +722,8 @@ def write_model(path, arch: str = "qwen35moe", size: str = "tiny", weights: str 
     """Write a synthetic GGUF to ``path`` and return it as a Path.
 
     arch: "qwen35moe" (Qwen3.5-35B-A3B) or "qwen3moe" (Qwen3-30B-A3B).
-    size: "tiny" (a few MB, same structure) or "full" (the real header and tensor table).
+    size: "tiny" (a few MB, same structure), "small" (~160 MB, same structure, CPU-benchmark
+      sized) or "full" (the real header and tensor table).
     weights: "random" (random quantized blocks, finite small scales) or "sparse" (the data
       section is a hole: full file size, almost no disk, all weights zero).
     mix: "q4_k_m" (llama-quantize Q4_K_M rules), "q4_k" (every quantized weight Q4_K,
@@ -741,23 +766,35 @@ def write_model(path, arch: str = "qwen35moe", size: str = "tiny", weights: str 
     return path
 
 
-def tiny_model(arch: str = "qwen35moe", chat_template: str | None = None) -> Path:
-    """Path of the cached tiny random model of ``arch``, written on first use.
+def cached_model(arch: str = "qwen35moe", size: str = "tiny", chat_template: str | None = None) -> Path:
+    """Path of the cached random model of ``arch`` and ``size`` (in CACHED_SIZES), written on
+    first use.
 
-    Cached under ``qwenkit.models.cache_dir()/synthetic/``; the name carries the generator
-    version (and a hash of a non-default chat template), so a new version rewrites it.
+    Cached under ``qwenkit.models.cache_dir()/synthetic/``; the name carries the size, the
+    generator version (and a hash of a non-default chat template), so a new version rewrites it.
     """
     from qwenkit.models import cache_dir
 
     _check_choice("arch", arch, ARCHS)
+    _check_choice("size", size, CACHED_SIZES)
     tag = ""
     if chat_template is not None and chat_template != DEFAULT_CHAT_TEMPLATE:
         tag = "-" + hashlib.sha256(chat_template.encode()).hexdigest()[:10]
-    path = cache_dir() / "synthetic" / f"{arch}-tiny-v{GENERATOR_VERSION}{tag}.gguf"
+    path = cache_dir() / "synthetic" / f"{arch}-{size}-v{GENERATOR_VERSION}{tag}.gguf"
     if not path.is_file():
-        write_model(path, arch=arch, size="tiny", weights="random", chat_template=chat_template,
+        write_model(path, arch=arch, size=size, weights="random", chat_template=chat_template,
                     progress=False)
     return path
+
+
+def tiny_model(arch: str = "qwen35moe", chat_template: str | None = None) -> Path:
+    """Path of the cached tiny random model of ``arch`` (cached_model(arch, "tiny"))."""
+    return cached_model(arch, "tiny", chat_template)
+
+
+def small_model(arch: str = "qwen35moe", chat_template: str | None = None) -> Path:
+    """Path of the cached small random model of ``arch`` (~160 MB, written in a few seconds)."""
+    return cached_model(arch, "small", chat_template)
 
 
 def summary(arch: str = "qwen35moe", size: str = "full", mix: str = "q4_k_m") -> str:

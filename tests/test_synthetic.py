@@ -77,6 +77,47 @@ def test_tiny_model_is_cached_by_version(cache):
     assert not [p for p in (cache / "synthetic").iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", synthetic.ARCHS)
+def test_small_model_loads_and_generates_finite_logits(cache, arch):
+    """The CPU-benchmark size: the real structure at ~160-210 MB, finite logits, distinct tokens."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = synthetic.small_model(arch)
+    assert path.name == f"{arch}-small-v{synthetic.GENERATOR_VERSION}.gguf" and path.parent == cache / "synthetic"
+    assert 100 * 2**20 < path.stat().st_size < 300 * 2**20
+    assert synthetic.small_model(arch) == path
+    hp = synthetic.hparams(arch, "small")
+    llm = _load(path)
+    try:
+        md = llm.metadata
+        assert md["general.architecture"] == arch
+        assert md[f"{arch}.block_count"] == str(hp.n_layer) == "12"
+        assert md[f"{arch}.expert_count"] == "16" and md[f"{arch}.expert_used_count"] == "4"
+        assert llm.n_vocab() == hp.n_vocab
+        if arch == "qwen35moe":  # hybrid: DeltaNet blocks, attention every 4th (3, 7, 11)
+            assert llama_cpp.llama_model_is_hybrid(llm.model)
+            assert md["qwen35moe.full_attention_interval"] == "4"
+            assert [il for il in range(hp.n_layer) if not hp.is_recurrent(il)] == [3, 7, 11]
+        tokens = llm.tokenize(b"<|im_start|>user\nThe quick brown fox jumps over the lazy dog.<|im_end|>\n",
+                              special=True)
+        assert synthetic.SPECIAL_TOKENS[1][0] == "<|im_start|>" and len(tokens) > 10
+        llm.eval(tokens)
+        out = []
+        for _ in range(8):
+            logits = np.asarray(llm.scores[llm.n_tokens - 1])
+            assert logits.shape == (hp.n_vocab,) and np.isfinite(logits).all() and logits.std() > 0
+            out.append(int(np.argmax(logits)))
+            llm.eval([out[-1]])
+        assert len(set(out)) > 1, out
+    finally:
+        llm.close()
+
+
+def test_cached_model_refuses_full_size(cache):
+    with pytest.raises(ValueError, match="choose one of: tiny, small"):
+        synthetic.cached_model("qwen35moe", "full")
+
+
 def test_thinking_template_honours_enable_thinking():
     pytest.importorskip("llama_cpp")
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
