@@ -248,7 +248,7 @@ def kv_quality(model: str | RunConfig, kv: Sequence[tuple[str, str]] = DEFAULT_K
 def table(rows: Sequence[KVQuality], speed: dict[str, dict[str, float]] | None = None) -> str:
     """Markdown: KV pair, KV bytes/token and saving vs f16, PPL, ln ratio, KLD, same-top, and
     (with `speed`: label -> {"tg_d0": ratio, "tg_dN": ratio, ...}) decode speed vs f16."""
-    from qwenkit.bench import _md
+    from qwenkit.bench import markdown_table as _md
     base = next((r for r in rows if (r.type_k, r.type_v) == ("f16", "f16")), None)
     skeys = sorted({k for v in (speed or {}).values() for k in v})
     head = ["KV K/V", "bytes/token", "saved vs f16", "PPL", "ln(PPL/PPL_f16)", "mean KLD", "KLD p99",

@@ -208,7 +208,7 @@ def test_kit_server_text_equals_in_kernel_greedy(llm, served):
 def test_tools_missing_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("QWENKIT_TOOLS_BIN", str(tmp_path))
     with pytest.raises(bench.BenchError, match="build_tools"):
-        bench._tool("llama-bench", tmp_path)
+        bench.tool_path("llama-bench", tmp_path)
 
 
 @pytest.mark.skipif(bench.find_tools() is None, reason="llama.cpp tools not built (scripts/build_tools.sh)")
