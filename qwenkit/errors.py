@@ -33,3 +33,8 @@ class ContextOverflowError(QwenkitError, ValueError):
 
 class DownloadError(QwenkitError, RuntimeError):
     """A download that could not complete or failed verification."""
+
+
+class HubUnreachable(DownloadError):
+    """The hub could not be reached at all (no network, wrong HF_ENDPOINT); the fix names the
+    offline ways on (HF_HUB_OFFLINE=1 with downloaded models, the practice hub)."""

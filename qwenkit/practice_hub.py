@@ -605,7 +605,7 @@ def connect(mode: str = "auto", *, endpoint: str | None = None, repo: str | None
     if hub.is_offline() and mode != "real":
         # huggingface_hub refuses every request in offline mode, to 127.0.0.1 as well: the
         # practice hub cannot help, so say so and let the steps answer from the disk
-        return HubChoice(hub._endpoint(endpoint), repo, quant, repo, quant, None,
+        return HubChoice(hub.api.endpoint_url(endpoint), repo, quant, repo, quant, None,
                          "HF_HUB_OFFLINE is set: huggingface_hub sends no request at all, not even to the "
                          "practice hub on 127.0.0.1, so the steps below use only what is on disk. To practise "
                          "the download, unset HF_HUB_OFFLINE and restart the kernel", 0.0, models_dir, revision,

@@ -255,7 +255,7 @@ def test_server_errors_are_retried(fake_hub, hub_files):
 
 
 def test_low_disk_fails_before_downloading(fake_hub, monkeypatch):
-    monkeypatch.setattr(hub, "free_bytes", lambda path: 5 << 20)
+    monkeypatch.setattr(hub.downloader, "free_bytes", lambda path: 5 << 20)
     with pytest.raises(DownloadError, match="not enough disk space") as e:
         hub.download(REPO_TINY, "Q4_K_M", **FAST)
     size = fake_hub.file(REPO_TINY, TINY_FILE).size
@@ -381,7 +381,7 @@ def test_practice_hub_teaches_the_whole_flow(tmp_path, monkeypatch):
         m = hub.download(where.download_repo, where.download_quant, dest=where.models_dir, endpoint=where.endpoint, **FAST)
         assert m.state == hub.STATE_VERIFIED and ph.gets(ph_mod.GET_FILE) == [f"bytes={cut}-"]
         assert ph.served(ph_mod.GET_FILE) == m.size - cut
-        monkeypatch.setattr(hub, "free_bytes", lambda path: 1 << 50)   # past the disk check
+        monkeypatch.setattr(hub.downloader, "free_bytes", lambda path: 1 << 50)   # past the disk check
         with pytest.raises(DownloadError, match="only its header is served"):
             hub.download(where.repo, "Q4_K_M", dest=where.models_dir, endpoint=where.endpoint, **FAST)
     finally:
