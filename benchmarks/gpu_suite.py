@@ -6,7 +6,7 @@ random synthetic Qwen3.5-35B-A3B (or a real GGUF), in under ~8 minutes on an H20
 
 Needs: a CUDA build of llama-cpp-python 0.3.36 made with `pip install -C build-dir=BUILD`
 and CMAKE_ARGS adding `-DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAVA_BUILD=OFF`, so
-llama-bench and llama-server in BUILD/bin come from the same sources and flags (FACTS.md);
+llama-bench and llama-server in BUILD/bin come from the same sources and flags (docs/facts.md, section 2);
 fastapi/uvicorn/pydantic/sse-starlette for the servers (no openai package: the streaming
 client is plain http.client).
 

@@ -6,7 +6,7 @@
     ...
     srv.stop()                                  # or `with server.start(cfg) as srv:`
 
-Safe by default (DESIGN.md): 127.0.0.1 only; the child (qwenkit.serve_entry) accepts only
+Safe by default (docs/design.md): 127.0.0.1 only; the child (qwenkit.serve_entry) accepts only
 localhost Host headers and no foreign Origins, so no key is needed on loopback and the recipe's
 client (`OpenAI(base_url=..., api_key="anything")`) works as written. Any other address needs
 `allow_remote=True` and an API key; requests without it get 401. Settings and the key reach the

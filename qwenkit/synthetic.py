@@ -26,7 +26,7 @@ Checked on an H200 machine (16 cores, llama.cpp 0c1e570 built for sm_90): the fu
 qwen35moe file (19.70 GiB of weights, 34.66 B params as llama.cpp counts them) is written in
 17-29 s (about 1.8 GB/s); greedy decoding gives 48 distinct tokens, perplexity is finite at
 every position; llama-bench -fa 1 -ngl 99: pp512 about 5,000, tg128 240 t/s. The full random
-qwen3moe ``mix="q4_k"`` file is 16.11 GiB and gives tg128 300 t/s (FACTS.md measured 304-306
+qwen3moe ``mix="q4_k"`` file is 16.11 GiB and gives tg128 300 t/s (docs/facts.md: 304-306
 on its own random model of that shape).
 
 Tensor names, shapes and hyperparameter keys follow llama.cpp's loader in the version that
@@ -158,7 +158,7 @@ class HParams:
 
 
 _HPARAMS = {
-    # Qwen3.5-35B-A3B as llama.cpp's convert_hf_to_gguf writes it (see FACTS.md)
+    # Qwen3.5-35B-A3B as llama.cpp's convert_hf_to_gguf writes it (docs/facts.md, section 1)
     ("qwen35moe", "full"): HParams(
         arch="qwen35moe", name="Qwen3.5-35B-A3B (qwenkit synthetic)",
         n_layer=40, n_embd=2048, n_vocab=248_320, n_ctx_train=262_144,

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# On a GPU machine without internet (the H200 device of this workplace): install the carried
-# wheels, build llama-cpp-python 0.3.36 with CUDA plus llama-bench/llama-server from the same
-# sources, and install it. Usage: bash scripts/device_build.sh CARRY_DIR BUILD_DIR
-# CARRY_DIR holds llama_cpp_python-0.3.36.tar.gz (repacked sdist) and whl/*.whl.
+# On a CUDA machine without internet access: install wheels prepared on a connected machine,
+# build llama-cpp-python 0.3.36 with CUDA (for the first GPU's compute capability) plus
+# llama-bench/llama-server from the same sources, and install it.
+# Usage: bash scripts/device_build.sh CARRY_DIR BUILD_DIR
+# CARRY_DIR, copied there beforehand, holds llama_cpp_python-0.3.36.tar.gz (the sdist, which may
+# be repacked without its models/docs/tests folders: docs/facts.md, section 2) and whl/*.whl
+# (`pip download` of the Python packages the run needs, for that machine's Python).
 set -euo pipefail
 CARRY="${1:-.carry}"; BUILD="${2:-/tmp/llbuild}"
 ARCH="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d ' .')"

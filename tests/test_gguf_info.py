@@ -55,7 +55,7 @@ def test_default_model_matches_gguf_package(default_model):
 
 
 def test_full_size_qwen35moe_header(hub_files):
-    """The full-size synthetic Qwen3.5-35B-A3B: every number FACTS.md lists, from ~5 MB of header."""
+    """The full-size synthetic Qwen3.5-35B-A3B: every number docs/facts.md lists, from ~5 MB of header."""
     path = hub_files["full"]
     read, seen, fh = _counting_reader(path)
     with fh:

@@ -61,7 +61,7 @@ def test_kv_only_in_attention_layers(engine_full_sparse):
     assert len(info.kv_layers) == 10
     f16 = plan(info, RunConfig(model=info.source, n_ctx=8192))
     q8 = plan(info, RunConfig(model=info.source, n_ctx=8192, type_k="q8_0", type_v="q8_0"))
-    assert f16.kv == 8192 * 20480 and f16.kv == 160 * MiB          # FACTS.md
+    assert f16.kv == 8192 * 20480 and f16.kv == 160 * MiB          # docs/facts.md
     assert q8.kv == 8192 * 10880                                     # 85 MiB
     assert f16.recurrent_bytes == pytest.approx(62.81 * MiB, abs=0.01 * MiB)
 

@@ -12,8 +12,8 @@ from qwenkit import synthetic
 gguf = pytest.importorskip("gguf")
 
 GIB = 2**30
-REAL_Q4_K_M_GIB = 19.70   # Qwen3.5-35B-A3B Q4_K_M (FACTS.md)
-QWEN3_Q4_K_GIB = 16.11    # random qwen3moe at Qwen3-30B-A3B shape, "all Q4_K" (FACTS.md)
+REAL_Q4_K_M_GIB = 19.70   # Qwen3.5-35B-A3B Q4_K_M (docs/facts.md)
+QWEN3_Q4_K_GIB = 16.11    # random qwen3moe at Qwen3-30B-A3B shape, "all Q4_K" (docs/facts.md)
 
 
 @pytest.fixture(scope="module")

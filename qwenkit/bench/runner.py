@@ -1,5 +1,5 @@
 """In-kernel speed measurements on a model loaded in this process, the way llama-bench measures
-(FACTS.md, "How llama-bench measures"): defaults p=512, n=128, r=5; one warm-up (a full prompt
+(docs/facts.md, "How llama-bench measures"): defaults p=512, n=128, r=5; one warm-up (a full prompt
 run, then one generated token); every repetition clears the KV cache, optionally prefills
 `depth` tokens untimed (computed once, then restored from a saved state, as llama-bench does),
 then times the test; pp decodes random tokens in n_batch batches, tg decodes n single tokens
