@@ -143,13 +143,6 @@ def test_machine_info():
         assert info.get(k), k
 
 
-def test_llama_bench_args():
-    cfg = RunConfig(model="m.gguf", type_k="q8_0", n_threads=3, n_gpu_layers=-1, flash_attn=True, n_cpu_moe=2)
-    a = bench.llama_bench_args(cfg)
-    assert a[a.index("-ctk") + 1] == "q8_0" and a[a.index("-t") + 1] == "3"
-    assert a[a.index("-ngl") + 1] == "999" and a[a.index("-fa") + 1] == "1" and a[a.index("-ncmoe") + 1] == "2"
-
-
 # ---- server streaming client -----------------------------------------------------------------
 class _SSE(BaseHTTPRequestHandler):
     def log_message(self, *a):

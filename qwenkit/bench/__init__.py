@@ -31,11 +31,11 @@ Modules, one job each:
   models     the synthetic GPU model, a logit_bias against end-of-generation tokens
   machine    machine_info (where a result was measured), gpu_slug
   tables     markdown / HTML tables;  plots: bar charts
-  _flags     RunConfig -> llama-bench / llama-server flags (private: to move into RunConfig)
+The llama-bench / llama-server flags for a RunConfig are RunConfig's own (llama_bench_args(),
+llama_server_args()): nothing here renders them.
 """
 from __future__ import annotations
 
-from qwenkit.bench._flags import llama_bench_args
 from qwenkit.bench.machine import gpu_slug, machine_info
 from qwenkit.bench.models import SYNTHETIC_MODEL_NAME, eog_bias, synthetic_model
 from qwenkit.bench.pairs import native_pair_args, server_pair
@@ -60,7 +60,7 @@ __all__ = [
     "CONFIG_FIELDS", "DEFAULT_SERVER_PROMPT", "MAX_REPS", "PATHS", "SYNTHETIC_MODEL_NAME",
     "BenchError", "BenchResult", "NativeServer", "StockServer", "StreamStats",
     "bench", "bench_server", "config_fields", "eog_bias", "find_tools", "fmt_rate", "free_port",
-    "get_json", "gpu_slug", "html", "kit_server", "llama_bench_args", "load_json", "loaded",
+    "get_json", "gpu_slug", "html", "kit_server", "load_json", "loaded",
     "machine_info", "markdown_table", "merge", "native_pair_args", "plot", "run_llama_bench",
     "save_json", "server_pair", "start_llama_server", "stream_completion", "sweep", "synthetic_model",
     "table", "test_name", "tool_env", "tool_path",

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from qwenkit.bench._flags import llama_server_args
 from qwenkit.bench.results import BenchError
 from qwenkit.bench.tools import tool_env, tool_path
 from qwenkit.config import RunConfig
@@ -96,7 +95,7 @@ class NativeServer(_ServerRun):
         self.port = port or free_port()
         # extra_args come last: a flag given twice, llama.cpp's argument parser takes the later one
         args = [str(exe), "-m", cfg.model, "--host", "127.0.0.1", "--port", str(self.port),
-                *llama_server_args(cfg), *extra_args]
+                *cfg.llama_server_args(), *extra_args]
         e = tool_env(exe.parent)
         e.update(env or {})
         self._launch(args, e, "llama-server-", ready_timeout)

@@ -8,7 +8,6 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from qwenkit.bench._flags import llama_bench_args
 from qwenkit.bench.results import BenchError, BenchResult, config_fields, test_name
 from qwenkit.config import RunConfig
 
@@ -55,8 +54,6 @@ def tool_env(bin_dir: Path) -> dict[str, str]:
     return env
 
 
-
-
 def _csv(x) -> str:
     return ",".join(str(v) for v in x) if isinstance(x, (list, tuple)) else str(x)
 
@@ -69,7 +66,7 @@ def run_llama_bench(cfg: RunConfig, p: int | Sequence[int] = 512, n: int | Seque
     extra_args may override a setting (e.g. ["-ub", "256,1024"]): each result's config is
     read back from llama-bench's own report."""
     exe = tool_path("llama-bench", bin_dir)
-    base = llama_bench_args(cfg)
+    base = cfg.llama_bench_args()
     over = {a for a in extra_args if a.startswith("-")}
     kept = []
     for i in range(0, len(base), 2):  # a flag given in extra_args replaces the RunConfig's
