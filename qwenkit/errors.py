@@ -38,3 +38,7 @@ class DownloadError(QwenkitError, RuntimeError):
 class HubUnreachable(DownloadError):
     """The hub could not be reached at all (no network, wrong HF_ENDPOINT); the fix names the
     offline ways on (HF_HUB_OFFLINE=1 with downloaded models, the practice hub)."""
+
+
+class LlamaCppError(QwenkitError, RuntimeError):
+    """The installed llama-cpp-python lacks a name the kit uses, or is not the tested version."""
