@@ -34,6 +34,7 @@ TITLES = {
     "concurrency_h200": "H200: users at once, the kit's server (N slots) vs llama-server -np N --kv-unified",
     "concurrency_h200_nockpt": "H200, an earlier run (before 795cde5: the kit checkpointed every request): users at once, the kit's server (prompt cache on) vs llama-server with its context checkpoints off (--ctx-checkpoints 0)",
     "multiturn_cpu": "2-core CPU: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
+    "multiturn_cpu_qwen35moe": "2-core CPU: multi-turn chats on the small synthetic Qwen3.5 (hybrid DeltaNet + attention, MoE), the kit's prompt cache vs cache off and llama-server",
     "multiturn_h200": "H200: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
     "multiturn_h200_interleaved": "H200: four chats interleaved turn by turn over four slots, the kit's prompt cache vs cache off and llama-server",
     "summary_slots_cpu": "2-core CPU: one long summary, the kit's server with N slots vs one slot",
