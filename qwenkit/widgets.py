@@ -34,8 +34,6 @@ from qwenkit.errors import ConfigError, QwenkitError
 MiB = 1024 * 1024
 MIN_CTX = 256          # llama.cpp pads the KV cache to 256 cells: smaller sizes buy nothing
 DEFAULT_SAVE_NAME = "tuned.json"   # in the kit's cache folder unless a save_path is given
-PROMPT_TEXT = (b"The quick brown fox jumps over the lazy dog. A journey of a thousand miles "
-               b"begins with a single step. ")
 
 
 # ---- small helpers ------------------------------------------------------------------------------
@@ -109,29 +107,15 @@ def estimated(p) -> dict[str, tuple[int, int]]:
 
 
 def quick_bench(llm, n_prompt: int = 64, n_gen: int = 16) -> dict[str, float]:
-    """A short llama-bench-like measurement on a loaded model: prefill `n_prompt` tokens in one
-    eval (pp tok/s), then `n_gen` single-token decodes (tg tok/s). One 1-token warm-up; the
-    context is cleared before and after. Seconds, not a benchmark: notebook 07 measures properly."""
+    """A short measurement on a loaded model with qwenkit.bench (the kit's path: one warm-up,
+    one repetition of pp{n_prompt} and tg{n_gen}, sizes cut to fit the context, the context
+    cleared after). Seconds, not a benchmark: notebook 07 measures properly."""
+    from qwenkit import bench
     n_ctx = llm.n_ctx()
     n_gen = max(1, min(n_gen, n_ctx // 4))
     n_prompt = max(1, min(n_prompt, n_ctx - n_gen - 2))
-    base = llm.tokenize(PROMPT_TEXT, add_bos=False) or [llm.token_bos()]
-    toks = (base * (n_prompt // len(base) + 1))[:n_prompt]
-    llm.reset()
-    llm.eval(toks[:1])  # warm-up: first graph allocation
-    llm.reset()
-    t0 = time.perf_counter()
-    llm.eval(toks)
-    t_pp = time.perf_counter() - t0
-    tok = toks[-1]
-    t0 = time.perf_counter()
-    for _ in range(n_gen):
-        llm.eval([tok])
-    t_tg = time.perf_counter() - t0
-    llm.reset()
-    return {"n_prompt": n_prompt, "n_gen": n_gen,
-            "pp_tok_s": n_prompt / t_pp if t_pp > 0 else 0.0,
-            "tg_tok_s": n_gen / t_tg if t_tg > 0 else 0.0}
+    pp, tg = bench.bench(llm, p=n_prompt, n=n_gen, r=1, path="kit")
+    return {"n_prompt": n_prompt, "n_gen": n_gen, "pp_tok_s": pp.mean, "tg_tok_s": tg.mean}
 
 
 # ---- one relaunch -----------------------------------------------------------------------------------

@@ -91,6 +91,23 @@ def test_relaunch_changes_the_live_model(widgets_panel):
     assert "q8_0/q8_0" in _text(p.history_html.value)
 
 
+def test_quick_bench_fits_the_context_and_leaves_the_model_as_it_was(default_model):
+    """The panel's measurement is qwenkit.bench's (kit path): sizes cut to a small context, a
+    result for each, and afterwards the model answers as a freshly loaded one does."""
+    from qwenkit.engine import load
+    llm = load(RunConfig(model=str(default_model), n_ctx=256))
+    try:
+        prompt = "The history of the city begins with"
+        before = llm.create_completion(prompt, max_tokens=12, temperature=0)["choices"][0]["text"]
+        q = widgets.quick_bench(llm, n_prompt=1000, n_gen=200)
+        assert (q["n_prompt"], q["n_gen"]) == (256 - 64 - 2, 64)
+        assert q["pp_tok_s"] > 0 and q["tg_tok_s"] > 0
+        after = llm.create_completion(prompt, max_tokens=12, temperature=0)["choices"][0]["text"]
+        assert after == before and before
+    finally:
+        llm.close()
+
+
 def test_invalid_choice_is_refused_with_its_reason(widgets_panel):
     p = widgets_panel(n_ctx=512)
     p.relaunch_button.click()
