@@ -48,8 +48,6 @@ What is measured, for each number of users U (1, then the --users list):
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import contextlib
 import json
 import os
 import resource
@@ -242,58 +240,6 @@ def client_ceiling(users: int, max_tokens: int) -> dict:
         p.wait(5)
 
 
-# ---- servers ---------------------------------------------------------------------------------------
-NATIVE_EXTRA: list[str] = []  # --native-extra: more llama-server flags (an A/B of its defaults)
-
-
-def native_args(users: int, n_ctx: int) -> list[str]:
-    """What NativeServer is given beyond cfg: it renders `-c cfg.n_ctx ... -np 1`, and these
-    later flags win in llama.cpp's argument parser."""
-    return ["-np", str(users)] + (["--kv-unified"] if users > 1 else []) + NATIVE_EXTRA
-
-
-def _get(url: str, timeout: float = 5) -> Any:
-    import http.client
-    import urllib.parse
-    u = urllib.parse.urlsplit(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        c.request("GET", u.path)
-        r = c.getresponse()
-        return json.loads(r.read()) if r.status == 200 else {"status": r.status}
-    except (OSError, ValueError) as e:
-        return {"error": str(e)}
-    finally:
-        c.close()
-
-
-@contextlib.contextmanager
-def pair(cfg: RunConfig, users: int, bin_dir: Path, together: bool):
-    """(kit server with parallel=users, llama-server -np users --kv-unified), same per-slot n_ctx."""
-    kcfg = cfg.replace(parallel=users)
-    ncfg = cfg.replace(n_ctx=cfg.n_ctx * users)  # llama-server's -c: the total
-    with contextlib.ExitStack() as st:
-        if together:  # load both at once (a GPU host: the model file is in the page cache)
-            with cf.ThreadPoolExecutor(2) as ex:
-                fk = ex.submit(lambda: st.enter_context(bench.kit_server(kcfg)))
-                fn = ex.submit(bench.NativeServer, ncfg, bin_dir=bin_dir, extra_args=native_args(users, cfg.n_ctx))
-                errs = []
-                for f in (fk, fn):
-                    try:
-                        f.result()
-                    except Exception as e:  # noqa: BLE001
-                        errs.append(e)
-                if fn.exception() is None:
-                    st.enter_context(fn.result())
-                if errs:
-                    raise errs[0]
-                kit, nat = fk.result(), fn.result()
-        else:
-            kit = st.enter_context(bench.kit_server(kcfg))
-            nat = st.enter_context(bench.NativeServer(ncfg, bin_dir=bin_dir, extra_args=native_args(users, cfg.n_ctx)))
-        yield kit, nat
-
-
 # ---- the run ---------------------------------------------------------------------------------------
 def summarize(bursts: list[dict], one_stream: bool) -> dict:
     ttfts = [u["ttft_s"] for b in bursts for u in b["users"] if u.get("ttft_s") is not None]
@@ -350,43 +296,6 @@ def table(rows: list[dict]) -> str:
     return concurrency_table(rows)
 
 
-def eog_bias(model: str) -> dict[str, float]:
-    """logit_bias -100 for every end-of-generation token of the model's vocabulary."""
-    import llama_cpp as lc
-    lc.llama_backend_init()
-    mp = lc.llama_model_default_params()
-    mp.vocab_only = True
-    m = lc.llama_model_load_from_file(model.encode(), mp)
-    try:
-        v = lc.llama_model_get_vocab(m)
-        return {str(t): -100.0 for t in range(lc.llama_vocab_n_tokens(v)) if lc.llama_vocab_is_eog(v, t)}
-    finally:
-        lc.llama_model_free(m)
-
-
-def gpu_slug() -> str:
-    try:
-        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False,
-                              capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "gpu"
-    words = [w for w in name.replace("-", " ").split() if w.lower() not in ("nvidia", "geforce", "tesla")]
-    return (words[0] if words else "gpu").lower()
-
-
-def synthetic_model(model_dir: str) -> str:
-    """The full-size random synthetic Qwen3.5-35B-A3B, written once (as gpu_suite.py does)."""
-    from qwenkit.synthetic import write_model
-    path = Path(model_dir) / "qwen35moe-full-random-q4_k_m.gguf"
-    if not path.is_file():
-        t = time.monotonic()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"writing the full-size random qwen35moe to {path} ...", file=sys.stderr, flush=True)
-        write_model(str(path), arch="qwen35moe", size="full", weights="random", progress=False)
-        print(f"  written in {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
-    return str(path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="GPU mode: all layers on the GPU, users 8,16, the "
@@ -422,24 +331,24 @@ def main(argv=None) -> int:
     budget = a.budget or (330 if a.gpu else 900)
     hard = budget + (200 if a.gpu else 300)  # no round starts that would end past this
     if a.gpu:
-        model = a.model or synthetic_model(a.model_dir)
+        model = a.model or bench.synthetic_model(a.model_dir)
         cfg = RunConfig(model=model, n_ctx=a.n_ctx, n_gpu_layers=-1, n_threads=a.threads)
     else:
         from qwenkit.models import default_model_path
         model = a.model or str(default_model_path())
         cfg = RunConfig(model=model, n_ctx=a.n_ctx, n_threads=a.threads)  # as cpu_compare.py
-    out = Path(a.out or HERE / "results" / (f"concurrency_{gpu_slug()}.json" if a.gpu else "concurrency_cpu.json"))
+    out = Path(a.out or HERE / "results" / (f"concurrency_{bench.gpu_slug()}.json" if a.gpu else "concurrency_cpu.json"))
     bin_dir = Path(a.bin_dir) if a.bin_dir else bench.find_tools(("llama-server",))
     if bin_dir is None or not (bin_dir / "llama-server").is_file():
         print("llama-server is not built: run scripts/build_tools.sh (or pass --bin-dir)", file=sys.stderr)
         return 2
-    extra = {"logit_bias": eog_bias(model)} if a.eos_bias else {}
-    NATIVE_EXTRA[:] = a.native_extra.split()
+    extra = {"logit_bias": bench.eog_bias(model)} if a.eos_bias else {}
+    native_extra = a.native_extra.split()
 
     meta = bench.machine_info()
     meta.update(model=Path(model).name, model_path=model, threads=a.threads, tools=str(bin_dir), reps=rounds,
                 users=users, max_tokens=a.max_tokens, long_max_tokens=long_max, long_tokens=a.long_tokens,
-                n_ctx_per_slot=a.n_ctx, eos_bias=bool(extra), native_extra=list(NATIVE_EXTRA), config=cfg.to_dict(), suite="concurrency",
+                n_ctx_per_slot=a.n_ctx, eos_bias=bool(extra), native_extra=native_extra, config=cfg.to_dict(), suite="concurrency",
                 notes=list(a.note))
     info = bin_dir.parent / "BUILD_INFO"
     if info.is_file():
@@ -473,9 +382,9 @@ def main(argv=None) -> int:
             save()
             continue
         t_pair = time.monotonic()
-        with pair(cfg, U, bin_dir, together=a.gpu) as (kit, nat):
+        with bench.server_pair(cfg, U, bin_dir, together=a.gpu, native_extra=native_extra) as (kit, nat):
             servers = {"kit": kit, "llama-server": nat}
-            props = _get(f"http://127.0.0.1:{nat.port}/props")
+            props = bench.get_json(f"http://127.0.0.1:{nat.port}/props")
             pinfo = {"users": U, "load_s": round(time.monotonic() - t_pair, 1),
                      "llama_server_args": nat.proc.args[1:] if hasattr(nat, "proc") else None,
                      "llama_server_total_slots": props.get("total_slots") if isinstance(props, dict) else None,

@@ -68,7 +68,7 @@ def print_comparisons(comps: list[dict]) -> None:
     rows = [[c["figure"], f"{c['value']:.2f} ± {c['sd']:.2f}", f"{c['baseline_path']} {c['baseline_test']}",
              f"{c['baseline']:.2f} ± {c['baseline_sd']:.2f}", f"{c['ratio']:.3f}",
              f"{c['ratio_median_of_rounds']:.3f}" if "ratio_median_of_rounds" in c else ""] for c in comps]
-    print(bench._md(["figure", "t/s", "baseline", "baseline t/s", "ratio of means", "median ratio per round"], rows))
+    print(bench.markdown_table(["figure", "t/s", "baseline", "baseline t/s", "ratio of means", "median ratio per round"], rows))
 
 
 def main(argv=None) -> int:

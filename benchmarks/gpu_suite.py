@@ -134,19 +134,16 @@ def main(argv=None) -> int:
     # model
     model = args.model
     if not model:
-        from qwenkit.synthetic import write_model
-        model = str(Path(args.model_dir) / "qwen35moe-full-random-q4_k_m.gguf")
-        if not Path(model).is_file():
-            t = time.monotonic()
-            print(f"writing the full-size random qwen35moe to {model} ...", flush=True)
-            write_model(model, arch="qwen35moe", size="full", weights="random", progress=False)
+        t, written = time.monotonic(), (Path(args.model_dir) / bench.SYNTHETIC_MODEL_NAME).is_file()
+        model = bench.synthetic_model(args.model_dir)
+        if not written:
             s.doc["meta"]["model_write_s"] = round(time.monotonic() - t, 1)
     meta = bench.machine_info()
     meta.update(model=Path(model).name, model_path=model, model_bytes=Path(model).stat().st_size,
                 tools=str(bin_dir), reps=r, server_n=sn, depth=args.depth, suite="gpu_suite")
     try:
         out = subprocess.run([str(bin_dir / "llama-bench"), "--version"], check=False, capture_output=True, text=True, timeout=60,
-                             env=bench._tool_env(bin_dir))
+                             env=bench.tool_env(bin_dir))
         meta["llama_bench_version"] = (out.stdout + out.stderr).strip()[-300:]
     except Exception as e:  # noqa: BLE001
         meta["llama_bench_version"] = f"error: {e}"
@@ -348,7 +345,7 @@ def main(argv=None) -> int:
     print()
     rows = [[c["figure"], f"{c['value']:.2f} ± {c['sd']:.2f}", f"{c['baseline']:.2f} ± {c['baseline_sd']:.2f}",
              f"{c['ratio']:.3f}"] for c in s.doc["comparisons"]]
-    print(bench._md(["figure", "t/s", "baseline t/s", "ratio"], rows))
+    print(bench.markdown_table(["figure", "t/s", "baseline t/s", "ratio"], rows))
     print(f"\nwrote {s.out} in {s.doc['meta']['wall_s']} s", flush=True)
     return 0
 

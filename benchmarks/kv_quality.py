@@ -41,7 +41,7 @@ def llama_perplexity(bin_dir: Path, model: str, text: str, n_ctx: int, threads: 
     try:
         args = [str(exe), "-m", model, "-f", f.name, "-c", str(n_ctx), "-b", str(n_ctx), "-t", str(threads),
                 "-fa", "on", "-ctk", "f16", "-ctv", "f16"] + (["--chunks", str(chunks)] if chunks else [])
-        out = subprocess.run(args, check=False, capture_output=True, text=True, timeout=3600, env=bench._tool_env(bin_dir))
+        out = subprocess.run(args, check=False, capture_output=True, text=True, timeout=3600, env=bench.tool_env(bin_dir))
         m = re.search(r"Final estimate: PPL = ([0-9.]+)", out.stdout + out.stderr)
         return float(m.group(1)) if m else None
     finally:

@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import qwenkit  # noqa: E402,F401  (loads llama.cpp first)
+from qwenkit.bench import free_port  # noqa: E402  (importing qwenkit loads llama.cpp first)
 import httpx  # noqa: E402
 
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
@@ -57,12 +56,6 @@ async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
         raise Exception("unknown or revoked room key")
     return UserAPIKeyAuth(api_key=api_key, user_id=name)
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_litellm(srv, key_file: Path, work: Path) -> tuple[subprocess.Popen, str]:
