@@ -9,10 +9,9 @@ first N layers, buffer type CPU):
     eng = Engine(); eng.load(cfg); eng.load(cfg.replace(n_cpu_moe=8)); eng.close()
     p = probe(cfg)                        # what llama.cpp would allocate, nothing allocated
 
-For the kit's server process: `QwenkitLlama(..., n_cpu_moe=N)` takes every `llama_cpp.Llama`
-argument plus `n_cpu_moe`; `install_expert_offload(N)` makes `llama_cpp.Llama` that class in
-the calling process, so `llama_cpp.server` (which builds its model with `llama_cpp.Llama(...)`)
-loads with the same placement.
+`QwenkitLlama(..., n_cpu_moe=N)` takes every `llama_cpp.Llama` argument plus `n_cpu_moe`. The
+kit's server loads its model through the C API instead (`qwenkit.serving.model`), with the same
+`apply_expert_overrides`. Everything below `Llama`'s public API goes through qwenkit.llama_api.
 """
 from __future__ import annotations
 
@@ -28,6 +27,12 @@ from qwenkit.config import RunConfig
 from qwenkit.errors import ModelLoadError
 from qwenkit.llamalog import KVCacheSize, LlamaLog, RecurrentSize, capture_log, load_llama, model_load_error
 
+__all__ = [
+    "Device", "EXPERT_PATTERN", "Engine", "Probe", "QwenkitLlama", "TensorOverrides", "apply_expert_overrides",
+    "context_params", "cpu_buffer_type", "cpu_moe_patterns", "devices", "expert_patterns", "gpu_free_bytes",
+    "last_logits", "llama_kwargs", "load", "probe", "qwenkit_llama_class", "rss_bytes",
+]
+
 MiB = 1024 * 1024
 # the expert tensors of layer i, as llama.cpp's `--n-cpu-moe` names them (common/arg.cpp)
 EXPERT_PATTERN = r"blk\.{i}\.ffn_(up|down|gate|gate_up)_(ch|)exps"
@@ -37,42 +42,26 @@ GGML_BACKEND_DEVICE_TYPE_GPU = 1
 
 
 # ---- ggml handles ------------------------------------------------------------------------------
-_ggml_cache: dict[str, Any] = {}
-
-
-def _ggml_lib(base: str):
-    """A ggml shared library from the directory llama-cpp-python loaded libllama from (the same
-    files, so the same loaded instance and the same CPU buffer-type pointer)."""
-    if base not in _ggml_cache:
-        import llama_cpp.llama_cpp as lc
-        from llama_cpp._ctypes_extensions import load_shared_library
-        _ggml_cache[base] = load_shared_library(base, Path(lc._base_path))
-    return _ggml_cache[base]
+_cpu_buft: list[int] = []
 
 
 def cpu_buffer_type() -> int:
     """`ggml_backend_buffer_type_t` of the CPU (system RAM), as an integer address."""
-    if "cpu_buft" not in _ggml_cache:
+    if not _cpu_buft:
+        from qwenkit.llama_api import ggml
         buft = None
         try:
-            fn = _ggml_lib("ggml-base").ggml_backend_cpu_buffer_type
-            fn.restype, fn.argtypes = ctypes.c_void_p, []
-            buft = fn()
+            buft = ggml("ggml_backend_cpu_buffer_type")()
         except (OSError, AttributeError):
             pass
         if not buft:  # builds where it lives with the CPU backend: ask the device registry
-            g, gb = _ggml_lib("ggml"), _ggml_lib("ggml-base")
-            g.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-            g.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-            gb.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
-            gb.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
-            dev = g.ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
-            buft = gb.ggml_backend_dev_buffer_type(dev) if dev else None
+            dev = ggml("ggml_backend_dev_by_type")(GGML_BACKEND_DEVICE_TYPE_CPU)
+            buft = ggml("ggml_backend_dev_buffer_type")(dev) if dev else None
         if not buft:
             raise ModelLoadError("could not find ggml's CPU buffer type in llama-cpp-python's libraries",
                                  "reinstall llama-cpp-python 0.3.36 (`make setup`)")
-        _ggml_cache["cpu_buft"] = buft
-    return _ggml_cache["cpu_buft"]
+        _cpu_buft.append(buft)
+    return _cpu_buft[0]
 
 
 @dataclass(frozen=True)
@@ -87,25 +76,18 @@ class Device:
 def devices() -> list[Device]:
     """The ggml devices llama.cpp can use, with free/total memory as the backend reports it
     (for a CUDA GPU: cudaMemGetInfo, i.e. what other processes leave free)."""
-    import llama_cpp  # noqa: F401  (loads the libraries and registers the backends)
-    g, gb = _ggml_lib("ggml"), _ggml_lib("ggml-base")
-    g.ggml_backend_dev_count.restype = ctypes.c_size_t
-    g.ggml_backend_dev_get.restype, g.ggml_backend_dev_get.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-        getattr(gb, fn).restype, getattr(gb, fn).argtypes = ctypes.c_char_p, [ctypes.c_void_p]
-    gb.ggml_backend_dev_type.restype, gb.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    gb.ggml_backend_dev_memory.restype = None
-    gb.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
-                                           ctypes.POINTER(ctypes.c_size_t)]
+    from qwenkit.llama_api import ggml  # loads the libraries and registers the backends
     kinds = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
+    name, description, kind = (ggml("ggml_backend_dev_name"), ggml("ggml_backend_dev_description"),
+                               ggml("ggml_backend_dev_type"))
+    memory, get = ggml("ggml_backend_dev_memory"), ggml("ggml_backend_dev_get")
     out = []
-    for i in range(g.ggml_backend_dev_count()):
-        d = g.ggml_backend_dev_get(i)
+    for i in range(ggml("ggml_backend_dev_count")()):
+        d = get(i)
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        gb.ggml_backend_dev_memory(d, ctypes.byref(free), ctypes.byref(total))
-        out.append(Device((gb.ggml_backend_dev_name(d) or b"").decode(),
-                          (gb.ggml_backend_dev_description(d) or b"").decode(),
-                          kinds.get(gb.ggml_backend_dev_type(d), "?"), free.value, total.value))
+        memory(d, ctypes.byref(free), ctypes.byref(total))
+        out.append(Device((name(d) or b"").decode(), (description(d) or b"").decode(),
+                          kinds.get(kind(d), "?"), free.value, total.value))
     return out
 
 
@@ -116,11 +98,6 @@ def gpu_free_bytes() -> int | None:
 
 
 # ---- tensor buffer-type overrides --------------------------------------------------------------
-class _Override(ctypes.Structure):
-    # struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }
-    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
-
-
 def expert_patterns(layers: Iterable[int]) -> list[str]:
     """Regexes matching the expert tensors of the given layers (llama.cpp's --n-cpu-moe form)."""
     return [EXPERT_PATTERN.format(i=i) for i in layers]
@@ -138,7 +115,8 @@ class TensorOverrides:
     def __init__(self, rules: Sequence[tuple[str, int]]):
         self.rules = [(p, int(b)) for p, b in rules]
         self._patterns = [p.encode() for p, _ in self.rules]   # owned: the array points into them
-        self.array = (_Override * (len(self.rules) + 1))()
+        from qwenkit.llama_api import TensorBuftOverride
+        self.array = (TensorBuftOverride * (len(self.rules) + 1))()
         for i, (pat, (_, buft)) in enumerate(zip(self._patterns, self.rules)):
             self.array[i].pattern = pat
             self.array[i].buft = buft
@@ -174,13 +152,8 @@ def apply_expert_overrides(model_params, n_cpu_moe: int | RunConfig) -> TensorOv
     return ov
 
 
-def _llama_base():
-    import llama_cpp
-    return llama_cpp.Llama
-
-
 def _make_qwenkit_llama():
-    Llama = _llama_base()
+    from qwenkit.llama_api import Llama
 
     class QwenkitLlama(Llama):
         """`llama_cpp.Llama` plus MoE expert placement: `n_cpu_moe=N` keeps the expert tensors
@@ -200,7 +173,8 @@ def _make_qwenkit_llama():
 
         # Llama.__init__ does `self.model_params = llama_model_default_params()` and then
         # fills fields in place before loading; catching that assignment is the one place
-        # where the overrides reach the struct llama_model_load_from_file receives.
+        # where the overrides reach the struct llama_model_load_from_file receives
+        # (qwenkit.llama_api checks that Llama still assigns it).
         @property
         def model_params(self):
             return self.__dict__["_qk_model_params"]
@@ -236,30 +210,6 @@ def __getattr__(name: str):  # `from qwenkit.engine import QwenkitLlama`
     raise AttributeError(name)
 
 
-def install_expert_offload(n_cpu_moe: int) -> Any:
-    """For a server process: replace `llama_cpp.Llama` by a QwenkitLlama with `n_cpu_moe`
-    applied, so `llama_cpp.server` (which calls `llama_cpp.Llama(...)` when it loads its
-    model) keeps the experts of the first N layers in system RAM. Call before the server
-    loads its model; returns the class installed."""
-    import llama_cpp
-    base = qwenkit_llama_class()
-    n = int(n_cpu_moe)
-
-    class ServerQwenkitLlama(base):
-        def __init__(self, *args: Any, **kwargs: Any):
-            kwargs.setdefault("n_cpu_moe", n)
-            super().__init__(*args, **kwargs)
-
-    ServerQwenkitLlama.__name__ = ServerQwenkitLlama.__qualname__ = "Llama"
-    llama_cpp.Llama = ServerQwenkitLlama
-    try:
-        import llama_cpp.llama as _ll
-        _ll.Llama = ServerQwenkitLlama  # from_pretrained etc. resolve `Llama` here
-    except ImportError:  # pragma: no cover
-        pass
-    return ServerQwenkitLlama
-
-
 # ---- load / relaunch / close -----------------------------------------------------------------
 def llama_kwargs(cfg: RunConfig, **extra: Any) -> dict[str, Any]:
     kw = cfg.llama_kwargs()
@@ -280,9 +230,10 @@ def load(cfg: RunConfig, **extra: Any):
 def last_logits(llm) -> "Any":
     """Logits of the last evaluated token as a float32 numpy array (a copy). Works with
     logits_all=False, where `llm.scores` is not filled."""
-    import llama_cpp
     import numpy as np
-    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+
+    from qwenkit.llama_api import C
+    ptr = C.llama_get_logits_ith(llm.ctx, -1)
     if not ptr:
         raise ModelLoadError("no logits: evaluate at least one token first")
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
@@ -393,16 +344,15 @@ class Probe:
 
 def context_params(cfg: RunConfig):
     """`llama_context_params` exactly as `llama_cpp.Llama(**cfg.llama_kwargs())` builds them."""
-    import llama_cpp
-    p = llama_cpp.llama_context_default_params()
+    from qwenkit.llama_api import C
+    p = C.llama_context_default_params()
     n_batch = min(cfg.n_ctx, cfg.n_batch) if cfg.n_ctx else cfg.n_batch
     p.n_ctx = cfg.n_ctx
     p.n_batch = n_batch
     p.n_ubatch = min(n_batch, cfg.n_ubatch)
     p.n_threads = cfg.n_threads
     p.n_threads_batch = cfg.n_threads_batch or cfg.n_threads
-    p.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn
-                         else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    p.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
     p.type_k = cfg.llama_kwargs()["type_k"]
     p.type_v = cfg.llama_kwargs()["type_v"]
     p.no_perf = False
@@ -415,35 +365,33 @@ def probe(cfg: RunConfig, *, with_context: bool = True) -> Probe:
     Returns llama.cpp's own KV, recurrent-state and compute-buffer sizes and
     `llama_model_size`: the ground truth the planner is tested against. Reads only the
     file's metadata, so it works for a 20 GiB model on a machine without that much memory."""
-    import llama_cpp
-    from qwenkit.llamalog import _llama_cpp
-    _llama_cpp()
+    from qwenkit.llama_api import C
     if not Path(cfg.model).is_file():
         raise ModelLoadError(f"model file {cfg.model} does not exist", "check the path")
-    llama_cpp.llama_backend_init()
-    mp = llama_cpp.llama_model_default_params()
+    C.llama_backend_init()
+    mp = C.llama_model_default_params()
     mp.n_gpu_layers = 0x7FFFFFFF if cfg.n_gpu_layers == -1 else cfg.n_gpu_layers
-    mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
+    mp.load_mode = C.LLAMA_LOAD_MODE_NONE
     mp.no_alloc = True
     ov = apply_expert_overrides(mp, cfg.n_cpu_moe)
     model = ctx = None
     with capture_log(echo=False) as log:
-        model = llama_cpp.llama_model_load_from_file(cfg.model.encode(), mp)
+        model = C.llama_model_load_from_file(cfg.model.encode(), mp)
         if model and with_context:
-            ctx = llama_cpp.llama_init_from_model(model, context_params(cfg))
+            ctx = C.llama_init_from_model(model, context_params(cfg))
     try:
         if not model:
             raise model_load_error(log, ValueError(f"Failed to load model from file: {cfg.model}"), cfg.model)
         if with_context and not ctx:
             raise model_load_error(log, ValueError("Failed to create llama_context"), cfg.model)
-        size = int(llama_cpp.llama_model_size(model))
-        n_params = int(llama_cpp.llama_model_n_params(model))
-        n_layer = int(llama_cpp.llama_model_n_layer(model))
+        size = int(C.llama_model_size(model))
+        n_params = int(C.llama_model_n_params(model))
+        n_layer = int(C.llama_model_n_layer(model))
     finally:
         if ctx:
-            llama_cpp.llama_free(ctx)
+            C.llama_free(ctx)
         if model:
-            llama_cpp.llama_model_free(model)
+            C.llama_model_free(model)
         del ov
     return Probe(cfg=cfg, model_size=size, n_params=n_params, n_layer=n_layer,
                  kv=log.kv_cache(), recurrent=log.recurrent(),

@@ -30,6 +30,11 @@ from typing import Any, Iterator
 
 from qwenkit.errors import ModelLoadError
 
+__all__ = [
+    "KVCacheSize", "LEVEL_CONT", "LEVEL_DEBUG", "LEVEL_ERROR", "LEVEL_INFO", "LEVEL_NAMES", "LEVEL_NONE", "LEVEL_WARN",
+    "LlamaLog", "LogLine", "RecurrentSize", "capture_log", "fix_for", "load_llama", "model_load_error",
+]
+
 # ggml.h `enum ggml_log_level` (llama-cpp-python's _logger.py maps these one off; these are
 # the values the vendored llama.cpp really sends).
 LEVEL_NONE, LEVEL_DEBUG, LEVEL_INFO, LEVEL_WARN, LEVEL_ERROR, LEVEL_CONT = 0, 1, 2, 3, 4, 5
@@ -318,10 +323,11 @@ def fix_for(reason: str) -> str | None:
 
 
 # ---- capture ------------------------------------------------------------------------------
-def _llama_cpp():
-    import llama_cpp  # imported lazily: importing qwenkit must not need the compiled library
-    import llama_cpp._logger  # noqa: F401  (installs llama-cpp-python's default callback first)
-    return llama_cpp
+def _lc():
+    # imported lazily: importing qwenkit must not need the compiled library. llama_api also
+    # imports llama-cpp-python's _logger, whose default callback must be installed first
+    from qwenkit.llama_api import C
+    return C
 
 
 @contextlib.contextmanager
@@ -331,7 +337,7 @@ def capture_log(echo: bool = True) -> Iterator[LlamaLog]:
     echo=True also passes each message on to the callback that was installed before
     (llama-cpp-python's own, which prints according to its `verbose`), so behaviour
     outside the capture is unchanged. The previous callback is restored on exit."""
-    lc = _llama_cpp()
+    lc = _lc()
     log = LlamaLog()
     prev_cb = lc.llama_log_callback()
     prev_ud = ctypes.c_void_p()
@@ -394,7 +400,7 @@ def load_llama(llama_cls: Any = None, *, echo: bool = True, **kwargs: Any):
     """`llama_cpp.Llama(**kwargs)` (or `llama_cls(**kwargs)`), raising ModelLoadError with
     llama.cpp's own reason and a fix on failure. The load log is kept as `llm.load_log`."""
     if llama_cls is None:
-        llama_cls = _llama_cpp().Llama
+        from qwenkit.llama_api import Llama as llama_cls
     path = kwargs.get("model_path")
     failure: ValueError | None = None
     llm = None

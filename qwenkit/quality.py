@@ -33,6 +33,9 @@ import numpy as np
 from qwenkit.config import KV_TYPES, RunConfig, kv_type_name
 from qwenkit.errors import QwenkitError
 
+__all__ = ["DEFAULT_KV", "KVContext", "KVQuality", "QualityError", "bundled_text", "evaluate", "kv_quality", "table",
+           "tokenize_text"]
+
 DEFAULT_KV = (("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16"))
 
 
@@ -52,7 +55,7 @@ class KVContext:
 
     def __init__(self, model, n_ctx: int, type_k: str = "f16", type_v: str = "f16",
                  flash_attn: bool = True, n_threads: int = 1, n_ubatch: int = 512):
-        import llama_cpp as lc
+        from qwenkit.llama_api import C as lc
         self.lc = lc
         p = lc.llama_context_default_params()
         p.n_ctx = n_ctx
@@ -151,8 +154,8 @@ def _mean_unc(x: np.ndarray) -> tuple[float, float]:
 
 def tokenize_text(llm, text: str) -> list[int]:
     """common_tokenize(ctx, text, add_special=true, parse_special=false), as the tool does."""
-    import llama_cpp as lc
-    add_bos = bool(lc.llama_vocab_get_add_bos(llm._model.vocab))
+    from qwenkit.llama_api import C, vocab
+    add_bos = bool(C.llama_vocab_get_add_bos(vocab(llm)))
     return llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False)
 
 
@@ -161,7 +164,8 @@ def evaluate(llm, kv: Sequence[tuple[str, str]] = DEFAULT_KV, text: str | None =
              flash_attn: bool = True, n_threads: int | None = None, progress: bool = False,
              model_path: str | None = None) -> list[KVQuality]:
     """PPL and KL divergence vs `base` for each KV pair, on a loaded Llama's model."""
-    import llama_cpp as lc
+    from qwenkit.llama_api import C as lc
+    from qwenkit.llama_api import vocab as vocab_of
     text = bundled_text() if text is None else text
     tokens = tokenize_text(llm, text)
     if len(tokens) < 2 * n_ctx:
@@ -169,7 +173,7 @@ def evaluate(llm, kv: Sequence[tuple[str, str]] = DEFAULT_KV, text: str | None =
                            f"least {2 * n_ctx}", "use a longer text or a smaller n_ctx")
     n_chunk = len(tokens) // n_ctx if n_chunks is None else min(n_chunks, len(tokens) // n_ctx)
     first = n_ctx // 2
-    vocab = llm._model.vocab
+    vocab = vocab_of(llm)
     bos = lc.llama_vocab_bos(vocab) if lc.llama_vocab_get_add_bos(vocab) else None
     threads = n_threads or llm.n_threads
     pairs = [(kv_type_name(k), kv_type_name(v)) for k, v in kv]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from qwenkit.config import RunConfig
-from qwenkit.engine import (Engine, TensorOverrides, cpu_buffer_type, cpu_moe_patterns, devices,
-                            install_expert_offload, last_logits, load, probe, qwenkit_llama_class, rss_bytes)
+from qwenkit.engine import (Engine, TensorOverrides, cpu_buffer_type, cpu_moe_patterns, devices, last_logits, load,
+                            probe, rss_bytes)
 from qwenkit.errors import ModelLoadError
 from qwenkit.gguf_info import read_model_info
 from qwenkit.llamalog import capture_log
@@ -119,26 +119,6 @@ def test_probe_reports_llama_cpp_sizes_without_allocating(engine_full_sparse):
     assert kv.bytes == pytest.approx(8192 * 10 * 2 * 256 * 2 * 34 / 32, rel=1e-3)  # 85 MiB
     assert p.recurrent_bytes == pytest.approx(62.81 * MiB, abs=0.01 * MiB)
     assert p.compute_bytes > 485 * MiB  # logits of 512 tokens x 248,320 vocab, f32
-
-
-def test_server_class_applies_n_cpu_moe(engine_models, monkeypatch):
-    """What the kit's server process does before llama_cpp.server loads its model."""
-    pytest.importorskip("pydantic_settings")
-    monkeypatch.setattr(llama_cpp, "Llama", llama_cpp.Llama)  # restored after the test
-    monkeypatch.setattr(llama_cpp.llama, "Llama", llama_cpp.llama.Llama)
-    from llama_cpp.server.model import LlamaProxy
-    from llama_cpp.server.settings import ModelSettings
-    path = engine_models["qwen3moe"]
-    cls = install_expert_offload(2)
-    assert llama_cpp.Llama is cls and issubclass(cls, qwenkit_llama_class())
-    settings = ModelSettings(model=str(path), n_ctx=256, n_threads=2, n_gpu_layers=-1, verbose=False)
-    with capture_log(echo=False) as log:
-        llm = LlamaProxy.load_llama_from_model_settings(settings)
-    try:
-        assert set(log.overrides()) == _expected_cpu_experts(path, 2)
-        assert llm.tensor_overrides is not None and len(llm.tensor_overrides) == 2
-    finally:
-        llm.close()
 
 
 def test_failed_context_frees_the_loaded_model(default_model):
