@@ -9,12 +9,14 @@ child process reads) and as a one-line summary (`summary`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shlex
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from qwenkit.errors import ConfigError
 
@@ -60,40 +62,76 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _setting(default: Any = dataclasses.MISSING, *, help: str, aliases: tuple[str, ...] = (),
+             default_factory: Any = dataclasses.MISSING, **cli: Any) -> Any:
+    """A RunConfig field with what the command line needs to know about it: `help`, older
+    spellings still accepted (`aliases`; the llama_cpp.server spelling `--field_name` is added
+    for every field) and optional `convert` (parsed value -> field value), `choices`,
+    `negation` (a flag that sets a bool field false), `default_text` (the default in words)."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"help": help, "aliases": aliases, **cli})
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _all_cores_for_zero(n: int) -> int:
+    return n or default_threads()   # 0 (bench's --threads default) = every core
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Every setting of one model run. Validated on construction; immutable (use `replace`)."""
+    """Every setting of one model run. Validated on construction; immutable (use `replace`).
 
-    model: str
-    n_ctx: int = 8192
-    type_k: str = "f16"
-    type_v: str = "f16"
-    flash_attn: bool = True
-    n_gpu_layers: int = -1          # -1: every layer on the GPU when there is one
-    n_cpu_moe: int = 0              # expert tensors of the first N layers stay in system RAM
-    n_threads: int = field(default_factory=default_threads)
-    n_threads_batch: int | None = None
+    Each field's metadata (help, older flag spellings) is what `settings()` gives the command
+    line, which generates its model options from it (qwenkit.cli_options)."""
+
+    model: str = _setting(help="the GGUF file", aliases=("-m",),
+                          default_text="the config's, or the kit's small default model")
+    n_ctx: int = _setting(8192, help="context size in tokens, per slot (0: the model's own)", aliases=("-c",))
+    type_k: str = _setting("f16", help="K cache type", aliases=("--cache_type_k", "--cache-type-k", "-ctk"),
+                           choices=tuple(KV_TYPES), convert=lambda t: kv_type_name(t))
+    type_v: str = _setting("f16", help="V cache type (quantized needs flash attention)",
+                           aliases=("--cache_type_v", "--cache-type-v", "-ctv"),
+                           choices=tuple(KV_TYPES), convert=lambda t: kv_type_name(t))
+    flash_attn: bool = _setting(True, help="flash attention", negation="--no-flash-attn")
+    n_gpu_layers: int = _setting(-1, help="layers on the GPU (-1: every layer, when there is a GPU)",
+                                 aliases=("-ngl",))
+    n_cpu_moe: int = _setting(0, help="keep the expert tensors of the first N layers in system RAM",
+                              aliases=("-ncmoe",))
+    n_threads: int = _setting(default_factory=default_threads, help="CPU threads (0: every core)",
+                              aliases=("-t", "--threads"), convert=_all_cores_for_zero,
+                              default_text="every core this process may use")
+    n_threads_batch: int | None = _setting(None, help="CPU threads for prompt processing (default: n_threads)")
     # llama-cpp-python keeps a float32 n_batch x n_vocab array even with logits_all off:
     # 2048 would cost 1.9 GiB of RAM for Qwen3.5's 248K vocabulary, 512 costs 0.47 GiB, and
     # llama.cpp computes in n_ubatch steps either way.
-    n_batch: int = 512
-    n_ubatch: int = 512
-    seed: int = 0
+    n_batch: int = _setting(512, help="logical batch size (tokens per llama_decode call)", aliases=("-b",))
+    n_ubatch: int = _setting(512, help="physical batch size (tokens per compute step; <= n_batch)",
+                             aliases=("-ub",))
+    seed: int = _setting(0, help="sampling seed")
     # the server's sequence slots (requests decoded together); n_ctx is per slot. 0: the
     # server decides (1 on a CPU-only build; on a GPU what the memory plan fits, at most 8)
-    parallel: int = 0
+    parallel: int = _setting(0, help="the server's sequence slots, n_ctx each (0: 1 on a CPU build, "
+                             "on a GPU what fits, at most 8)", aliases=("-np",))
     # one KV pool shared by the slots (llama-server's --kv-unified) or one region per slot.
     # None: shared on a GPU build; per slot on a CPU build, where llama.cpp's CPU flash
     # attention over a shared pool changed a prompt's logits by up to 1.5 when other prompts
     # shared its batch (measured, 0c1e570, SmolLM2) and per-slot regions gave identical ones
-    kv_unified: bool | None = None
+    kv_unified: bool | None = _setting(None, help="one KV pool shared by the slots (default: on a GPU "
+                                       "build; a CPU build gives each slot its own)")
     # host RAM for the server's prompt cache (recurrent checkpoints, parked conversations);
     # None: 2048 MiB on a GPU build, 512 MiB on a CPU build; 0 turns reuse off
-    prompt_cache_mib: int | None = None
-    use_mmap: bool = True
-    alias: str = "qwen3.5-35b"      # the model name the server answers to (the recipe's)
-    chat_format: str | None = None  # None: the GGUF's own chat template
-    verbose: bool = False
+    prompt_cache_mib: int | None = _setting(None, help="host RAM for the server's prompt cache in MiB "
+                                            "(default: 2048 on a GPU build, 512 on a CPU build; 0: off)")
+    use_mmap: bool = _setting(True, help="map the model file instead of reading it")
+    alias: str = _setting("qwen3.5-35b", help="the model name the server answers to (the recipe's)",
+                          aliases=("--model_alias",))
+    chat_format: str | None = _setting(None, help="llama-cpp-python chat format (default: the GGUF's own template)")
+    verbose: bool = _setting(False, help="llama.cpp's own log lines")
 
     def __post_init__(self) -> None:
         # normalise names first (frozen: go through object.__setattr__)
@@ -197,6 +235,21 @@ class RunConfig:
                 "-fa", "1" if self.flash_attn else "0", "-ctk", self.type_k, "-ctv", self.type_v,
                 "-b", str(self.n_batch), "-ub", str(self.n_ubatch), "-ncmoe", str(self.n_cpu_moe)]
 
+    def cli_args(self, names: Iterable[str] | None = None) -> list[str]:
+        """Flags of the kit's own CLI (`python -m qwenkit serve|bench|fit|summarize`), one
+        spelling each (--n-ctx 8192). `names`: these fields, in this order (default: the model
+        and every field that differs from its default). A None value is left out."""
+        if names is None:
+            names = [f.name for f in dataclasses.fields(self)
+                     if f.name == "model" or getattr(self, f.name) != _field_default(f)]
+        args: list[str] = []
+        for name in names:
+            value = getattr(self, name)
+            if value is not None:
+                s = setting(name)
+                args += [s.flag, s.render(value)]
+        return args
+
     def _llama_cpp_ngl(self) -> str:
         # llama.cpp's tools have no "all layers" value: 999 is more layers than any model has
         return str(999 if self.n_gpu_layers < 0 else self.n_gpu_layers)
@@ -245,25 +298,97 @@ class RunConfig:
         return cls.from_dict(data)
 
 
+# ---- the command line's view of the fields ---------------------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """One RunConfig field as a command line sees it: `flag` is its one spelling (--n-ctx),
+    `aliases` the older ones still accepted (llama_cpp.server's --n_ctx, llama.cpp's -c, the
+    recipe's --cache_type_k)."""
+
+    name: str
+    flag: str
+    aliases: tuple[str, ...]
+    kind: type                      # bool, int or str
+    optional: bool                  # None is allowed (the build or the model decides)
+    help: str
+    default: Any                    # dataclasses.MISSING: required, or computed (default_text)
+    default_text: str | None
+    choices: tuple[str, ...] | None
+    negation: str | None            # a value-less flag that sets a bool false (--no-flash-attn)
+    convert: Callable[[Any], Any] | None = None
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (self.flag, *self.aliases)
+
+    def parse(self, text: str, flag: str | None = None) -> Any:
+        """Field value of a command-line word; ConfigError naming `flag` when it is not one."""
+        flag = flag or self.flag
+        if self.kind is bool:
+            value: Any = _parse_bool(text, flag)
+        elif self.kind is int:
+            try:
+                value = int(str(text).strip())
+            except ValueError:
+                raise ConfigError(f"{flag} expects an integer, got {text!r}",
+                                  f"write {flag} {self.default if isinstance(self.default, int) else 8}") from None
+        else:
+            value = str(text)
+        return self.convert(value) if self.convert else value
+
+    def render(self, value: Any) -> str:
+        """The command-line word for a field value (the inverse of `parse`)."""
+        if self.kind is bool:
+            return "true" if value else "false"
+        return str(value)
+
+
+@functools.cache
+def settings() -> tuple[Setting, ...]:
+    """Every RunConfig field as a `Setting`, in field order: what the CLI's model options
+    and `from_recipe_flags` are generated from."""
+    hints = typing.get_type_hints(RunConfig)
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        kinds = [t for t in typing.get_args(hints[f.name]) if t is not type(None)] or [hints[f.name]]
+        meta = f.metadata
+        underscore = (f"--{f.name}",) if "_" in f.name else ()
+        out.append(Setting(
+            name=f.name, flag="--" + f.name.replace("_", "-"), aliases=underscore + tuple(meta.get("aliases", ())),
+            kind=kinds[0], optional=type(None) in typing.get_args(hints[f.name]), help=meta.get("help", ""),
+            default=f.default, default_text=meta.get("default_text"), choices=meta.get("choices"),
+            negation=meta.get("negation"), convert=meta.get("convert")))
+    return tuple(out)
+
+
+def setting(name: str) -> Setting:
+    """The Setting of one RunConfig field; ConfigError listing the fields when there is none."""
+    for s in settings():
+        if s.name == name:
+            return s
+    raise ConfigError(f"RunConfig has no field {name!r}",
+                      f"use one of: {', '.join(s.name for s in settings())}")
+
+
+def spelling_note(flag: str, name: str, value: Any) -> str | None:
+    """Why a recipe spelling was translated (the recipe's --cache_type_k does not exist in
+    llama_cpp.server), or None for a spelling that needs no word."""
+    if flag.startswith("--cache") and name in ("type_k", "type_v"):
+        return (f"{flag} {value} is not a llama_cpp.server flag; it becomes "
+                f"--{name} {KV_TYPES[kv_type_name(value)]} (GGML type id)")
+    return None
+
+
 # ---- the blog recipe's server flags -----------------------------------------------------
 # The recipe runs `python -m llama_cpp.server --cache_type_k q8_0 --n_gpu_layers -1
 # --flash_attn True --n_ctx 8192 ...`. `--cache_type_k` does not exist (the server's
 # `--cache_type` is the prompt cache, ram|disk); KV types are `--type_k/--type_v` with ids.
-_RECIPE_FLAG_MAP = {
-    "--model": "model", "-m": "model", "--n_ctx": "n_ctx", "-c": "n_ctx",
-    "--n_gpu_layers": "n_gpu_layers", "-ngl": "n_gpu_layers", "--flash_attn": "flash_attn",
-    "--cache_type_k": "type_k", "--cache-type-k": "type_k", "-ctk": "type_k", "--type_k": "type_k",
-    "--cache_type_v": "type_v", "--cache-type-v": "type_v", "-ctv": "type_v", "--type_v": "type_v",
-    "--n_threads": "n_threads", "-t": "n_threads", "--n_batch": "n_batch", "-b": "n_batch",
-    "--n_ubatch": "n_ubatch", "-ub": "n_ubatch", "--model_alias": "alias", "--chat_format": "chat_format",
-    "--n_cpu_moe": "n_cpu_moe", "--n-cpu-moe": "n_cpu_moe", "-ncmoe": "n_cpu_moe",
-    "--parallel": "parallel", "-np": "parallel",
-}
+# Every spelling a Setting knows is read (the same table the kit's CLI is generated from).
 _SERVER_ONLY_FLAGS = {"--host", "--port", "--api_key"}
 
 
 def _parse_bool(text: str, flag: str) -> bool:
-    t = text.strip().lower()
+    t = str(text).strip().lower()
     if t in ("1", "true", "on", "yes"):
         return True
     if t in ("0", "false", "off", "no"):
@@ -277,6 +402,7 @@ def from_recipe_flags(argv: str | Iterable[str], **defaults: Any) -> tuple[RunCo
     Returns (config, server_only, notes): server_only holds --host/--port/--api_key for the
     launcher; notes says what was translated and why."""
     tokens = shlex.split(argv) if isinstance(argv, str) else list(argv)
+    spellings = {flag: s for s in settings() for flag in s.flags}
     values: dict[str, Any] = dict(defaults)
     server_only: dict[str, str] = {}
     notes: list[str] = []
@@ -284,36 +410,25 @@ def from_recipe_flags(argv: str | Iterable[str], **defaults: Any) -> tuple[RunCo
     while i < len(tokens):
         tok = tokens[i]
         flag, _, inline = tok.partition("=")
-        if flag in _RECIPE_FLAG_MAP or flag in _SERVER_ONLY_FLAGS:
-            if inline:
-                val = inline
-                i += 1
-            elif i + 1 < len(tokens):
-                val = tokens[i + 1]
-                i += 2
-            else:
-                raise ConfigError(f"{flag} has no value", f"write {flag} VALUE")
-            if flag in _SERVER_ONLY_FLAGS:
-                server_only[flag.lstrip("-")] = val
-                continue
-            name = _RECIPE_FLAG_MAP[flag]
-            if name == "flash_attn":
-                values[name] = _parse_bool(val, flag)
-            elif name in ("type_k", "type_v"):
-                values[name] = kv_type_name(val)
-                if flag.startswith("--cache"):
-                    notes.append(f"{flag} {val} is not a llama_cpp.server flag; it becomes "
-                                 f"--{name} {KV_TYPES[values[name]]} (GGML type id)")
-            elif name in ("model", "alias", "chat_format"):
-                values[name] = val
-            else:
-                try:
-                    values[name] = int(val)
-                except ValueError:
-                    raise ConfigError(f"{flag} expects an integer, got {val!r}", f"write {flag} 8192") from None
-        else:
+        if flag not in spellings and flag not in _SERVER_ONLY_FLAGS:
             raise ConfigError(f"unrecognised flag {tok!r}",
-                              f"known flags: {', '.join(sorted(set(_RECIPE_FLAG_MAP) | _SERVER_ONLY_FLAGS))}")
+                              f"known flags: {', '.join(sorted(set(spellings) | _SERVER_ONLY_FLAGS))}")
+        if inline:
+            val = inline
+            i += 1
+        elif i + 1 < len(tokens):
+            val = tokens[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"{flag} has no value", f"write {flag} VALUE")
+        if flag in _SERVER_ONLY_FLAGS:
+            server_only[flag.lstrip("-")] = val
+            continue
+        s = spellings[flag]
+        values[s.name] = s.parse(val, flag)
+        note = spelling_note(flag, s.name, val)
+        if note:
+            notes.append(note)
     if "model" not in values:
         raise ConfigError("no --model given", "add --model PATH.gguf")
     return RunConfig(**values), server_only, notes

@@ -122,6 +122,49 @@ def test_recipe_flags_translate():
         from_recipe_flags("--model m.gguf --bogus 1")
 
 
+# every flag from_recipe_flags read before it was generated from RunConfig's fields (a6d1c3a)
+_RECIPE_SPELLINGS = {
+    "--model": "model", "-m": "model", "--n_ctx": "n_ctx", "-c": "n_ctx",
+    "--n_gpu_layers": "n_gpu_layers", "-ngl": "n_gpu_layers", "--flash_attn": "flash_attn",
+    "--cache_type_k": "type_k", "--cache-type-k": "type_k", "-ctk": "type_k", "--type_k": "type_k",
+    "--cache_type_v": "type_v", "--cache-type-v": "type_v", "-ctv": "type_v", "--type_v": "type_v",
+    "--n_threads": "n_threads", "-t": "n_threads", "--n_batch": "n_batch", "-b": "n_batch",
+    "--n_ubatch": "n_ubatch", "-ub": "n_ubatch", "--model_alias": "alias", "--chat_format": "chat_format",
+    "--n_cpu_moe": "n_cpu_moe", "--n-cpu-moe": "n_cpu_moe", "-ncmoe": "n_cpu_moe",
+    "--parallel": "parallel", "-np": "parallel",
+}
+
+
+def test_recipe_flags_keep_every_old_spelling():
+    from qwenkit.config import setting
+    for flag, name in _RECIPE_SPELLINGS.items():
+        assert flag in setting(name).flags, flag
+        value = {"flash_attn": "false", "type_k": "q8_0", "type_v": "f16", "model": "m.gguf",
+                 "alias": "a", "chat_format": "chatml", "n_batch": "1024"}.get(name, "3")
+        cfg, _, _ = from_recipe_flags([flag, value] + (["--model", "m.gguf"] if name != "model" else []))
+        assert getattr(cfg, name) == setting(name).parse(value), flag
+    cfg, _, _ = from_recipe_flags("--model=m.gguf --n_ctx=1024 --type_v=8")       # inline values
+    assert (cfg.n_ctx, cfg.type_v) == (1024, "q8_0")
+    with pytest.raises(ConfigError, match="--n_ctx expects an integer"):
+        from_recipe_flags("--model m.gguf --n_ctx big")
+    with pytest.raises(ConfigError, match="no --model"):
+        from_recipe_flags("--n_ctx 1024")
+
+
+def test_settings_cover_every_field_once():
+    import dataclasses
+
+    from qwenkit.config import settings
+    ss = settings()
+    assert [s.name for s in ss] == [f.name for f in dataclasses.fields(RunConfig)]
+    spellings = [flag for s in ss for flag in s.flags + ((s.negation,) if s.negation else ())]
+    assert len(spellings) == len(set(spellings))                    # no flag names two fields
+    assert all(s.help for s in ss)
+    kinds = {s.name: (s.kind, s.optional) for s in ss}
+    assert kinds["n_ctx"] == (int, False) and kinds["prompt_cache_mib"] == (int, True)
+    assert kinds["kv_unified"] == (bool, True) and kinds["chat_format"] == (str, True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
