@@ -3,7 +3,7 @@
     info = read_model_info(path)
     p = plan(info, cfg)            # MemoryPlan: bytes on the GPU and in system RAM, by part
     print(p.table())
-    cfg = fit(info, vram_budget=16 * GiB, n_ctx=65536, type_k="q8_0", type_v="q8_0")
+    cfg = fit(info, 16 * GiB, RunConfig(model=path, n_ctx=65536, type_k="q8_0", type_v="q8_0"))
 
 Where llama.cpp puts things (llama-model.cpp `load_tensors`, llama 0c1e570):
 * the input layer (`token_embd`) always stays in system RAM;
@@ -414,14 +414,19 @@ class FitResult:
         return f"<p>{html.escape(self.reason)}</p>" + self.plan._repr_html_()
 
 
-def fit_report(info, vram_budget: int, n_ctx: int | None = None, type_k: str = "f16",
-               type_v: str = "f16", base: RunConfig | None = None, *, margin: int | None = None,
+def fit_report(info, vram_budget: int, cfg: RunConfig | int | None = None, type_k: str | None = None,
+               type_v: str | None = None, base: RunConfig | None = None, *, margin: int | None = None,
                runtime: int | None = None, ram_budget: int | None = None) -> FitResult:
     """The config that keeps the most on the GPU within `vram_budget` bytes: every layer on
     the GPU and the fewest expert layers in system RAM; whole layers move to the CPU only
     for dense models or when all experts in RAM are still too much. With `ram_budget`, a
-    result that needs more system RAM than that is marked as not fitting."""
-    r = _fit(info, vram_budget, n_ctx, type_k, type_v, base, margin=margin, runtime=runtime)
+    result that needs more system RAM than that is marked as not fitting.
+
+    cfg: the settings to fit (n_ctx, KV types, batch sizes, slots...; n_gpu_layers and
+    n_cpu_moe are what the fit chooses); default RunConfig's, for info's file. The older form
+    `fit_report(info, budget, n_ctx, type_k, type_v, base)` still works (type_k/type_v default f16)."""
+    cfg = _settings_to_fit(info, cfg, type_k, type_v, base)
+    r = _fit(info, vram_budget, cfg, margin=margin, runtime=runtime)
     if ram_budget is not None and r.fits and r.plan.cpu_total > ram_budget:
         r.fits = False
         r.reason += (f"; but it needs {_gib(r.plan.cpu_total)} of system RAM and "
@@ -429,17 +434,28 @@ def fit_report(info, vram_budget: int, n_ctx: int | None = None, type_k: str = "
     return r
 
 
-def _fit(info, vram_budget: int, n_ctx: int | None, type_k: str, type_v: str,
-         base: RunConfig | None, *, margin: int | None, runtime: int | None) -> FitResult:
-    if vram_budget <= 0:
-        raise ConfigError(f"vram_budget={vram_budget} must be positive", "pass the GPU's free memory in bytes")
+def _settings_to_fit(info, cfg: RunConfig | int | None, type_k: str | None, type_v: str | None,
+                     base: RunConfig | None) -> RunConfig:
+    """The RunConfig to fit, from a RunConfig or from the older (n_ctx, type_k, type_v, base)."""
+    if isinstance(cfg, RunConfig):
+        if type_k is not None or type_v is not None or base is not None:
+            raise ConfigError("fit_report got a RunConfig and also type_k/type_v/base",
+                              "put the KV types in the RunConfig: cfg.replace(type_k=..., type_v=...)")
+        return cfg
+    n_ctx, type_k, type_v = cfg, type_k or "f16", type_v or "f16"
     base = base or RunConfig(model=str(info.source))
-    changes: dict[str, Any] = dict(type_k=type_k, type_v=type_v, n_gpu_layers=-1, n_cpu_moe=0)
+    changes: dict[str, Any] = dict(type_k=type_k, type_v=type_v)
     if n_ctx is not None:
         changes["n_ctx"] = n_ctx
     if type_v not in ("f16", "f32", "bf16") and not base.flash_attn:
         changes["flash_attn"] = True
-    base = base.replace(**changes)
+    return base.replace(**changes)
+
+
+def _fit(info, vram_budget: int, cfg: RunConfig, *, margin: int | None, runtime: int | None) -> FitResult:
+    if vram_budget <= 0:
+        raise ConfigError(f"vram_budget={vram_budget} must be positive", "pass the GPU's free memory in bytes")
+    base = cfg.replace(n_gpu_layers=-1, n_cpu_moe=0)
     base.check_context(info.context_length)
     tried: list[tuple[int, int, int]] = []
 
@@ -488,10 +504,10 @@ def _fit(info, vram_budget: int, n_ctx: int | None, type_k: str, type_v: str,
                      "n_ctx / n_ubatch, or run on the CPU")
 
 
-def fit(info, vram_budget: int, n_ctx: int | None = None, type_k: str = "f16", type_v: str = "f16",
-        base: RunConfig | None = None, **kw: Any) -> RunConfig:
+def fit(info, vram_budget: int, cfg: RunConfig | int | None = None, type_k: str | None = None,
+        type_v: str | None = None, base: RunConfig | None = None, **kw: Any) -> RunConfig:
     """`fit_report(...).cfg`: the RunConfig that keeps the most on the GPU within the budget."""
-    return fit_report(info, vram_budget, n_ctx, type_k, type_v, base, **kw).cfg
+    return fit_report(info, vram_budget, cfg, type_k, type_v, base, **kw).cfg
 
 
 def _gib(n: int) -> str:
@@ -548,7 +564,7 @@ def fit_table(info, vram_budget: int, contexts=(8192, 32768, 65536, 131072),
              f"{'n_ctx':>8} {'K/V':>10} {'KV MiB':>8} {'n_cpu_moe':>10} {'n_gpu_layers':>13} {'GPU GiB':>8} {'RAM GiB':>8}"]
     for n_ctx in contexts:
         for tk, tv in kv_types:
-            r = fit_report(info, vram_budget, n_ctx, tk, tv)
+            r = fit_report(info, vram_budget, RunConfig(model=str(info.source), n_ctx=n_ctx, type_k=tk, type_v=tv))
             c = r.cfg
             lines.append(f"{n_ctx:>8} {tk + '/' + tv:>10} {r.plan.kv / MiB:>8.0f} {c.n_cpu_moe:>10} "
                          f"{c.n_gpu_layers:>13} {r.plan.gpu_total / GiB:>8.2f} {r.plan.cpu_total / GiB:>8.2f}"

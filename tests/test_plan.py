@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from qwenkit.config import RunConfig
+from qwenkit.errors import ConfigError
 from qwenkit.gguf_info import read_model_info
 from qwenkit.plan import GiB, MiB, compare, fit, fit_report, plan
 
@@ -91,36 +92,46 @@ def test_whole_layers_and_tied_embeddings(default_model):
 
 
 def test_fit_keeps_all_layers_and_fewest_experts(engine_full_sparse):
-    info = read_model_info(engine_full_sparse["qwen35moe"])
+    path = str(engine_full_sparse["qwen35moe"])
+    info = read_model_info(path)
     budget = 16 * GiB
-    r = fit_report(info, budget, n_ctx=65536, type_k="q8_0", type_v="q8_0")
+    want = RunConfig(model=path, n_ctx=65536, type_k="q8_0", type_v="q8_0", n_ubatch=256, n_threads=3)
+    r = fit_report(info, budget, want)
     cfg = r.cfg
     assert r.fits and cfg.n_gpu_layers == -1 and 0 < cfg.n_cpu_moe < 40
     assert (cfg.n_ctx, cfg.type_k, cfg.type_v) == (65536, "q8_0", "q8_0")
+    assert cfg.replace(n_cpu_moe=0) == want            # only what the fit chooses changed
     assert plan(info, cfg).gpu_total <= budget
     assert plan(info, cfg.replace(n_cpu_moe=cfg.n_cpu_moe - 1)).gpu_total > budget
     # a big card: everything on the GPU
-    assert fit(info, 80 * GiB, n_ctx=65536).n_cpu_moe == 0
+    assert fit(info, 80 * GiB, RunConfig(model=path, n_ctx=65536)).n_cpu_moe == 0
     # too small for the non-expert part: all experts in RAM, then whole layers move
-    small = fit(info, 2 * GiB, n_ctx=8192)
+    small = fit(info, 2 * GiB, RunConfig(model=path, n_ctx=8192))
     assert small.n_cpu_moe == 40 and 0 <= small.n_gpu_layers <= 40
     # system RAM is checked when given
-    assert not fit_report(info, budget, n_ctx=65536, ram_budget=2 * GiB).fits
+    assert not fit_report(info, budget, RunConfig(model=path, n_ctx=65536), ram_budget=2 * GiB).fits
+
+
+def test_fit_older_form_gives_the_same_config(engine_full_sparse):
+    """fit_report(info, budget, n_ctx, type_k, type_v[, base]) as notebook 03, the hub's
+    verdicts and realmodel call it: the same result as the RunConfig form."""
+    path = str(engine_full_sparse["qwen35moe"])
+    info = read_model_info(path)
+    new = fit_report(info, 16 * GiB, RunConfig(model=path, n_ctx=65536, type_k="q8_0", type_v="q8_0"))
+    old = fit_report(info, 16 * GiB, 65536, "q8_0", "q8_0")
+    assert (old.cfg, old.fits, old.tried) == (new.cfg, new.fits, new.tried)
+    base = RunConfig(model=path, n_ubatch=256, flash_attn=False)  # quantized V turns flash attention on
+    assert fit_report(info, 16 * GiB, 8192, "q8_0", "q8_0", base=base).cfg == \
+        fit_report(info, 16 * GiB, base.replace(type_k="q8_0", type_v="q8_0", flash_attn=True)).cfg
+    with pytest.raises(ConfigError, match="also type_k"):
+        fit_report(info, 16 * GiB, base, "q8_0")
 
 
 def test_fit_dense_moves_whole_layers(default_model):
     info = read_model_info(default_model)
-    r = fit_report(info, 900 * MiB, n_ctx=8192)
+    cfg = RunConfig(model=str(default_model), n_ctx=8192)
+    r = fit_report(info, 900 * MiB, cfg)
     assert r.fits and r.cfg.n_cpu_moe == 0 and 0 < r.cfg.n_gpu_layers < 31
     assert plan(info, r.cfg).gpu_total <= 900 * MiB
     assert plan(info, r.cfg.replace(n_gpu_layers=r.cfg.n_gpu_layers + 1)).gpu_total > 900 * MiB
-    assert not fit_report(info, 100 * MiB, n_ctx=8192).fits
-
-
-def test_cli_fit(engine_full_sparse, capsys):
-    from qwenkit.cli import main
-    rc = main(["fit", "--model", str(engine_full_sparse["qwen35moe"]), "--vram", "16GiB",
-               "--n-ctx", "65536", "--type-k", "q8_0", "--type-v", "q8_0"])
-    out = capsys.readouterr().out
-    assert rc == 0
-    assert "n_cpu_moe=" in out and "KV cache" in out and "--n_cpu_moe" in out
+    assert not fit_report(info, 100 * MiB, cfg).fits
