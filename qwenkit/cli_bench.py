@@ -6,6 +6,7 @@
     python -m qwenkit bench --llama-bench                 # also run llama-bench (same model/flags)
     python -m qwenkit bench --server                      # also the kit's server, streamed
     python -m qwenkit bench --quality --n-ctx-ppl 512     # PPL / KLD per KV type vs f16
+    python -m qwenkit bench --config tuned.json           # a saved RunConfig's settings
 """
 from __future__ import annotations
 
@@ -13,56 +14,41 @@ import argparse
 import sys
 from typing import Any
 
+from qwenkit import cli_options
 from qwenkit.errors import ConfigError
 
-_INT_FIELDS = {"n_ctx", "n_gpu_layers", "n_cpu_moe", "n_threads", "n_threads_batch", "n_batch", "n_ubatch"}
-
-
-def _parse_value(field: str, text: str) -> Any:
-    if field in _INT_FIELDS:
-        try:
-            return int(text)
-        except ValueError:
-            raise ConfigError(f"--sweep {field} takes integers, got {text!r}") from None
-    if field == "flash_attn":
-        return text.strip().lower() in ("1", "true", "on", "yes")
-    return text
+# the benchmark's own defaults under --config and the flags: llama-bench's n_batch, and
+# n_ctx 0 = just enough for the test (RunConfig's defaults for the rest)
+_BENCH_DEFAULTS = {"n_batch": 2048, "n_ctx": 0}
 
 
 def parse_sweep(spec: str) -> tuple[str, list[Any]]:
-    """'type_k=f16,q8_0' -> ('type_k', ['f16', 'q8_0'])."""
+    """'type_k=f16,q8_0' -> ('type_k', ['f16', 'q8_0']); values read as the field's flag reads them."""
+    from qwenkit.config import setting
+
     field, sep, vals = spec.partition("=")
     field = field.strip().replace("-", "_")
     if not sep or not vals:
         raise ConfigError(f"cannot read --sweep {spec!r}", "write --sweep FIELD=V1,V2,... e.g. n_threads=1,2")
-    import dataclasses
-
-    from qwenkit.config import RunConfig
-    if field not in {f.name for f in dataclasses.fields(RunConfig)}:
+    try:
+        s = setting(field)
+    except ConfigError:
         raise ConfigError(f"--sweep: RunConfig has no field {field!r}",
-                          "use e.g. type_k, type_v, n_threads, n_batch, n_ubatch, n_cpu_moe, flash_attn, n_ctx")
-    return field, [_parse_value(field, v.strip()) for v in vals.split(",") if v.strip()]
+                          "use e.g. type_k, type_v, n_threads, n_batch, n_ubatch, n_cpu_moe, flash_attn, n_ctx") from None
+    return field, [s.parse(v.strip(), f"--sweep {field}") for v in vals.split(",") if v.strip()]
 
 
 def add_cli(sub) -> None:
     p = sub.add_parser("bench", help="tokens/s measured the way llama-bench does; sweeps; KV quality",
                        description="Prompt processing (pp) and generation (tg) speed, measured as "
                                    "llama-bench measures them (warm-up, r repetitions, KV cleared, mean ± sd).")
-    p.add_argument("--model", help="GGUF path (default: the kit's default model)")
+    cli_options.add_model_options(p, defaults=_BENCH_DEFAULTS, help={
+        "n_ctx": "context size in tokens (default: just enough for -p + -n + -d; 0 too)"})
     p.add_argument("-p", "--n-prompt", type=int, default=512)
     p.add_argument("-n", "--n-gen", type=int, default=128)
     p.add_argument("-r", "--reps", type=int, default=5)
     p.add_argument("-d", "--depth", type=int, default=0, help="tokens prefilled (untimed) before each test")
     p.add_argument("--path", default="kit", help="comma list of: decode, kit, llama-cpp-python")
-    p.add_argument("--n-ctx", type=int, default=0, help="context size (default: just enough for p+n+d)")
-    p.add_argument("--type-k", default="f16")
-    p.add_argument("--type-v", default="f16")
-    p.add_argument("--no-flash-attn", action="store_true")
-    p.add_argument("--n-gpu-layers", type=int, default=-1)
-    p.add_argument("--n-cpu-moe", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="default: every core this process may use")
-    p.add_argument("--n-batch", type=int, default=2048)
-    p.add_argument("--n-ubatch", type=int, default=512)
     p.add_argument("--sweep", action="append", default=[], metavar="FIELD=V1,V2",
                    help="repeatable; each sweeps one RunConfig field on --path's first entry")
     p.add_argument("--llama-bench", action="store_true", help="also run llama-bench (scripts/build_tools.sh)")
@@ -79,15 +65,11 @@ def add_cli(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qwenkit import bench
-    from qwenkit.config import RunConfig, default_threads
-    from qwenkit.models import default_model_path
 
-    model = args.model or str(default_model_path())
     need = args.n_prompt + args.n_gen + args.depth
-    cfg = RunConfig(model=str(model), n_ctx=args.n_ctx or max(need, 256), type_k=args.type_k,
-                    type_v=args.type_v, flash_attn=not args.no_flash_attn, n_gpu_layers=args.n_gpu_layers,
-                    n_cpu_moe=args.n_cpu_moe, n_threads=args.threads or default_threads(),
-                    n_batch=args.n_batch, n_ubatch=args.n_ubatch)
+    cfg, _ = cli_options.config_from_args(args)
+    if not cfg.n_ctx:  # neither the flags nor --config set it (or --n-ctx 0): just enough
+        cfg = cfg.replace(n_ctx=max(need, 256))
     paths = [x.strip() for x in args.path.split(",") if x.strip()]
     for x in paths:
         if x not in bench.PATHS:

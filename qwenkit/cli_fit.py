@@ -5,6 +5,7 @@
     python -m qwenkit fit --model m.gguf --vram auto          # the GPU's free memory
     python -m qwenkit fit --model m.gguf --plan --n-cpu-moe 8 # plan one config, no fit
     python -m qwenkit fit --model m.gguf --probe              # also ask llama.cpp (no-alloc)
+    python -m qwenkit fit --config tuned.json --vram 16GiB    # a saved RunConfig's settings
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import re
 import sys
 from typing import Any
 
+from qwenkit import cli_options
 from qwenkit.errors import ConfigError
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
@@ -32,17 +34,14 @@ def add_cli(sub) -> None:
     p = sub.add_parser("fit", help="memory plan and the config that fits your GPU",
                        description="Plan where a model's weights, KV cache and buffers go, and pick "
                                    "the config that keeps the most on the GPU within a VRAM budget.")
-    p.add_argument("--model", help="GGUF path (default: the kit's default model)")
+    cli_options.add_model_options(p, help={
+        "n_cpu_moe": "with --plan: keep the expert tensors of the first N layers in system RAM "
+                     "(the fit picks it otherwise) (default: 0)",
+        "n_gpu_layers": "with --plan: layers on the GPU, -1 every layer (the fit picks it otherwise) "
+                        "(default: -1)"})
     p.add_argument("--vram", default="auto",
                    help="VRAM budget: 16GiB, 15.5GB, ... or 'auto' (the GPU's free memory)")
-    p.add_argument("--n-ctx", type=int, default=8192)
-    p.add_argument("--type-k", default="f16")
-    p.add_argument("--type-v", default="f16")
-    p.add_argument("--n-ubatch", type=int, default=512)
-    p.add_argument("--no-flash-attn", action="store_true")
     p.add_argument("--plan", action="store_true", help="plan the given config only (no fit)")
-    p.add_argument("--n-cpu-moe", type=int, default=0, help="with --plan")
-    p.add_argument("--n-gpu-layers", type=int, default=-1, help="with --plan")
     p.add_argument("--cpu", action="store_true", help="plan for a build without GPU offload")
     p.add_argument("--margin", help="safety margin left on the card (default: max(256MiB, 2%%))")
     p.add_argument("--probe", action="store_true",
@@ -52,23 +51,20 @@ def add_cli(sub) -> None:
     p.set_defaults(func=run)
 
 
+# the settings the fit decides or depends on, as `serve` takes them
+_FIT_FLAGS = ("n_ctx", "type_k", "type_v", "flash_attn", "n_gpu_layers", "n_cpu_moe")
+
+
 def _flags(cfg) -> str:
-    return (f"--n_ctx {cfg.n_ctx} --type_k {cfg.type_k} --type_v {cfg.type_v} "
-            f"--flash_attn {'true' if cfg.flash_attn else 'false'} --n_gpu_layers {cfg.n_gpu_layers} "
-            f"--n_cpu_moe {cfg.n_cpu_moe}")
+    return " ".join(cfg.cli_args(_FIT_FLAGS))
 
 
 def run(args: argparse.Namespace) -> int:
-    from qwenkit.config import RunConfig
     from qwenkit.gguf_info import read_model_info
-    from qwenkit.models import default_model_path
     from qwenkit.plan import compare, fit_report, plan
 
-    path = args.model or str(default_model_path())
-    info = read_model_info(path)
-    base = RunConfig(model=str(path), n_ctx=args.n_ctx, type_k=args.type_k, type_v=args.type_v,
-                     flash_attn=not args.no_flash_attn, n_ubatch=args.n_ubatch,
-                     n_cpu_moe=args.n_cpu_moe, n_gpu_layers=args.n_gpu_layers)
+    base, _ = cli_options.config_from_args(args)
+    info = read_model_info(base.model)
     margin = parse_bytes(args.margin) if args.margin else None
     out: dict[str, Any] = {}
     reason = None
@@ -85,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                                   "`python -m qwenkit doctor` says how to get a CUDA build")
         else:
             budget = parse_bytes(args.vram)
-        r = fit_report(info, budget, args.n_ctx, args.type_k, args.type_v, base, margin=margin)
+        r = fit_report(info, budget, base, margin=margin)
         cfg, p, reason = r.cfg, r.plan, r.reason
         out["fits"] = r.fits
         out["budget"] = budget

@@ -1,53 +1,29 @@
 """`python -m qwenkit serve` and `python -m qwenkit summarize FILE`.
 
     python -m qwenkit serve                              # default model, 127.0.0.1:8000, Ctrl-C stops
-    python -m qwenkit serve --model M.gguf --n_ctx 8192 --cache_type_k q8_0 --flash_attn true
+    python -m qwenkit serve --model M.gguf --n-ctx 8192 --type-k q8_0 --flash-attn true
+    python -m qwenkit serve --model M.gguf --n_ctx 8192 --cache_type_k q8_0   # the recipe's spelling works
     python -m qwenkit serve --config run.json --background
     python -m qwenkit serve --status | --stop
     python -m qwenkit summarize report.txt               # the background server, or a fresh one
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
+from qwenkit import cli_options
 from qwenkit.summarize import PRESENCE_PENALTY
 
-# the recipe's (and llama.cpp's) model flags; each is translated by config.from_recipe_flags
-_RECIPE_FLAGS = [
-    (("--n_ctx", "-c"), {}), (("--n_gpu_layers", "-ngl"), {}), (("--flash_attn",), {}),
-    (("--cache_type_k", "--type_k", "-ctk"), {}), (("--cache_type_v", "--type_v", "-ctv"), {}),
-    (("--n_threads", "-t"), {}), (("--n_batch", "-b"), {}), (("--n_ubatch", "-ub"), {}),
-    (("--n_cpu_moe", "-ncmoe"), {}), (("--model_alias",), {}), (("--chat_format",), {}),
-    (("--parallel", "-np"), {}),  # sequence slots served at once (n_ctx is per slot)
-]
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="a saved RunConfig (JSON, from the tuning panel or RunConfig.save)")
-    p.add_argument("--model", "-m", help="GGUF file, or REPO:QUANT from the hub (downloaded, verified) (default: the config's, or the small default model)")
-    g = p.add_argument_group("model flags (the recipe's spelling works; --cache_type_k q8_0 becomes --type_k 8)")
-    for names, kw in _RECIPE_FLAGS:
-        g.add_argument(*names, dest="recipe" + names[0].replace("-", "_"), metavar="V", default=None, **kw)
+_SERVE_MODEL_HELP = {"model": "GGUF file, or REPO:QUANT from the hub (downloaded, verified) "
+                              "(default: the config's, or the small default model)"}
 
 
 def config_from_args(args) -> tuple:
-    """RunConfig from --config / --model and the recipe flags; returns (cfg, notes)."""
-    from qwenkit.config import RunConfig, from_recipe_flags
-    from qwenkit.models import default_model_path
-
-    base = RunConfig.load(args.config).to_dict() if args.config else {}
-    if args.model:
-        base["model"] = args.model
-    base.setdefault("model", str(default_model_path()))
-    tokens: list[str] = []
-    for names, _ in _RECIPE_FLAGS:
-        v = getattr(args, "recipe" + names[0].replace("-", "_"))
-        if v is not None:
-            tokens += [names[0], v]
-    cfg, _, notes = from_recipe_flags(tokens, **base)
+    """RunConfig from --config, the model options and their recipe spellings; returns
+    (cfg, notes): the spellings translated and the config's own advice."""
+    cfg, notes = cli_options.config_from_args(args)
     return cfg, notes + cfg.notes()
 
 
@@ -175,7 +151,7 @@ def cmd_summarize(args) -> int:
 def add_cli(sub) -> None:
     p = sub.add_parser("serve", help="start the OpenAI-compatible server (127.0.0.1 by default)",
                        description="Start llama_cpp.server through the kit's safe entry point.")
-    _add_model_args(p)
+    cli_options.add_model_options(p, help=_SERVE_MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1; others need --allow-remote)")
     p.add_argument("--port", default="8000", help="port number, or 'any' for the first free one from 8000")
     p.add_argument("--api-key", help="require this key (Bearer); 'generate' makes one; "
@@ -200,7 +176,7 @@ def add_cli(sub) -> None:
 
     q = sub.add_parser("summarize", help="summarize a text file through the server, streaming; prints time and tok/s")
     q.add_argument("file", metavar="FILE")
-    _add_model_args(q)
+    cli_options.add_model_options(q, help=_SERVE_MODEL_HELP)
     q.add_argument("--url", help="a running OpenAI-compatible server (default: the background one, else start one)")
     q.add_argument("--api-key", help="its key, if it has one (or QWENKIT_API_KEY)")
     q.add_argument("--model-name", help="model name to ask for with --url (default qwen3.5-35b)")
