@@ -144,7 +144,7 @@ Below, the same users ask at the same moment: first the server started above (it
 shown), then one with `parallel = N_CONCURRENT`. Look at the worst time to first token and the
 aggregate rate. On a CPU-only machine the kit's default is one slot (one answer already takes
 every core), so the gain here is small; on a GPU it is large (H200, Qwen3.5-35B-A3B-sized model,
-8 users: 513 tok/s together against 238 for one stream, `benchmarks/RESULTS.md`)."""),
+8 users: 474 tok/s together against 227 for one stream, 2.5x llama-server's 191, `benchmarks/RESULTS.md`)."""),
 ("code", """from qwenkit import users
 
 print("slots of the first server:", srv.health()["slots"])
