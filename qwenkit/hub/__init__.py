@@ -22,8 +22,9 @@ folder per repo (`owner--name/`, the repo's own paths inside), with a manifest
 
 Modules, by job: `quants` (names, grouping, picking a quant), `fit` (verdicts), `api` (HTTP
 questions to the hub), `remote_header` (headers over Range requests), `listing`
-(`list_quants`), `store` (folders, partial files, lock), `manifest`, `transfer`, `verify`,
-`downloader` (`download`), `local` (models on disk).
+(`list_quants`), `local` (models on disk), `store` (folders, free space, lock), `manifest`;
+and the download's steps: `downloader` (`download`: resolve, plan, disk check, then per file)
+-> `partial` (open or resume; place) -> `transfer` (bytes, retries) -> `verify` (checksum).
 """
 from qwenkit.errors import DownloadError, HubUnreachable
 from qwenkit.hub.api import Probe, is_offline, probe, repo_files

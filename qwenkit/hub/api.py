@@ -53,14 +53,15 @@ def hub_error(e: Exception, repo: str, endpoint: str, what: str) -> QwenkitError
         return DownloadError(f"{repo}: repo not found on {endpoint} (or private/gated) while {what}",
                              "check the name; for a gated or private repo log in first: hf auth login")
     if isinstance(e, hfe.RemoteEntryNotFoundError):
-        return DownloadError(f"{repo}: file not found on {endpoint} while {what}", "list the quants: python -m qwenkit quants " + repo)
+        return DownloadError(f"{repo}: file not found on {endpoint} while {what}",
+                             "list the quants: python -m qwenkit quants " + repo)
     if isinstance(e, hfe.OfflineModeIsEnabled):
         return DownloadError(f"HF_HUB_OFFLINE is set: no network while {what}",
                              "unset HF_HUB_OFFLINE, or use the models already downloaded (python -m qwenkit models)")
     if isinstance(e, (httpx2.ConnectError, httpx2.TimeoutException, httpx2.NetworkError)):
         return HubUnreachable(f"cannot reach {endpoint} while {what}: {e}",
-                             "check the network (or HF_ENDPOINT); offline, set HF_HUB_OFFLINE=1 to use downloaded models, "
-                             "or practise on the local practice hub: python -m qwenkit practice-hub")
+                              "check the network (or HF_ENDPOINT); offline, set HF_HUB_OFFLINE=1 to use downloaded "
+                              "models, or practise on the local practice hub: python -m qwenkit practice-hub")
     if isinstance(e, hfe.HfHubHTTPError):
         return DownloadError(f"{repo}: the hub answered an error while {what}: {e}".splitlines()[0],
                              "retry later; if it persists check the repo page on the hub")

@@ -204,7 +204,8 @@ def remove_model(name: str, dest: str | os.PathLike | None = None) -> list[Path]
     complete = [m for m in hits if not m.state.startswith(STATE_INCOMPLETE)]
     repos = {(m.repo, m.name) for m in complete} or {(m.repo, m.name) for m in hits}
     if len(repos) > 1:
-        raise QwenkitError(f"{name!r} matches several models: " + ", ".join(f"{r}/{n}" for r, n in sorted(repos, key=str)),
+        listed = ", ".join(f"{r}/{n}" for r, n in sorted(repos, key=str))
+        raise QwenkitError(f"{name!r} matches several models: {listed}",
                            "name it as owner/repo/QUANT or give the file path")
     removed = []
     root = models_dir(dest)

@@ -123,7 +123,7 @@ def group_quants(files: Iterable[RemoteFile], repo: str, revision: str | None = 
         groups.setdefault(key, []).append(f)
     out = QuantList()
     names: dict[str, int] = {}
-    for (folder, stem), fs in groups.items():
+    for (_folder, stem), fs in groups.items():
         fs.sort(key=lambda f: (split_parts(f.path) or ("", 0, 0))[1])
         name = quant_name(fs[0].path) or stem
         names[name] = names.get(name, 0) + 1

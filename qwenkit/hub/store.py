@@ -1,5 +1,6 @@
-"""Where model files live on disk: the models folder, one folder per repo, the partial
-files of unfinished downloads, free space, and the lock that keeps two downloads apart."""
+"""Where model files live on disk: the models folder, one folder per repo (partial files of
+unfinished downloads under its `.incomplete/`), free space, and the lock that keeps two
+downloads apart."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,7 @@ from pathlib import Path
 from qwenkit.errors import DownloadError
 from qwenkit.hub.quants import DEFAULT_REPO
 
-__all__ = ["INCOMPLETE", "free_bytes", "models_dir", "part_paths", "repo_dirname", "repo_lock"]
+__all__ = ["INCOMPLETE", "free_bytes", "models_dir", "repo_dirname", "repo_lock"]
 
 
 INCOMPLETE = ".incomplete"
@@ -61,8 +62,3 @@ def repo_lock(path: Path):
         yield
     finally:
         f.close()
-
-
-def part_paths(repo_dir: Path, rel: str) -> tuple[Path, Path]:
-    part = repo_dir / INCOMPLETE / (rel + ".part")
-    return part, part.with_name(part.name[:-5] + ".json")
