@@ -41,9 +41,11 @@ def machine_info() -> dict[str, Any]:
         info["commit"] = None
     try:
         import llama_cpp
+
+        from qwenkit.llama_api import C
         info["llama_cpp_python"] = llama_cpp.__version__
-        info["gpu_offload"] = bool(llama_cpp.llama_supports_gpu_offload())
-        info["system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+        info["gpu_offload"] = bool(C.llama_supports_gpu_offload())
+        info["system_info"] = C.llama_print_system_info().decode(errors="replace").strip()
     except Exception:  # noqa: BLE001, S110 - optional facts
         pass
     return info

@@ -31,8 +31,7 @@ def synthetic_model(model_dir: str | Path) -> str:
 def eog_bias(model: str) -> dict[str, float]:
     """logit_bias -100 for every end-of-generation token of the model's vocabulary (the model
     loaded vocab only: no weights, no context; llama.cpp's loader log kept off the terminal)."""
-    import llama_cpp as lc
-
+    from qwenkit.llama_api import C as lc
     from qwenkit.llamalog import capture_log
     lc.llama_backend_init()
     mp = lc.llama_model_default_params()

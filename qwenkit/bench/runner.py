@@ -40,19 +40,18 @@ class _Runner:
     """llama-bench's test loops over one loaded Llama."""
 
     def __init__(self, llm, seed: int = 1234):
-        import llama_cpp as lc
         import numpy as np
 
+        from qwenkit import llama_api  # imported here: importing qwenkit.bench needs no llama.cpp
         from qwenkit.fastgen import FastGen
 
-        self.lc, self.llm = lc, llm
+        lc = llama_api.C
+        self.api, self.lc, self.llm = llama_api, lc, llm
         self.ctx = llm.ctx
         self.fg = FastGen(llm)
         self.n_vocab = int(llm.n_vocab())
         self.n_batch = int(lc.llama_n_batch(self.ctx))
-        # llm._model is llama-cpp-python's private LlamaModel: its vocab pointer has no public
-        # accessor; to move into the one module for such uses when it exists (issue 16)
-        vocab = llm._model.vocab
+        vocab = llama_api.vocab(llm)
         self.bos = lc.llama_vocab_bos(vocab) if lc.llama_vocab_get_add_bos(vocab) else None
         self.rng = np.random.default_rng(seed)
         # (depth, saved sequence state), kept on the Llama so later bench() calls reuse it
@@ -66,7 +65,7 @@ class _Runner:
 
     def clear(self) -> None:
         self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), False)
-        self.llm.n_tokens = 0
+        self.api.set_evaluated(self.llm, 0)
 
     def depth(self, n_depth: int) -> None:
         """Prefill n_depth tokens untimed; computed once per depth, then restored."""
@@ -76,7 +75,7 @@ class _Runner:
         if self._state and self._state[0] == n_depth:
             buf = self._state[1]
             if lc.llama_state_seq_set_data(self.ctx, buf, len(buf), 0):
-                self.llm.n_tokens = n_depth
+                self.api.set_evaluated(self.llm, n_depth)
                 return
         self.prompt(n_depth)
         size = lc.llama_state_seq_get_size(self.ctx, 0)
@@ -86,7 +85,7 @@ class _Runner:
         self.llm.__dict__["_qwenkit_depth_state"] = self._state
 
     def prompt(self, n: int, path: str = "kit") -> None:
-        toks = self.rand_tokens(n, first=self.llm.n_tokens == 0)
+        toks = self.rand_tokens(n, first=self.api.n_evaluated(self.llm) == 0)
         if path == "llama-cpp-python":
             self.llm.eval(toks)
         else:
@@ -95,7 +94,8 @@ class _Runner:
 
     def gen(self, n: int, path: str) -> None:
         lc, ctx = self.lc, self.ctx
-        tok = self.bos if (self.bos is not None and self.llm.n_tokens == 0) else int(self.rng.integers(self.n_vocab))
+        at_start = self.api.n_evaluated(self.llm) == 0
+        tok = self.bos if (self.bos is not None and at_start) else int(self.rng.integers(self.n_vocab))
         if path == "decode":  # llama-bench's test_gen, token for token
             one = (lc.llama_token * 1)()
             decode, get_one, sync = lc.llama_decode, lc.llama_batch_get_one, lc.llama_synchronize
@@ -106,7 +106,7 @@ class _Runner:
                     raise BenchError("llama_decode failed during tg")
                 sync(ctx)
                 tok = int(randint(self.n_vocab))
-            self.llm.n_tokens += n
+            self.api.set_evaluated(self.llm, self.api.n_evaluated(self.llm) + n)
         elif path == "kit":  # the fast generation loop: decode, argmax, detokenize
             from qwenkit.fastgen import Sampler, _Detok
             sampler, det, fg = Sampler(self.llm), _Detok(self.fg.vocab), self.fg
