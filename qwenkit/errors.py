@@ -1,5 +1,14 @@
-"""The kit's errors: each one names the problem and the fix, so a notebook user knows what to do."""
+"""The kit's errors: each one names the problem and the fix, so a notebook user knows what to do.
+
+Every error class of the package is defined here (tests/test_errors_home.py checks it); a module
+that raises one may re-export it under its old name (`from qwenkit.summarize import DocumentError`).
+"""
 from __future__ import annotations
+
+__all__ = [
+    "ConfigError", "ContextOverflowError", "DocumentError", "DownloadError", "GGUFError", "HubUnreachable",
+    "LlamaCppError", "ModelLoadError", "QwenkitError", "RoomError", "ServerError",
+]
 
 
 class QwenkitError(Exception):
@@ -42,3 +51,11 @@ class HubUnreachable(DownloadError):
 
 class LlamaCppError(QwenkitError, RuntimeError):
     """The installed llama-cpp-python lacks a name the kit uses, or is not the tested version."""
+
+
+class DocumentError(QwenkitError, ValueError):
+    """A document that cannot be summarized (empty, not text, unreadable)."""
+
+
+class RoomError(QwenkitError, RuntimeError):
+    """The room's router could not be set up, started or reached."""

@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
-from qwenkit.errors import ContextOverflowError, QwenkitError, ServerError
+from qwenkit.errors import ContextOverflowError, DocumentError, QwenkitError, ServerError
 from qwenkit.loopguard import LoopGuard
 
 SYSTEM_PROMPTS = {
@@ -66,10 +66,6 @@ MAX_ROUNDS = 6
 
 _CUT_FIX = ("check that the server still runs (ServerProcess.alive(), .check(), .log_tail()); "
             "start it again if it died, then repeat the request")
-
-
-class DocumentError(QwenkitError, ValueError):
-    """A document that cannot be summarized (empty, not text, unreadable)."""
 
 
 # ---- results -----------------------------------------------------------------------------------

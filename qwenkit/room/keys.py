@@ -16,15 +16,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwenkit.errors import QwenkitError
+from qwenkit.errors import RoomError
 
 KEY_PREFIX = "qkr-"  # "qwenkit room": easy to tell apart from a server's "qk-" key
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")  # no quotes, spaces or ';': safe in nginx's map file
-
-
-class RoomError(QwenkitError, RuntimeError):
-    """The room's router could not be set up, started or reached."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from qwenkit.room.keys import Participant, RoomError, write_private
+from qwenkit.errors import RoomError
+from qwenkit.room.keys import Participant, write_private
 from qwenkit.room.probe import Probe
 
 MAX_BODY = "8m"        # a request body this size stays in memory (8 MB of text is far past any context)

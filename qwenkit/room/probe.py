@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from qwenkit.errors import RoomError
+
 PROBE_TIMEOUT_S = 2.0  # a server that takes longer to say "ok" is treated as down
 
 
@@ -46,7 +48,6 @@ def root_url(url: str) -> str:
         u = u[:-3]
     parts = urlsplit(u)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
-        from qwenkit.room.keys import RoomError
         raise RoomError(f"server URL {url!r} needs a scheme, host and port",
                         "write it as http://HOST:PORT (as `python -m qwenkit serve` prints it)")
     return u

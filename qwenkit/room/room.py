@@ -23,8 +23,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from qwenkit.errors import RoomError
 from qwenkit.room import keys as keyfile
-from qwenkit.room.keys import RoomError
 from qwenkit.room.nginx import Nginx, RouterSpec, render_config, render_map
 from qwenkit.room.probe import Probe, probe_all, root_url
 

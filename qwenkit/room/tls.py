@@ -15,7 +15,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from qwenkit.room.keys import RoomError
+from qwenkit.errors import RoomError
 
 DAYS = 30
 
