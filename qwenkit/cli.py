@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+__all__ = ["CLI_MODULES", "build_parser", "main"]
+
 # one module per area; each registers its own verbs
 CLI_MODULES = (
     "qwenkit.doctor",     # doctor

@@ -17,6 +17,8 @@ from typing import Any
 from qwenkit import cli_options
 from qwenkit.errors import ConfigError
 
+__all__ = ["parse_sweep", "add_cli", "run"]
+
 # the benchmark's own defaults under --config and the flags: llama-bench's n_batch, and
 # n_ctx 0 = just enough for the test (RunConfig's defaults for the rest)
 _BENCH_DEFAULTS = {"n_batch": 2048, "n_ctx": 0}
@@ -33,8 +35,8 @@ def parse_sweep(spec: str) -> tuple[str, list[Any]]:
     try:
         s = setting(field)
     except ConfigError:
-        raise ConfigError(f"--sweep: RunConfig has no field {field!r}",
-                          "use e.g. type_k, type_v, n_threads, n_batch, n_ubatch, n_cpu_moe, flash_attn, n_ctx") from None
+        raise ConfigError(f"--sweep: RunConfig has no field {field!r}", "use e.g. type_k, type_v, n_threads, "
+                          "n_batch, n_ubatch, n_cpu_moe, flash_attn, n_ctx") from None
     return field, [s.parse(v.strip(), f"--sweep {field}") for v in vals.split(",") if v.strip()]
 
 
@@ -106,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
     if args.quality:
         from qwenkit import quality
         kv = [tuple(x.split("/")) for x in args.kv.split(",") if x]
-        rows = quality.kv_quality(cfg, kv=kv, n_ctx=args.n_ctx_ppl, n_chunks=args.chunks or None, progress=True)
-        print("\n" + quality.table(rows))
-        sections["quality"] = [r.to_dict() for r in rows]
+        kv_rows = quality.kv_quality(cfg, kv=kv, n_ctx=args.n_ctx_ppl, n_chunks=args.chunks or None, progress=True)
+        print("\n" + quality.table(kv_rows))
+        sections["quality"] = [r.to_dict() for r in kv_rows]
     if args.json_out:
         bench.save_json(results, args.json_out, **sections)
         print(f"wrote {args.json_out}", file=sys.stderr)

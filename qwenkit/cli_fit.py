@@ -18,6 +18,8 @@ from typing import Any
 from qwenkit import cli_options
 from qwenkit.errors import ConfigError
 
+__all__ = ["parse_bytes", "add_cli", "run", "main"]
+
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
           "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
 

@@ -5,6 +5,8 @@ import json
 
 from qwenkit import hub
 
+__all__ = ["add_cli"]
+
 
 def _quants(args) -> int:
     headers = [h.strip() for h in args.header.split(",")] if args.header else False

@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+__all__ = ["add_cli", "cmd_server_key", "cmd_start", "cmd_keys", "cmd_status"]
+
 
 def _dir(args) -> Path:
     from qwenkit.room.room import default_dir

@@ -16,11 +16,13 @@ import time
 from qwenkit import cli_options
 from qwenkit.summarize import PRESENCE_PENALTY
 
+__all__ = ["add_cli", "cmd_serve", "cmd_summarize"]
+
 _SERVE_MODEL_HELP = {"model": "GGUF file, or REPO:QUANT from the hub (downloaded, verified) "
                               "(default: the config's, or the small default model)"}
 
 
-def config_from_args(args) -> tuple:
+def _config_from_args(args) -> tuple:
     """RunConfig from --config, the model options and their recipe spellings; returns
     (cfg, notes): the spellings translated and the config's own advice."""
     cfg, notes = cli_options.config_from_args(args)
@@ -72,7 +74,7 @@ def cmd_serve(args) -> int:
         print("no background server is running")
         return 1
 
-    cfg, notes = config_from_args(args)
+    cfg, notes = _config_from_args(args)
     cfg = _real_model(cfg, args)
     key = _api_key(args)
     if args.allow_remote and not key:
@@ -124,7 +126,7 @@ def cmd_summarize(args) -> int:
     else:
         srv = server.background() if not (args.model or args.config) else None
         if srv is None:
-            cfg, _ = config_from_args(args)
+            cfg, _ = _config_from_args(args)
             print(f"starting a server: {cfg.summary()}", file=sys.stderr)
             srv = started = server.start(cfg, port="any", quiet=True)
         else:

@@ -20,6 +20,10 @@ from typing import Any, Callable, Iterable
 
 from qwenkit.errors import ConfigError
 
+__all__ = ["KV_TYPES", "KV_TYPE_NAMES", "UNQUANTIZED", "KV_BYTES_PER_ELEMENT", "kv_type_id",
+           "kv_type_name", "default_threads", "RunConfig", "Setting", "settings", "setting",
+           "spelling_note", "from_recipe_flags"]
+
 # GGML type ids that llama.cpp accepts for the KV cache (ggml.h `enum ggml_type`).
 KV_TYPES: dict[str, int] = {
     "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8,

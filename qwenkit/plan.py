@@ -33,6 +33,11 @@ from typing import Any
 from qwenkit.config import KV_BYTES_PER_ELEMENT, RunConfig
 from qwenkit.errors import ConfigError
 
+__all__ = ["MiB", "GiB", "GPU_RUNTIME_BYTES", "DEFAULT_MARGIN_BYTES", "MARGIN_FRACTION",
+           "batch_sizes", "slots_of", "compute_phases", "Row", "MemoryPlan", "plan", "FitResult",
+           "fit_report", "fit", "compare", "target_model_info", "offload_sweep", "fit_table",
+           "compare_table", "max_parallel"]
+
 MiB = 1024 ** 2
 GiB = 1024 ** 3
 
@@ -564,7 +569,8 @@ def fit_table(info, vram_budget: int, contexts=(8192, 32768, 65536, 131072),
              f"{'n_ctx':>8} {'K/V':>10} {'KV MiB':>8} {'n_cpu_moe':>10} {'n_gpu_layers':>13} {'GPU GiB':>8} {'RAM GiB':>8}"]
     for n_ctx in contexts:
         for tk, tv in kv_types:
-            r = fit_report(info, vram_budget, RunConfig(model=str(info.source), n_ctx=n_ctx, type_k=tk, type_v=tv))
+            cfg = RunConfig(model=str(info.source), n_ctx=n_ctx, type_k=tk, type_v=tv)
+            r = fit_report(info, vram_budget, cfg)
             c = r.cfg
             lines.append(f"{n_ctx:>8} {tk + '/' + tv:>10} {r.plan.kv / MiB:>8.0f} {c.n_cpu_moe:>10} "
                          f"{c.n_gpu_layers:>13} {r.plan.gpu_total / GiB:>8.2f} {r.plan.cpu_total / GiB:>8.2f}"
