@@ -4,7 +4,10 @@ Every other module takes a RunConfig; none re-derives llama.cpp flags. It render
 `llama_cpp.Llama` keyword arguments (`llama_kwargs`), as `python -m llama_cpp.server`
 arguments (`server_args`), as llama.cpp's `llama-server` and `llama-bench` flags
 (`llama_server_args`, `llama_bench_args`), for the kit's own server (`to_dict`: the JSON its
-child process reads) and as a one-line summary (`summary`).
+child process reads), as the kit's own CLI flags (`cli_args`) and as a one-line summary
+(`summary`). `settings()` describes each field for a command line (flag, older spellings,
+help): qwenkit.cli_options generates the CLI's model options from it, `from_recipe_flags`
+reads the recipe's flags with it.
 """
 from __future__ import annotations
 
