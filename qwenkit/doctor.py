@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwenkit.units import MiB
+
 LLAMA_CPP_VERSION = "0.3.36"
 
 VERDICT_OK = "CUDA build and GPU: ok"
@@ -124,7 +126,7 @@ def nvml_gpus() -> list[GPU]:
             name = name.decode() if isinstance(name, bytes) else name
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(h)
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            out.append(GPU(i, name, f"{major}.{minor}", mem.total // 2**20, mem.free // 2**20, driver))
+            out.append(GPU(i, name, f"{major}.{minor}", mem.total // MiB, mem.free // MiB, driver))
         return out
     finally:
         pynvml.nvmlShutdown()

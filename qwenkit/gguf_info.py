@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenkit.errors import GGUFError
+from qwenkit.units import format_bytes
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -101,14 +102,6 @@ def split_parts(filename: str) -> tuple[str, int, int] | None:
     if not m:
         return None
     return m.group("stem"), int(m.group("no")), int(m.group("count"))
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------- data classes
@@ -288,7 +281,7 @@ class ModelInfo:
     def summary(self) -> str:
         lines = [
             f"{Path(self.source).name}: {self.arch}, {self.file_type or '?'}, "
-            f"{_human(self.file_size)} in {self.n_parts} file(s), {len(self.tensors)} tensors",
+            f"{format_bytes(self.file_size)} in {self.n_parts} file(s), {len(self.tensors)} tensors",
             f"  layers {self.n_layer}" + (f" (+{self.n_layer_nextn} MTP)" if self.n_layer_nextn else "")
             + f", embd {self.n_embd}, context {self.context_length}, vocab {self.n_vocab}",
             f"  KV cache in {len(self.kv_layers)} of {self.n_layer} layers ({self.layout_source}): "
@@ -297,12 +290,12 @@ class ModelInfo:
         ]
         if self.recurrent_layers:
             lines.append(f"  recurrent layers {len(self.recurrent_layers)}: state "
-                         f"{_human(self.recurrent_state_bytes)} per sequence")
+                         f"{format_bytes(self.recurrent_state_bytes)} per sequence")
         if self.is_moe:
             lines.append(f"  experts {self.expert_count}, {self.expert_used_count} used"
                          + (f" + {self.expert_shared_count} shared" if self.expert_shared_count else "")
-                         + f"; expert weights {_human(self.expert_bytes)}, other weights "
-                         f"{_human(self.non_expert_bytes)}")
+                         + f"; expert weights {format_bytes(self.expert_bytes)}, other weights "
+                         f"{format_bytes(self.non_expert_bytes)}")
         return "\n".join(lines)
 
     def to_dict(self, tensors: bool = False) -> dict[str, Any]:
@@ -545,7 +538,7 @@ def parse_gguf(read: ReadFn, file_size: int, source: str, *, first_chunk: int = 
         last = max(tensors, key=lambda t: t.offset + t.nbytes)
         raise GGUFError(
             f"{source}: truncated: the tensor data ends at byte {data_end:,} (tensor {last.name!r}) "
-            f"but the file is {file_size:,} bytes ({_human(data_end - file_size)} missing). "
+            f"but the file is {file_size:,} bytes ({format_bytes(data_end - file_size)} missing). "
             "An interrupted or incomplete download?",
             "download it again: python -m qwenkit download REPO QUANT (resumes and verifies SHA-256)")
     return GGUFFile(source, file_size, version, alignment, metadata, tuple(tensors), header_size,

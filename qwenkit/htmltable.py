@@ -14,6 +14,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from qwenkit.units import GiB, MiB
+
 
 def _cell(v: Any) -> str:
     if v is None:
@@ -76,7 +78,6 @@ def fit_table(info, vram_budget: int, contexts=(8192, 32768, 65536, 131072),
     GPU and RAM use (`plan.fit_report`), so the cost of context and of KV quantization can be
     read side by side."""
     from qwenkit.plan import fit_report
-    MiB, GiB = 1 << 20, 1 << 30
     rows = []
     for n_ctx in contexts:
         for tk, tv in kv_types:
@@ -91,7 +92,6 @@ def fit_table(info, vram_budget: int, contexts=(8192, 32768, 65536, 131072),
 
 def compare_table(cmp: dict[str, dict[str, float]]) -> Table:
     """`plan.compare` (planned vs llama.cpp's no-alloc figures) as a table."""
-    MiB = 1 << 20
     rows = [[k, f"{v['planned'] / MiB:,.2f}", f"{v['llama'] / MiB:,.2f}", f"{v['rel_error'] * 100:+.2f} %"]
             for k, v in cmp.items()]
     return Table(["part", "planned MiB", "llama.cpp MiB", "error"], rows, align="lrrr", bold_last=True)

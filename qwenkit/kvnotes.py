@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qwenkit.units import format_bytes
+
 # K-V pairs a default CUDA build compiles flash-attention kernels for (its build log prints
 # "FlashAttention K-V type combinations: f16-f16;q4_0-q4_0;q8_0-q8_0;bf16-bf16").
 MATCHED_FA_PAIRS = {("f16", "f16"), ("q4_0", "q4_0"), ("q8_0", "q8_0"), ("bf16", "bf16")}
@@ -37,7 +39,6 @@ DEFAULT_MODEL_CPU_D4096 = {("q8_0", "q8_0"): 0.78, ("q4_0", "q4_0"): 0.45, ("q8_
 DEFAULT_MODEL_CPU_WHERE = "SmolLM2-135M, the default model, 2-core CPU build, llama-bench tg64 at depth 4096"
 
 UNQUANTIZED = {"f32", "f16", "bf16"}
-MiB = 1 << 20
 
 
 def gpu_build() -> bool:
@@ -75,9 +76,13 @@ def memory_note(cfg, info) -> str | None:
     n = cfg.n_ctx or info.context_length or 0
     f16 = info.kv_bytes_per_token("f16", "f16") * n
     this = info.kv_bytes_per_token(cfg.type_k, cfg.type_v) * n
+
+    def mib(b: int) -> str:
+        return format_bytes(b, "MiB", 1, grouping=True)
+
     return (f"this model has a KV cache in {len(info.kv_layers)} of its {info.n_layer} layers (GGUF header): "
-            f"{n:,} tokens take {f16 / MiB:,.1f} MiB in f16/f16 and {this / MiB:,.1f} MiB with "
-            f"{_pair(cfg.type_k, cfg.type_v)} ({(f16 - this) / MiB:,.1f} MiB saved)")
+            f"{n:,} tokens take {mib(f16)} in f16/f16 and {mib(this)} with "
+            f"{_pair(cfg.type_k, cfg.type_v)} ({mib(f16 - this)} saved)")
 
 
 def speed_note(k: str, v: str, gpu: bool) -> str:

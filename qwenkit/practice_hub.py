@@ -43,6 +43,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from qwenkit.units import MiB, format_bytes
+
 LOOK_REPO = "qwenkit-practice/Qwen3.5-35B-A3B-GGUF"   # full-size headers: look, do not download
 GET_REPO = "qwenkit-practice/Qwen3.5-tiny-GGUF"       # a 6 MB model that really downloads
 GET_QUANT = "Q4_K_M"
@@ -50,8 +52,8 @@ LOOK_FILES = {"Q4_K_M": "Qwen3.5-35B-A3B-Q4_K_M.gguf", "Q8_0": "Qwen3.5-35B-A3B-
 GET_FILE = "Qwen3.5-tiny-Q4_K_M.gguf"
 # Range reads of a listed-only file are served up to this many bytes in one request: enough
 # for a GGUF header (Qwen3.5's is about 10 MB with its 248K-token vocabulary), not a download.
-HEADER_READ_LIMIT = 64 << 20
-PRACTICE_RATE = 16 << 20          # bytes/s for practice downloads: a progress bar you can watch
+HEADER_READ_LIMIT = 64 * MiB
+PRACTICE_RATE = 16 * MiB         # bytes/s for practice downloads: a progress bar you can watch
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -630,12 +632,12 @@ def connect(mode: str = "auto", *, endpoint: str | None = None, repo: str | None
 
 # ------------------------------------------------------------------------------ CLI
 def _serve(args) -> int:
-    ph = start(args.port, rate=None if args.rate <= 0 else args.rate * (1 << 20))
+    ph = start(args.port, rate=None if args.rate <= 0 else args.rate * MiB)
     print(f"practice hub on {ph.endpoint}")
     for r in ph.repos.values():
         for f in r.files.values():
             note = " (header reads only)" if f.listed_only else ""
-            print(f"  {r.repo_id}/{f.path}  {f.size / 2**30:.2f} GiB{note}")
+            print(f"  {r.repo_id}/{f.path}  {format_bytes(f.size, 'GiB')}{note}")
     print(f"\ntry:  HF_ENDPOINT={ph.endpoint} python -m qwenkit quants {LOOK_REPO} --vram 16 --header Q4_K_M")
     print(f"      HF_ENDPOINT={ph.endpoint} QWENKIT_MODELS={practice_dir() / 'models'} "
           f"python -m qwenkit download {GET_REPO} {GET_QUANT}")
@@ -656,6 +658,6 @@ def add_cli(sub) -> None:
                                    f"synthetic repos: {LOOK_REPO} (full-size headers) and {GET_REPO} "
                                    "(a 6 MB model). Point HF_ENDPOINT (or --endpoint) at it.")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--rate", type=float, default=PRACTICE_RATE / (1 << 20),
+    p.add_argument("--rate", type=float, default=PRACTICE_RATE / MiB,
                    help="download speed in MiB/s (0: unlimited; default %(default).0f)")
     p.set_defaults(func=_serve)

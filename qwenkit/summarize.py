@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
-from qwenkit.errors import ContextOverflowError, DocumentError, QwenkitError, ServerError
+from qwenkit.errors import ContextOverflowError, DocumentError, ServerError
 from qwenkit.loopguard import LoopGuard
 
 SYSTEM_PROMPTS = {
