@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -128,11 +127,6 @@ def pct(xs: list[float], q: float) -> float | None:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def _ratio(a, b):
     return a / b if (a is not None and b) else None
 
@@ -175,11 +169,11 @@ def burst(base_url: str, prompts: list[str], max_tokens: int, headers: dict, ext
     threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
-    la0, cpu0 = os.getloadavg(), _cpu()
+    la0, cpu0 = os.getloadavg(), bench.cpu_seconds()
     gate.wait()
     for t in threads:
         t.join()
-    cpu1, la1 = _cpu(), os.getloadavg()
+    cpu1, la1 = bench.cpu_seconds(), os.getloadavg()
     ok = [r for r in out if "error" not in r and r.get("t_last") is not None]
     wall = (max(r["t_last"] for r in ok) - min(r["t_send"] for r in ok)) if ok else None
     toks = sum(r["completion_tokens"] for r in ok)

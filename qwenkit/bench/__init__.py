@@ -29,14 +29,14 @@ Modules, one job each:
              kit_server, free_port
   pairs      the kit's server and llama-server side by side with the same model and flags
   models     the synthetic GPU model, a logit_bias against end-of-generation tokens
-  machine    machine_info (where a result was measured), gpu_slug
+  machine    machine_info (where a result was measured), gpu_slug, cpu_seconds
   tables     markdown / HTML tables;  plots: bar charts
 The llama-bench / llama-server flags for a RunConfig are RunConfig's own (llama_bench_args(),
 llama_server_args()): nothing here renders them.
 """
 from __future__ import annotations
 
-from qwenkit.bench.machine import gpu_slug, machine_info
+from qwenkit.bench.machine import cpu_seconds, gpu_slug, machine_info
 from qwenkit.bench.models import SYNTHETIC_MODEL_NAME, eog_bias, synthetic_model
 from qwenkit.bench.pairs import native_pair_args, server_pair
 from qwenkit.bench.plots import plot
@@ -59,7 +59,7 @@ from qwenkit.bench.tools import find_tools, run_llama_bench, tool_env, tool_path
 __all__ = [
     "CONFIG_FIELDS", "DEFAULT_SERVER_PROMPT", "MAX_REPS", "PATHS", "SYNTHETIC_MODEL_NAME",
     "BenchError", "BenchResult", "NativeServer", "StockServer", "StreamStats",
-    "bench", "bench_server", "config_fields", "eog_bias", "find_tools", "fmt_rate", "free_port",
+    "bench", "bench_server", "config_fields", "cpu_seconds", "eog_bias", "find_tools", "fmt_rate", "free_port",
     "get_json", "gpu_slug", "html", "kit_server", "load_json", "loaded",
     "machine_info", "markdown_table", "merge", "native_pair_args", "plot", "run_llama_bench",
     "save_json", "server_pair", "start_llama_server", "stream_completion", "sweep", "synthetic_model",

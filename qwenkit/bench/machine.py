@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["gpu_slug", "machine_info"]
+__all__ = ["cpu_seconds", "gpu_slug", "machine_info"]
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,6 +50,13 @@ def machine_info() -> dict[str, Any]:
     except Exception:  # noqa: BLE001, S110 - optional facts
         pass
     return info
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) this process has used: a benchmark client records what it cost
+    over a scenario, to show it was not the bottleneck."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def gpu_slug() -> str:
