@@ -18,8 +18,7 @@ from qwenkit.gguf_info import (
     read_model_info,
     split_parts,
 )
-
-MiB = 1 << 20
+from qwenkit.units import GiB, MiB
 
 
 def _counting_reader(path: Path):
@@ -74,7 +73,7 @@ def test_full_size_qwen35moe_header(hub_files):
     assert info.kv_bytes_per_token("q4_0", "q4_0") == 5_760
     assert round(info.recurrent_state_bytes / MiB, 2) == 62.81
     assert (info.expert_count, info.expert_used_count) == (256, 8)
-    assert 19.6 < info.file_size / (1 << 30) < 19.8
+    assert 19.6 < info.file_size / GiB < 19.8
     assert info.expert_bytes > 0.9 * info.weights_bytes
     assert info.layer_expert_bytes(0) == sum(t.nbytes for t in info.tensors_in_layer(0) if t.is_expert)
     assert {t.name for t in info.tensors_in_layer(39) if t.is_expert} >= {

@@ -12,10 +12,9 @@ from qwenkit import plan, realmodel
 from qwenkit.config import RunConfig
 from qwenkit.errors import ConfigError, GGUFError
 from qwenkit.gguf_info import read_model_info
+from qwenkit.units import GiB
 
 from fixtures_hub import REPO_TINY
-
-GiB = 1 << 30
 
 
 def test_specs():
