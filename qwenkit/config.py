@@ -224,6 +224,13 @@ class RunConfig:
             args += ["--chat_format", self.chat_format]
         return args
 
+    def prompt_cache_bytes(self, gpu_build: bool) -> int:
+        """Host RAM the kit's server (and a notebook ChatSession) may use for its prompt cache:
+        `prompt_cache_mib`, or the build's default (2 GiB with GPU offload, 512 MiB without;
+        one Qwen3.5 recurrent checkpoint is about 63 MiB)."""
+        mib = self.prompt_cache_mib if self.prompt_cache_mib is not None else (2048 if gpu_build else 512)
+        return int(mib) * 2**20
+
     def llama_server_args(self) -> list[str]:
         """Flags for llama.cpp's `llama-server` (the model, host and port are the launcher's):
         one slot and no web UI. -c is llama-server's TOTAL context over its slots, so it is

@@ -175,6 +175,7 @@ class MemoryPlan:
     output_buffer: int = 0             # host
     runtime: int = 0                   # CUDA context estimate (GPU)
     margin: int = 0                    # safety margin (GPU)
+    prompt_cache: int = 0              # host RAM the kit's server may fill with its prompt cache
     notes: list[str] = field(default_factory=list)
 
     # ---- totals
@@ -267,10 +268,17 @@ class MemoryPlan:
         for r in self.rows:
             lines.append(f"{r.part:<16}{r.detail[:w - 17]:<{w - 16}}{r.gpu / unit:>12,.1f}{r.cpu / unit:>12,.1f}")
         lines.append(f"{'total':<{w}}{self.gpu_total / unit:>12,.1f}{self.cpu_total / unit:>12,.1f}")
+        if self.prompt_cache:
+            lines.append(f"{'+ prompt cache':<16}{self._cache_detail[:w - 17]:<{w - 16}}{0:>12,.1f}"
+                         f"{self.prompt_cache / unit:>12,.1f}")
         if not self.gpu:
             lines.append("(planned for a build without GPU offload: everything is in system RAM)")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    @property
+    def _cache_detail(self) -> str:
+        return "kit server / ChatSession, at most"
 
     def __str__(self) -> str:
         return self.table()
@@ -283,6 +291,10 @@ class MemoryPlan:
                      f"<td style='text-align:right'>{r.cpu / MiB:,.1f}</td></tr>" for r in self.rows)
         tr += (f"<tr><td><b>total</b></td><td></td><td style='text-align:right'><b>{self.gpu_total / MiB:,.1f}</b></td>"
                f"<td style='text-align:right'><b>{self.cpu_total / MiB:,.1f}</b></td></tr>")
+        if self.prompt_cache:
+            tr += (f"<tr><td>+ prompt cache</td><td>{html.escape(self._cache_detail)}</td>"
+                   f"<td style='text-align:right'>0.0</td>"
+                   f"<td style='text-align:right'>{self.prompt_cache / MiB:,.1f}</td></tr>")
         notes = "".join(f"<br><i>note: {html.escape(n)}</i>" for n in self.notes)
         return (f"{head}<table><tr><th>part</th><th></th><th>GPU MiB</th><th>RAM MiB</th></tr>{tr}</table>{notes}")
 
@@ -290,6 +302,7 @@ class MemoryPlan:
         return dict(
             model=self.model, config=self.cfg.to_dict(), gpu=self.gpu, gpu_total=self.gpu_total,
             cpu_total=self.cpu_total, llama_total=self.llama_total, weights_gpu=self.weights_gpu,
+            prompt_cache=self.prompt_cache,
             weights_cpu=self.weights_cpu, weights_file=self.weights_file, experts_cpu=sum(self.experts_cpu_by_layer.values()),
             kv_k=list(self.kv_k), kv_v=list(self.kv_v), kv_cells=self.kv_cells,
             recurrent=list(self.recurrent), compute=list(self.compute), compute_phases=self.compute_phases,
@@ -390,6 +403,9 @@ def plan(info, cfg: RunConfig, *, gpu: bool = True, margin: int | None = None,
         p.compute = (0, peak)
     p.compute_phases = phases
     p.output_buffer = d.V * 4 * slots_of(cfg)  # one logits row per sequence of a decode
+    # a ceiling the server fills only as chats come back; not in cpu_total, which is what
+    # llama.cpp itself allocates (the in-kernel engine and the tuning panel have no cache)
+    p.prompt_cache = cfg.prompt_cache_bytes(gpu)
     if gpu:
         sub = p.weights_gpu + kg + vg + rg + p.compute[0] + p.runtime
         p.margin = (max(DEFAULT_MARGIN_BYTES, int(MARGIN_FRACTION * sub)) if margin is None else int(margin))

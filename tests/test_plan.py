@@ -135,3 +135,20 @@ def test_fit_dense_moves_whole_layers(default_model):
     assert plan(info, r.cfg).gpu_total <= 900 * MiB
     assert plan(info, r.cfg.replace(n_gpu_layers=r.cfg.n_gpu_layers + 1)).gpu_total > 900 * MiB
     assert not fit_report(info, 100 * MiB, cfg).fits
+
+
+def test_plan_shows_the_servers_prompt_cache_budget_apart_from_llama_cpps_memory():
+    """Issue 14: the prompt cache budget is part of the memory plan (a RAM ceiling the kit's
+    server fills as chats come back), but not of cpu_total (what llama.cpp allocates, which the
+    tuning panel checks against free RAM for the in-kernel model, which has no cache)."""
+    from qwenkit.plan import plan, target_model_info
+    info = target_model_info()
+    base = RunConfig(model="x.gguf", n_cpu_moe=11)
+    gpu, cpu = plan(info, base), plan(info, base, gpu=False)
+    assert gpu.prompt_cache == 2048 * 2**20 and cpu.prompt_cache == 512 * 2**20
+    assert "+ prompt cache" in gpu.table() and "2,048.0" in gpu.table().splitlines()[-1]
+    assert "prompt cache" in gpu._repr_html_() and gpu.to_dict()["prompt_cache"] == 2048 * 2**20
+    sized = plan(info, base.replace(prompt_cache_mib=300))
+    assert sized.prompt_cache == 300 * 2**20 and sized.cpu_total == gpu.cpu_total
+    off = plan(info, base.replace(prompt_cache_mib=0))
+    assert off.prompt_cache == 0 and "prompt cache" not in off.table()
