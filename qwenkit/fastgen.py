@@ -26,7 +26,11 @@ at the new text plus a bounded tail.
                            # stopping_criteria, a prompt cache) fall back to the original.
 
 The Llama object's own bookkeeping (`input_ids`, `n_tokens`) is kept up to date, so its own
-prefix cache and `Llama.generate` keep working between fast and slow calls.
+prefix cache and `Llama.generate` keep working between fast and slow calls. Everything below
+Llama's public API (its private attributes, the C API) goes through qwenkit.llama_api.
+
+`Sampler` (llama.cpp's native chain built from sampling settings, or an argmax), `Detokenizer`
+and `StopScanner` serve the kit's server too (qwenkit.serving.scheduler).
 """
 from __future__ import annotations
 
@@ -41,8 +45,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "Detokenizer",
     "FastGen",
     "Sampler",
+    "StopScanner",
     "fast_path_supports",
     "install",
     "is_installed",
@@ -51,37 +57,55 @@ __all__ = [
 
 
 def _lc():
-    import llama_cpp
-    return llama_cpp
+    from qwenkit.llama_api import C  # lazily: importing qwenkit must not need the compiled library
+    return C
 
 
 # ---- sampling ----------------------------------------------------------------------------------
 class Sampler:
-    """Token selection for one request.
+    """Token selection for one request (one sequence).
 
-    temperature == 0: greedy (argmax over llama.cpp's logits buffer, no copy; with a logit
-    bias or penalties, llama.cpp's native greedy chain). Otherwise llama.cpp's native chain in
-    llama-cpp-python's order: logit bias, penalties (only when set), top-k, typical (only when
-    != 1), top-p, min-p, temperature, dist(seed). temperature < 0: dist only (as llama-cpp-python)."""
+    Plain greedy (temperature 0, no logit bias, penalties, grammar or DRY): a numpy argmax over
+    llama.cpp's logits buffer, no copy, no chain. Otherwise llama.cpp's native chain in
+    llama-server's order: grammar, logit bias, penalties (only when set), DRY (only when set),
+    then greedy (temperature 0), dist only (temperature < 0, as llama-cpp-python), or top-k,
+    typical (only when != 1), top-p, min-p, temperature, dist(seed).
 
-    def __init__(self, llm, *, temperature: float = 0.0, top_k: int = 40, top_p: float = 0.95,
-                 min_p: float = 0.05, typical_p: float = 1.0, repeat_penalty: float = 1.0,
-                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+    `Sampler(llm, ...)` for a loaded Llama (its vocabulary size; penalties look back
+    `llm.last_n_tokens_size` tokens unless penalty_last_n says otherwise), or
+    `Sampler(n_vocab=N, vocab=v, ...)` for a context the caller owns (the server's)."""
+
+    def __init__(self, llm=None, *, n_vocab: int | None = None, vocab=None, temperature: float = 0.0,
+                 top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
+                 repeat_penalty: float = 1.0, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
                  penalty_last_n: int | None = None, seed: int | None = None,
-                 logit_bias: dict[int, float] | None = None):
+                 logit_bias: dict[int, float] | None = None, grammar: str | None = None,
+                 dry_multiplier: float = 0.0, dry_base: float = 1.75, dry_allowed_length: int = 2,
+                 dry_penalty_last_n: int = -1, dry_sequence_breakers: Sequence[str] = ()):
         lc = _lc()
         self._lc = lc
-        self.n_vocab = int(llm.n_vocab())
+        self.n_vocab = int(llm.n_vocab() if n_vocab is None else n_vocab)
         self.temperature = float(temperature)
         penalties = (repeat_penalty != 1.0 or frequency_penalty != 0.0 or presence_penalty != 0.0)
-        self.argmax = self.temperature == 0.0 and not penalties and not logit_bias
+        self.argmax = (self.temperature == 0.0 and not penalties and not logit_bias and not grammar
+                       and not dry_multiplier)
         self.chain = None
+        self._history: list = []   # the stages that look back at earlier tokens (penalties, DRY)
         self._view: np.ndarray | None = None
         self._view_addr = 0
         if self.argmax:
             return
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        add = lambda s: lc.llama_sampler_chain_add(chain, s)
+
+        def add(s):
+            lc.llama_sampler_chain_add(chain, s)
+
+        if grammar:
+            g = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+            if not g:
+                lc.llama_sampler_free(chain)
+                raise ValueError("the grammar does not parse")
+            add(g)
         if logit_bias:
             arr = (lc.llama_logit_bias * len(logit_bias))()
             for i, (tok, bias) in enumerate(logit_bias.items()):
@@ -89,11 +113,18 @@ class Sampler:
             add(lc.llama_sampler_init_logit_bias(self.n_vocab, len(logit_bias), arr))
         if penalties:
             last_n = int(penalty_last_n if penalty_last_n is not None else getattr(llm, "last_n_tokens_size", 64))
-            add(lc.llama_sampler_init_penalties(self.n_vocab, last_n, float(repeat_penalty),
-                                                float(frequency_penalty), float(presence_penalty)))
-        seed = int(seed if seed is not None else random.getrandbits(32)) & 0xFFFFFFFF
+            self._history.append(lc.llama_sampler_init_penalties(
+                self.n_vocab, last_n, float(repeat_penalty), float(frequency_penalty), float(presence_penalty)))
+            add(self._history[-1])
+        if dry_multiplier > 0:
+            br = list(dry_sequence_breakers)
+            self._breakers = (ctypes.c_char_p * len(br))(*[b.encode() for b in br])  # kept alive
+            self._history.append(lc.llama_sampler_init_dry(vocab, float(dry_multiplier), float(dry_base),
+                                                           int(dry_allowed_length), int(dry_penalty_last_n),
+                                                           self._breakers, len(br)))
+            add(self._history[-1])
         if self.temperature < 0.0:
-            add(lc.llama_sampler_init_dist(seed))
+            add(lc.llama_sampler_init_dist(_seed32(seed)))
         elif self.temperature == 0.0:
             add(lc.llama_sampler_init_greedy())
         else:
@@ -103,28 +134,32 @@ class Sampler:
             add(lc.llama_sampler_init_top_p(float(top_p), 1))
             add(lc.llama_sampler_init_min_p(float(min_p), 1))
             add(lc.llama_sampler_init_temp(self.temperature))
-            add(lc.llama_sampler_init_dist(seed))
+            add(lc.llama_sampler_init_dist(_seed32(seed)))
         self.chain = chain
 
-    def sample(self, ctx) -> int:
-        """The next token from the logits of the last decoded position (accepted into the chain)."""
+    def sample(self, ctx, i: int = -1) -> int:
+        """The next token from the logits of batch row i (-1: the last one), accepted into the chain."""
         if self.argmax:
-            ptr = self._lc.llama_get_logits_ith(ctx, -1)
+            ptr = self._lc.llama_get_logits_ith(ctx, i)
             addr = ctypes.cast(ptr, ctypes.c_void_p).value
             if addr != self._view_addr:  # llama.cpp may move its output buffer; reuse the view when not
                 self._view = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
                 self._view_addr = addr
             return int(self._view.argmax())
-        return int(self._lc.llama_sampler_sample(self.chain, ctx, -1))
+        return int(self._lc.llama_sampler_sample(self.chain, ctx, i))
 
     def accept_prompt(self, tokens: Sequence[int]) -> None:
-        """Feed prompt tokens to the chain's history (penalties look at them, as in llama.cpp)."""
-        if self.chain is not None:
+        """Feed prompt tokens to the stages with a history (penalties and DRY look at them, as in
+        llama.cpp). Not to the whole chain: a grammar stage would take them for its own output
+        and abort the process when they do not fit (llama.cpp's common_sampler keeps them apart too)."""
+        accept = self._lc.llama_sampler_accept
+        for stage in self._history:   # owned by the chain, alive while it is
             for t in tokens:
-                self._lc.llama_sampler_accept(self.chain, int(t))
+                accept(stage, int(t))
 
     def close(self) -> None:
         if self.chain is not None:
+            self._history = []
             self._lc.llama_sampler_free(self.chain)
             self.chain = None
 
@@ -135,8 +170,12 @@ class Sampler:
             pass
 
 
+def _seed32(seed: int | None) -> int:
+    return int(seed if seed is not None else random.getrandbits(32)) & 0xFFFFFFFF
+
+
 # ---- text ----------------------------------------------------------------------------------------
-class _Detok:
+class Detokenizer:
     """Incremental token -> text: one token_to_piece per token, an incremental UTF-8 decoder
     (incomplete multi-byte characters wait for the next token), llama-cpp-python's rule of
     dropping the leading space after a BOS."""
@@ -164,7 +203,7 @@ class _Detok:
         return self.dec.decode(b"", final=True)
 
 
-class _StopScan:
+class StopScanner:
     """Stop strings checked over the new text plus a tail shorter than the longest stop; text
     that could be the start of a stop string is held back until it cannot be."""
 
@@ -209,28 +248,29 @@ class FastGen:
     """The lean loop over one loaded Llama. Not thread-safe (neither is the Llama)."""
 
     def __init__(self, llm):
+        from qwenkit import llama_api
         lc = _lc()
         self._lc = lc
+        self._api = llama_api
         self.llm = llm
         self.ctx = llm.ctx
-        self.vocab = llm._model.vocab
+        self.vocab = llama_api.vocab(llm)
         self.n_vocab = int(llm.n_vocab())
         self.n_ctx = int(llm.n_ctx())
         self.n_batch = int(lc.llama_n_batch(self.ctx))
         self.mem = lc.llama_get_memory(self.ctx)
         self._one = (lc.llama_token * 1)()
-        self._recurrent = bool(getattr(llm, "_is_recurrent", False) or getattr(llm, "_is_hybrid", False))
         self.last_timings: dict[str, float] = {}
 
     # -- low level --
     def clear(self) -> None:
         """Empty the KV cache / recurrent state (and the Llama's bookkeeping)."""
         self._lc.llama_memory_clear(self.mem, True)
-        self.llm.n_tokens = 0
+        self._api.set_evaluated(self.llm, 0)
 
     def _decode(self, tokens: Sequence[int]) -> None:
         lc = self._lc
-        n0 = self.llm.n_tokens
+        n0 = self._api.n_evaluated(self.llm)
         if len(tokens) == 1:
             self._one[0] = tokens[0]
             arr, n = self._one, 1
@@ -243,9 +283,7 @@ class FastGen:
             rc = lc.llama_decode(self.ctx, lc.llama_batch_get_one(ptr, m))
             if rc != 0:
                 raise RuntimeError(f"llama_decode returned {rc}")
-        self.llm.input_ids[n0:n0 + n] = tokens
-        self.llm.n_tokens = n0 + n
-        self.llm._requires_eval = False
+        self._api.record_evaluated(self.llm, n0, tokens)
 
     def prefill(self, tokens: Sequence[int], reuse_prefix: bool = True) -> int:
         """Make the context hold exactly `tokens` with fresh logits for the last one. Reuses the
@@ -256,8 +294,8 @@ class FastGen:
             raise ValueError("prefill needs at least one token")
         llm = self.llm
         keep = 0
-        if reuse_prefix and llm.n_tokens > 0:
-            held = llm.input_ids[:llm.n_tokens]
+        if reuse_prefix and self._api.n_evaluated(llm) > 0:
+            held = self._api.evaluated_tokens(llm)
             lim = min(len(held), len(tokens))
             eq = np.asarray(held[:lim]) == np.asarray(tokens[:lim], dtype=held.dtype)
             keep = int(lim if eq.all() else np.argmin(eq))
@@ -267,7 +305,7 @@ class FastGen:
         if keep == 0:
             self.clear()
         else:
-            llm.n_tokens = keep
+            self._api.set_evaluated(llm, keep)
         self._decode(tokens[keep:])
         return len(tokens) - keep
 
@@ -284,7 +322,7 @@ class FastGen:
             self.prefill(prompt, reuse_prefix=reuse_prefix)
             t1 = time.perf_counter()
             self.last_timings = {"prompt_s": t1 - t0, "n_prompt": len(prompt), "n_gen": 0}
-            room = self.n_ctx - self.llm.n_tokens
+            room = self.n_ctx - self._api.n_evaluated(self.llm)
             n = 0
             while n < max_tokens:
                 tok = sampler.sample(ctx)
@@ -310,8 +348,8 @@ class FastGen:
                 yield text
 
     def _pieces(self, prompt, max_tokens, sampler, stop, **kw):
-        det = _Detok(self.vocab)
-        scan = _StopScan(stop)
+        det = Detokenizer(self.vocab)
+        scan = StopScanner(stop)
         bos = self.llm.token_bos()
         first = True
         self.finish_reason = "length"
@@ -339,7 +377,7 @@ class FastGen:
         llm = self.llm
         if isinstance(prompt, list):
             return list(prompt)
-        model = llm._model
+        model = self._api.internal_model(llm)
         bos, cls, sep = llm.token_bos(), model.token_cls(), model.token_sep()
         bos_tokens = [cls if cls != -1 else bos]
         eos_tokens = [sep if sep != -1 else llm.token_eos()]
@@ -370,12 +408,12 @@ class FastGen:
         if seed is not None:
             llm.set_seed(seed)
         else:
-            llm.set_seed(random.Random(llm._seed).randint(0, 2**32))
+            llm.set_seed(random.Random(self._api.seed(llm)).randint(0, 2**32))
         bias = {int(k): float(v) for k, v in logit_bias.items()} if logit_bias else None
         sampler = Sampler(llm, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                           typical_p=typical_p, repeat_penalty=repeat_penalty,
                           frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-                          seed=llm._seed, logit_bias=bias)
+                          seed=self._api.seed(llm), logit_bias=bias)
         cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
         name = model if model is not None else llm.model_path
         gen = self._pieces(prompt_tokens, max_tokens, sampler, stops)
@@ -420,7 +458,8 @@ def fast_path_supports(llm, kwargs: dict) -> bool:
         return False
     if getattr(llm, "cache", None) is not None or getattr(llm, "draft_model", None) is not None:
         return False
-    if getattr(llm, "_logits_all", False):
+    from qwenkit.llama_api import logits_all
+    if logits_all(llm):
         return False  # the original fills llm.scores for callers that read it
     p = kwargs.get("prompt", "")
     return bool(p)
@@ -460,50 +499,5 @@ def uninstall(llm) -> None:
         llm.__dict__.pop("_qwenkit_fastgen", None)
 
 
-# ---- chunks from a generating thread to an event loop (the server's streams) ---------------------
-class _Mailbox:
-    """Chunks from the generation thread to the event loop, waking the loop only when it waits.
-
-    Every wake-up (call_soon_threadsafe) costs the loop thread a select return, a self-pipe
-    read and a callback. Chunks posted while the loop is busy, or while the publisher pauses
-    between grouped writes, are collected at its next look without one. An urgent chunk (the
-    end of the stream) always wakes it, so grouping never holds back the last tokens."""
-
-    def __init__(self, loop):
-        import asyncio
-        import collections
-        self.loop = loop
-        self.items: collections.deque = collections.deque()
-        self.ready = asyncio.Event()
-        self.looking = True  # True while the loop will look again without being woken
-
-    def post(self, item, urgent: bool = False) -> None:
-        """From the generation thread: append, then wake the loop if it waits (or if urgent)."""
-        self.items.append(item)
-        if urgent or not self.looking:
-            self.looking = True
-            self.loop.call_soon_threadsafe(self.ready.set)
-
-    async def collect(self) -> list:
-        """Everything posted so far; waits for at least one item."""
-        while True:
-            # "waiting" is said BEFORE taking: a chunk appended after the take sees
-            # looking == False and wakes the loop; one appended before it is taken here
-            self.ready.clear()
-            self.looking = False
-            out = []
-            while self.items:
-                out.append(self.items.popleft())
-            if out:
-                self.looking = True
-                return out
-            await self.ready.wait()
-
-    async def pause(self, seconds: float) -> None:
-        """Sleep up to `seconds` while chunks gather unannounced; an urgent one ends it early."""
-        import asyncio
-        self.ready.clear()
-        try:
-            await asyncio.wait_for(self.ready.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
+# the names the server's scheduler and qwenkit.bench imported before they were public
+_Detok, _StopScan = Detokenizer, StopScanner

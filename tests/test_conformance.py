@@ -85,6 +85,18 @@ def test_json_object_is_an_object(served):
         assert isinstance(json.loads(text), dict)
 
 
+@pytest.mark.parametrize("extra", [{"frequency_penalty": 0.5}, {"presence_penalty": 0.5, "dry_multiplier": 0.8}])
+def test_json_object_with_penalties_keeps_the_server_alive(served, extra):
+    """Penalties and DRY are fed the prompt; the grammar stage is not (it took the prompt's first
+    token for its own output and llama.cpp aborted the whole server process)."""
+    c = _client(served)
+    r = c.chat.completions.create(
+        model="any", messages=[{"role": "user", "content": "Describe a cat as JSON with two short fields."}],
+        max_tokens=32, response_format={"type": "json_object"}, temperature=0, extra_body=extra)
+    assert r.choices[0].message.content.lstrip().startswith("{")
+    assert c.models.list().data  # still serving
+
+
 @pytest.mark.parametrize("schema,keyword", [({"type": "integer", "minimum": 3}, "minimum"),
                                             ({"type": "string", "format": "email"}, "format"),
                                             ({"type": "array", "items": {"type": "string"}, "uniqueItems": True},

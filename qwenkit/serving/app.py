@@ -28,14 +28,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qwenkit.fastgen import _Mailbox
 from qwenkit.serving import tools as tools_mod
+from qwenkit.serving.mailbox import Mailbox
 from qwenkit.serving.protocol import (ChatCompletion, ChatCompletionChunk, ChatRequest, CompletionChunk, Completion, CompletionRequest, CountResponse,
                                       DetokenizeRequest, DetokenizeResponse, ErrorResponse, Health, ModelList,
                                       TokenizeRequest, TokenizeResponse, Unsupported, error_body)
 from qwenkit.serving.scheduler import Request, Result, SchedulerError
 from qwenkit.serving.structured import SchemaError, response_format_grammar
 from qwenkit.serving.tools import ToolStream
+
+__all__ = ["APIError", "AppState", "BodyLimit", "MAX_BODY_BYTES", "create_app"]
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -65,6 +67,15 @@ class AppState:
     @property
     def ready(self) -> bool:
         return self.scheduler is not None
+
+    def close(self) -> None:
+        """Stop the scheduler, then free the model (once the HTTP server has stopped)."""
+        model, scheduler = self.model, self.scheduler
+        self.model = self.scheduler = None
+        if scheduler is not None:
+            scheduler.close()
+        if model is not None:
+            model.close()
 
 
 class APIError(Exception):
@@ -172,7 +183,7 @@ class _Job:
     """One request's way from the scheduler thread to this event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, n: int = 1):
-        self.mailbox = _Mailbox(loop)
+        self.mailbox = Mailbox(loop)
         self.n = n
 
     def sink_for(self, i: int):

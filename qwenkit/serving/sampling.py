@@ -1,16 +1,16 @@
-"""Per-request token selection for the scheduler: llama.cpp's native sampler chain, or a
-numpy argmax over llama.cpp's logits buffer for plain greedy requests (no copy, no chain).
+"""Per-request sampling settings for the scheduler, and the sampler of one slot.
 
-The chain follows llama-server's order: logit bias, penalties (only when set), top-k, top-p,
-min-p, temperature, dist(seed). `sample(ctx, i)` reads the logits of batch position i, so
-every sequence of a batched decode samples from its own row."""
+`SlotSampler` is `qwenkit.fastgen.Sampler` (llama.cpp's native chain in llama-server's order,
+or a numpy argmax over llama.cpp's logits buffer for plain greedy requests) built from a
+request's SamplingParams. `sample(ctx, i)` reads the logits of batch position i, so every
+sequence of a batched decode samples from its own row."""
 from __future__ import annotations
 
-import ctypes
-import random
 from dataclasses import dataclass, field
 
-import numpy as np
+from qwenkit.fastgen import Sampler
+
+__all__ = ["SamplingParams", "SlotSampler", "check_grammar"]
 
 
 @dataclass(frozen=True)
@@ -44,85 +44,29 @@ class SamplingParams:
 
 def check_grammar(vocab, grammar: str) -> None:
     """Raise ValueError when llama.cpp cannot parse a GBNF grammar."""
-    import llama_cpp as lc
+    from qwenkit.llama_api import C as lc
     g = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
     if not g:
         raise ValueError("the grammar does not parse (GBNF with a 'root' rule)")
     lc.llama_sampler_free(g)
 
 
-class SlotSampler:
+class SlotSampler(Sampler):
+    """The sampler of one scheduler slot: a request's SamplingParams as a fastgen.Sampler."""
+
     def __init__(self, n_vocab: int, params: SamplingParams, vocab=None):
-        import llama_cpp as lc
-        self._lc = lc
-        self.n_vocab = n_vocab
+        # a negative temperature is greedy here (llama-server), dist-only in fastgen (llama-cpp-python)
+        super().__init__(n_vocab=n_vocab, vocab=vocab, temperature=0.0 if params.greedy else params.temperature,
+                         top_k=params.top_k, top_p=params.top_p, min_p=params.min_p,
+                         repeat_penalty=params.repeat_penalty, frequency_penalty=params.frequency_penalty,
+                         presence_penalty=params.presence_penalty, penalty_last_n=params.penalty_last_n,
+                         seed=params.seed, logit_bias=params.logit_bias, grammar=params.grammar,
+                         dry_multiplier=params.dry_multiplier, dry_base=params.dry_base,
+                         dry_allowed_length=params.dry_allowed_length, dry_penalty_last_n=params.dry_penalty_last_n,
+                         dry_sequence_breakers=params.dry_sequence_breakers)
         self.params = params
-        self.argmax = (params.greedy and not params.penalized and not params.logit_bias and not params.grammar
-                       and not params.dry_multiplier)
-        self.chain = None
-        self._view: np.ndarray | None = None
-        self._view_addr = 0
-        if self.argmax:
-            return
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-
-        def add(s):
-            lc.llama_sampler_chain_add(chain, s)
-
-        if params.grammar:
-            g = lc.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-            if not g:
-                lc.llama_sampler_free(chain)
-                raise ValueError("the grammar does not parse")
-            add(g)
-        if params.logit_bias:
-            arr = (lc.llama_logit_bias * len(params.logit_bias))()
-            for i, (tok, bias) in enumerate(params.logit_bias.items()):
-                arr[i].token, arr[i].bias = int(tok), float(bias)
-            add(lc.llama_sampler_init_logit_bias(n_vocab, len(params.logit_bias), arr))
-        if params.penalized:
-            add(lc.llama_sampler_init_penalties(n_vocab, int(params.penalty_last_n), float(params.repeat_penalty),
-                                                float(params.frequency_penalty), float(params.presence_penalty)))
-        if params.dry_multiplier > 0:
-            br = params.dry_sequence_breakers
-            self._breakers = (ctypes.c_char_p * len(br))(*[b.encode() for b in br])  # kept alive
-            add(lc.llama_sampler_init_dry(vocab, float(params.dry_multiplier), float(params.dry_base),
-                                          int(params.dry_allowed_length), int(params.dry_penalty_last_n),
-                                          self._breakers, len(br)))
-        if params.greedy:
-            add(lc.llama_sampler_init_greedy())
-        else:
-            seed = params.seed if params.seed is not None else random.getrandbits(32)
-            add(lc.llama_sampler_init_top_k(int(params.top_k)))
-            add(lc.llama_sampler_init_top_p(float(params.top_p), 1))
-            add(lc.llama_sampler_init_min_p(float(params.min_p), 1))
-            add(lc.llama_sampler_init_temp(float(params.temperature)))
-            add(lc.llama_sampler_init_dist(int(seed) & 0xFFFFFFFF))
-        self.chain = chain
 
     def accept_prompt(self, tokens) -> None:
-        """Penalties look at the prompt's last tokens too, as in llama-server."""
-        if self.chain is not None and (self.params.penalized or self.params.dry_multiplier > 0):
-            for t in tokens[-max(1, self.params.penalty_last_n):]:
-                self._lc.llama_sampler_accept(self.chain, int(t))
-
-    def sample(self, ctx, i: int) -> int:
-        if self.argmax:
-            ptr = self._lc.llama_get_logits_ith(ctx, i)
-            addr = ctypes.cast(ptr, ctypes.c_void_p).value
-            if addr != self._view_addr:
-                self._view = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
-                self._view_addr = addr
-            return int(self._view.argmax())
-        return int(self._lc.llama_sampler_sample(self.chain, ctx, i))
-
-    def close(self) -> None:
-        if self.chain is not None:
-            self._lc.llama_sampler_free(self.chain)
-            self.chain = None
-
-    def __del__(self) -> None:  # pragma: no cover
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001
-            pass
+        """Penalties (and DRY) look at the prompt's last penalty_last_n tokens too, as in llama-server."""
+        if self._history:
+            super().accept_prompt(tokens[-max(1, self.params.penalty_last_n):])

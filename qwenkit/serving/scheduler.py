@@ -17,16 +17,17 @@ finish_reason "cancelled" if it had started, and nothing more.
 from __future__ import annotations
 
 import collections
-import ctypes
 import itertools
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from qwenkit.fastgen import _Detok, _StopScan
+from qwenkit.fastgen import Detokenizer, StopScanner
 from qwenkit.serving.prompt_cache import PromptCache
 from qwenkit.serving.sampling import SamplingParams, SlotSampler
+
+__all__ = ["DEFAULT_CACHE_BYTES", "QueueFull", "Request", "Result", "Scheduler", "SchedulerError"]
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
 
@@ -86,8 +87,8 @@ class _Slot:
         self.todo: list[int] = []          # prompt tokens still to decode
         self.next_token: int | None = None  # sampled, to decode in the next step
         self.sampler: SlotSampler | None = None
-        self.detok: _Detok | None = None
-        self.scan: _StopScan | None = None
+        self.detok: Detokenizer | None = None
+        self.scan: StopScanner | None = None
         self.n_gen = 0
         self.gen: list[int] = []
         self.n_cached = 0
@@ -108,7 +109,7 @@ class Scheduler:
 
     def __init__(self, model, *, queue_limit: int | None = None, chunk: int | None = None,
                  cache_bytes: int | None = None, reuse: bool = True):
-        import llama_cpp as lc
+        from qwenkit.llama_api import C as lc
         self._lc = lc
         self.model = model
         self.slots = [_Slot(i) for i in range(model.slots)]
@@ -315,8 +316,8 @@ class Scheduler:
         slot.next_token = None
         slot.sampler = SlotSampler(self.model.n_vocab, req.sampling, self.model.vocab)
         slot.sampler.accept_prompt(req.prompt)
-        slot.detok = _Detok(self.model.vocab)
-        slot.scan = _StopScan(list(req.stop))
+        slot.detok = Detokenizer(self.model.vocab)
+        slot.scan = StopScanner(list(req.stop))
         slot.n_gen = 0
         slot.gen = []
         slot.t_first = None
