@@ -1,9 +1,11 @@
 """errors: every error class of the package lives in qwenkit.errors and carries its problem and fix."""
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +109,50 @@ def test_a_moved_class_is_the_one_its_module_raises(tmp_path):
     with pytest.raises(errors.DocumentError) as d:
         read_document(tmp_path / "missing.txt")
     assert "does not exist" in d.value.problem and d.value.fix == "check the path"
+
+
+# Raises of the kit's errors that give no fix yet (module, enclosing function), listed in
+# /work/notes/errors_todo.md for their owners. Remove an entry when its raise names a fix.
+RAISED_WITHOUT_FIX = {
+    ("qwenkit.bench.processes", "_ServerRun._launch"),
+    ("qwenkit.bench.runner", "_Runner.gen"),
+    ("qwenkit.bench.sse", "stream_completion"),
+    ("qwenkit.engine", "last_logits"),
+    ("qwenkit.quality", "KVContext.chunk_logits"),
+}
+
+
+def _fixless_raises(node, names: set[str], scope: tuple[str, ...] = ()):
+    """Yield the enclosing function (dotted) of each `raise <one of names>(problem)` with no fix."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield from _fixless_raises(child, names, scope + (child.name,))
+            continue
+        if isinstance(child, ast.Raise) and isinstance(child.exc, ast.Call):
+            call = child.exc
+            name = getattr(call.func, "id", getattr(call.func, "attr", None))
+            if name in names and len(call.args) < 2 and not any(k.arg == "fix" for k in call.keywords):
+                yield ".".join(scope)
+        yield from _fixless_raises(child, names, scope)
+
+
+def _raises_without_fix() -> set[tuple[str, str]]:
+    """(module, function) of every kit error raised with a problem and no fix, read from the source."""
+    unmoved = (getattr(importlib.import_module(m), c) for m, c in (n.rsplit(".", 1) for n in NOT_YET_MOVED))
+    # the serving classes are not QwenkitErrors yet: their second argument is not a fix
+    names = set(errors.__all__) | {c.__name__ for c in unmoved if issubclass(c, QwenkitError)}
+    root = Path(qwenkit.__file__).parent
+    found = set()
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(("qwenkit",) + path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        found |= {(module, where) for where in _fixless_raises(ast.parse(path.read_text()), names)}
+    return found
+
+
+def test_every_raise_of_a_kit_error_names_a_fix():
+    found = _raises_without_fix()
+    assert not found - RAISED_WITHOUT_FIX, (
+        f"kit errors raised without a fix: {sorted(found - RAISED_WITHOUT_FIX)}; "
+        "pass the fix as the second argument (what the user should do)")
+    fixed = sorted(RAISED_WITHOUT_FIX - found)
+    assert not fixed, f"remove from RAISED_WITHOUT_FIX (they name a fix now): {fixed}"
