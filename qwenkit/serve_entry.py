@@ -30,6 +30,10 @@ import time
 import traceback
 from typing import Any, NoReturn
 
+__all__ = ["ANY_PORT_SPAN", "ANY_PORT_START", "ENV_VAR", "EXIT_BAD_SETTINGS", "EXIT_LOAD_FAILED", "EXIT_PORT_IN_USE",
+           "Guard", "LOOPBACK_HOSTS", "Status", "bind_socket", "default_parallel", "is_loopback", "main",
+           "stream_flush_default", "unified_default"]
+
 ENV_VAR = "QWENKIT_SERVE"
 ANY_PORT_START = 8000
 ANY_PORT_SPAN = 100
@@ -213,8 +217,8 @@ def default_parallel(cfg, gpu_offload: bool) -> int:
 def unified_default() -> bool:
     """One shared KV pool on a GPU build (llama-server's advice for many slots); per-slot
     regions on a CPU build (see RunConfig.kv_unified: exact results there)."""
-    import llama_cpp
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    from qwenkit.llama_api import C
+    return bool(C.llama_supports_gpu_offload())
 
 
 def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> None:
@@ -241,7 +245,6 @@ def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> No
         sys.stderr.flush()
         os._exit(EXIT_LOAD_FAILED)
     state.attach(model, sched)
-    state.loaded = (model, sched)
     status.write("ready", n_ctx=model.n_ctx_slot, parallel=slots, kv_unified=unified, prompt_cache_mib=cache_mib, queue_limit=sched.queue_limit,
                  alias=state.alias, model_id=state.model_id, recurrent=model.recurrent)
 
@@ -289,17 +292,15 @@ def main() -> int:
         _watch_parent(int(spec["parent_pid"]))
 
     # 2. the app (answers 503 "loading" until the model is attached)
-    import llama_cpp
-
+    from qwenkit.llama_api import C
     from qwenkit.serving import AppState, BodyLimit, create_app
 
-    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    gpu = bool(C.llama_supports_gpu_offload())
     flush = spec.get("stream_flush_ms")
     if flush is None:
         flush = stream_flush_default(cfg, gpu, os.cpu_count() or 1)
     slots = int(spec.get("parallel") or cfg.parallel or 0) or default_parallel(cfg, gpu)
     state = AppState(cfg.alias, stream_flush_ms=float(flush), api_key_required=api_key is not None)
-    state.loaded = None
     app = create_app(state)
     origins = list(spec.get("allowed_origins") or [])
     if origins:
@@ -323,10 +324,7 @@ def main() -> int:
     config = uvicorn.Config(guarded, log_level="info", timeout_graceful_shutdown=5, loop="auto", http="auto",
                             access_log=bool(spec.get("access_log", True)))
     uvicorn.Server(config).run(sockets=[sock])
-    if state.loaded is not None:
-        model, sched = state.loaded
-        sched.close()
-        model.close()
+    state.close()
     status.write("stopped")
     return 0
 

@@ -36,6 +36,9 @@ from typing import Any
 from qwenkit.config import RunConfig
 from qwenkit.errors import ServerError
 
+__all__ = ["DEFAULT_PORT", "ServerProcess", "background", "child_environment", "new_api_key", "port_in_use",
+           "save_background", "start", "state_path", "stop_background"]
+
 DEFAULT_PORT = 8000
 # Variables the child may inherit (everything else, HOST/PORT/API_KEY/N_CTX/... included, is
 # dropped: llama_cpp.server lets the environment override its flags).

@@ -11,7 +11,6 @@ from qwenkit.engine import (Engine, TensorOverrides, cpu_buffer_type, cpu_moe_pa
                             probe, rss_bytes)
 from qwenkit.errors import ModelLoadError
 from qwenkit.gguf_info import read_model_info
-from qwenkit.llamalog import capture_log
 
 llama_cpp = pytest.importorskip("llama_cpp")
 MiB = 2**20

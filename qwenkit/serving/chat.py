@@ -18,6 +18,8 @@ from typing import Any
 
 from qwenkit.config import RunConfig
 
+__all__ = ["Answer", "ChatSession"]
+
 
 @dataclass
 class Answer:

@@ -7,8 +7,9 @@ loads the model itself: `llama_model_load_from_file` with the expert placement o
 `n_seq_max = slots`, `n_ctx = slots x per-slot n_ctx`, and either one KV pool shared by all
 sequences (`unified_kv`, llama-server's --kv-unified) or one region per sequence.
 
-The tokenizer and the GGUF's chat template come from llama-cpp-python's public pieces
-(`llama_tokenize`, `llama_token_to_piece`, `llama_chat_format.Jinja2ChatFormatter`).
+The tokenizer and the GGUF's chat template come from llama-cpp-python's pieces
+(`llama_tokenize`, `llama_token_to_piece`, `llama_chat_format.Jinja2ChatFormatter`), all
+reached through qwenkit.llama_api.
 """
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from qwenkit.config import RunConfig
 from qwenkit.errors import ModelLoadError
 
 
+__all__ = ["ChatPrompt", "ServedModel"]
+
+
 def _lc():
-    import llama_cpp
-    return llama_cpp
+    from qwenkit.llama_api import C
+    return C
 
 
 @dataclass
@@ -53,7 +57,9 @@ class ServedModel:
         lc.llama_backend_init()
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0x7FFFFFFF if cfg.n_gpu_layers == -1 else cfg.n_gpu_layers
-        mp.use_mmap = cfg.use_mmap
+        # llama_model_params has no use_mmap field (a `mp.use_mmap = ...` was silently ignored):
+        # AUTO, llama.cpp's default, maps the file where every device supports it; NONE reads it
+        mp.load_mode = lc.LLAMA_LOAD_MODE_AUTO if cfg.use_mmap else lc.LLAMA_LOAD_MODE_NONE
         self._overrides = apply_expert_overrides(mp, cfg.n_cpu_moe)  # must outlive the model
         cp = context_params(cfg)
         cp.n_ctx = cfg.n_ctx * self.slots
@@ -140,8 +146,8 @@ class ServedModel:
         if not self.chat_template:
             raise ValueError("this model has no chat template: use /v1/completions")
         if self._formatter is None:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-            self._formatter = Jinja2ChatFormatter(
+            from qwenkit.llama_api import chat_formatter
+            self._formatter = chat_formatter(
                 template=self.chat_template,
                 eos_token=self.piece(self.eos, special=True).decode("utf-8", "replace") if self.eos >= 0 else "",
                 bos_token=self.piece(self.bos, special=True).decode("utf-8", "replace") if self.bos >= 0 else "")

@@ -20,6 +20,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Sequence
 
+__all__ = ["Blob", "CHECKPOINT_OFFSETS", "Checkpoint", "MIN_SWAP_TOKENS", "Parked", "PromptCache", "common_prefix"]
+
 # positions before a prompt's end where a recurrent checkpoint is taken (llama-server takes
 # 4 + n_ubatch and 4): the chat template re-renders the end of a turn (the generation prompt,
 # dropped thinking), so the next turn usually shares the prompt up to a few tokens before it
@@ -70,8 +72,8 @@ class PromptCache:
     """The scheduler's view: state copies per slot and parked sequences, within `budget` bytes."""
 
     def __init__(self, model, budget: int):
-        import llama_cpp as lc
-        self._lc = lc
+        from qwenkit.llama_api import C
+        self._lc = C
         self.model = model
         self.budget = int(budget)
         self.recurrent = bool(model.recurrent)

@@ -10,6 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qwenkit.serving.sampling import SamplingParams
 
+__all__ = [
+    "AssistantMessage", "ChatChoice", "ChatChunkChoice", "ChatCompletion", "ChatCompletionChunk", "ChatMessage",
+    "ChatRequest", "ChoiceLogprobs", "Completion", "CompletionChoice", "CompletionChunk", "CompletionChunkChoice",
+    "CompletionRequest", "CountResponse", "DRY_BREAKERS", "Delta", "DetokenizeRequest", "DetokenizeResponse",
+    "ErrorDetail", "ErrorResponse", "FunctionCall", "FunctionDelta", "Health", "LegacyLogprobs", "MAX_N", "MAX_STOP",
+    "ModelCard", "ModelList", "PromptTokensDetails", "StreamOptions", "TokenLogprob", "TokenizeRequest",
+    "TokenizeResponse", "ToolCall", "ToolCallDelta", "TopLogprob", "Unsupported", "Usage", "dry_supported",
+    "error_body",
+]
+
 MAX_STOP = 4
 MAX_N = 8
 DRY_BREAKERS = ["\n", ":", "\"", "*"]   # llama.cpp's defaults

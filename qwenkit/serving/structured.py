@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+__all__ = ["ANNOTATIONS", "ENFORCED", "FORMATS", "MAX_SCHEMA_CHARS", "SchemaError", "TYPES", "check_schema",
+           "json_object_grammar", "response_format_grammar", "schema_grammar"]
+
 # what the converter turns into grammar rules
 ENFORCED = {
     "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
@@ -103,7 +106,7 @@ def check_schema(schema: Any, path: str = "#") -> None:
 def schema_grammar(schema: dict) -> str:
     """GBNF for one JSON schema (checked first)."""
     check_schema(schema)
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+    from qwenkit.llama_api import json_schema_to_gbnf
     try:
         return json_schema_to_gbnf(json.dumps(schema))
     except Exception as e:  # noqa: BLE001 - the converter raises asserts, KeyErrors, ValueErrors
@@ -112,7 +115,7 @@ def schema_grammar(schema: dict) -> str:
 
 def json_object_grammar() -> str:
     """Any JSON object (response_format json_object)."""
-    from llama_cpp.llama_grammar import JSON_GBNF
+    from qwenkit.llama_api import JSON_GBNF
     return JSON_GBNF
 
 

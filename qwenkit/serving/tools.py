@@ -24,6 +24,9 @@ import json
 import re
 from typing import Any
 
+__all__ = ["CLOSE", "HERMES", "OPEN", "ToolError", "ToolStream", "XML", "call_grammar", "chosen", "detect_format",
+           "functions", "history", "system_text"]
+
 HERMES, XML = "hermes", "xml"
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -121,20 +124,19 @@ def history(messages: list[dict], fmt: str, template_has_tools: bool) -> list[di
 def call_grammar(fmt: str, funcs: list[dict]) -> str:
     """GBNF that allows exactly one call of one of `funcs`, arguments following each one's
     parameter schema. Raises structured.SchemaError for a schema it cannot enforce."""
-    from llama_cpp.llama_grammar import SchemaConverter
-
+    from qwenkit.llama_api import GrammarBuilder
     from qwenkit.serving.structured import check_schema
 
-    conv = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
-    lit = conv._format_literal
+    conv = GrammarBuilder()
+    lit = conv.literal
     alts = []
     for i, f in enumerate(funcs):
         params = f["parameters"]
         check_schema(params, f"#/tools/{f['name']}/parameters")
         params = conv.resolve_refs(json.loads(json.dumps(params)), f"tool{i}")
         if fmt == HERMES:
-            args = conv.visit(params, f"args{i}")
-            alts.append(conv._add_rule(f"call{i}", f'{lit(json.dumps(f["name"]) + ", ")} '
+            args = conv.schema(params, f"args{i}")
+            alts.append(conv.add_rule(f"call{i}", f'{lit(json.dumps(f["name"]) + ", ")} '
                                        f'{lit(chr(34) + "arguments" + chr(34) + ": ")} {args}'))
         else:
             props = params.get("properties") or {}
@@ -145,23 +147,23 @@ def call_grammar(fmt: str, funcs: list[dict]) -> str:
                 ps = props[k] if isinstance(props[k], dict) else {}
                 if ps.get("type") == "string" and "enum" in ps:
                     val = " | ".join(lit(str(v)) for v in ps["enum"])
-                    val = conv._add_rule(f"v{i}-{k}", val)
+                    val = conv.add_rule(f"v{i}-{k}", val)
                 elif ps.get("type") == "string" and not ({"pattern", "format", "minLength", "maxLength", "const"} & set(ps)):
-                    val = conv._add_rule("xml-text", '( [^<] | "<" [^/] )*')
+                    val = conv.add_rule("xml-text", '( [^<] | "<" [^/] )*')
                 else:
-                    val = conv.visit(ps, f"v{i}-{k}")
-                p = conv._add_rule(f"p{i}-{k}", f'{lit(f"<parameter={k}>" + chr(10))} {val} '
+                    val = conv.schema(ps, f"v{i}-{k}")
+                p = conv.add_rule(f"p{i}-{k}", f'{lit(f"<parameter={k}>" + chr(10))} {val} '
                                    f'{lit(chr(10) + "</parameter>" + chr(10))}')
                 parts.append(p if k in required else f"{p}?")
-            alts.append(conv._add_rule(f"call{i}", f'{lit(f["name"] + ">" + chr(10))} {" ".join(parts)}'))
+            alts.append(conv.add_rule(f"call{i}", f'{lit(f["name"] + ">" + chr(10))} {" ".join(parts)}'))
     body = " | ".join(alts)
     if fmt == HERMES:
-        conv._add_rule("root", f'{lit(OPEN + chr(10) + "{" + chr(34) + "name" + chr(34) + ": ")} ( {body} ) '
+        conv.add_rule("root", f'{lit(OPEN + chr(10) + "{" + chr(34) + "name" + chr(34) + ": ")} ( {body} ) '
                                f'{lit("}" + chr(10) + CLOSE)}')
     else:
-        conv._add_rule("root", f'{lit(OPEN + chr(10) + "<function=")} ( {body} ) '
+        conv.add_rule("root", f'{lit(OPEN + chr(10) + "<function=")} ( {body} ) '
                                f'{lit("</function>" + chr(10) + CLOSE)}')
-    return conv.format_grammar()
+    return conv.grammar()
 
 
 # ---- parsing -----------------------------------------------------------------------------------
