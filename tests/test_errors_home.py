@@ -34,8 +34,8 @@ def _all_modules() -> list[str]:
     return [m.name for m in pkgutil.walk_packages(qwenkit.__path__, "qwenkit.") if not m.name.endswith("__main__")]
 
 
-def _subclasses(cls: type) -> set[type]:
-    out = set()
+def _subclasses(cls: type[BaseException]) -> set[type[BaseException]]:
+    out: set[type[BaseException]] = set()
     for sub in cls.__subclasses__():
         out |= {sub} | _subclasses(sub)
     return out

@@ -7,14 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from fixtures_hub import REPO_TINY
 
 from qwenkit import plan, realmodel
 from qwenkit.config import RunConfig
 from qwenkit.errors import ConfigError, GGUFError
 from qwenkit.gguf_info import read_model_info
 from qwenkit.units import GiB
-
-from fixtures_hub import REPO_TINY
 
 
 def test_specs():
