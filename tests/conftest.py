@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import qwenkit  # noqa: F401  first: it loads llama.cpp before numpy (see qwenkit/__init__.py)
 
+# isort: split
+import importlib
 import sys
 from pathlib import Path
 
@@ -19,8 +21,6 @@ def default_model() -> Path:
 
 # Each area keeps its fixtures in tests/fixtures_<area>.py (one owner each); they are
 # collected here so every test file can use them.
-import importlib as _importlib
-
 for _f in sorted(Path(__file__).parent.glob("fixtures_*.py")):
-    _mod = _importlib.import_module(_f.stem)
+    _mod = importlib.import_module(_f.stem)
     globals().update({k: v for k, v in vars(_mod).items() if not k.startswith("_")})

@@ -26,8 +26,9 @@ def test_this_machine_is_cpu_only():
 def test_gpu_with_cpu_build_gets_exact_cache_proof_fix():
     report = doctor.diagnose(build=CPU_BUILD, gpus=[RTX_4060TI], nvcc="12.6 (/usr/local/cuda/bin/nvcc)")
     assert report.verdict == doctor.VERDICT_CPU_BUILD_WITH_GPU and not report.ok
-    assert "-DCMAKE_CUDA_ARCHITECTURES=89" in report.fix_command
-    assert "--no-cache-dir" in report.fix_command and "--force-reinstall" in report.fix_command
+    fix = report.fix_command or ""
+    assert "-DCMAKE_CUDA_ARCHITECTURES=89" in fix
+    assert "--no-cache-dir" in fix and "--force-reinstall" in fix
 
 
 def test_gpu_without_nvcc_is_told_how_to_get_it():
@@ -49,7 +50,7 @@ def test_cuda_build_without_gpu():
 @pytest.mark.slow
 def test_cli_json_loads_a_model_and_reports(default_model):
     out = subprocess.run([sys.executable, "-m", "qwenkit", "doctor", "--json"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["build"]["backend"] == "CPU" and data["gpus"] == []

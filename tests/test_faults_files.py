@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_faults import MALICIOUS_TEMPLATE, TEMPLATE_MARKER
 
 from qwenkit.errors import GGUFError
+
+from fixtures_faults import MALICIOUS_TEMPLATE, TEMPLATE_MARKER
 
 pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +111,8 @@ def test_malicious_template_cannot_run_code(malicious_template_model, faults_log
         llm.close()
     assert not TEMPLATE_MARKER.exists()
     faults_log.add("file:malicious_template", area="files",
-                   input="tiny qwen35moe GGUF whose chat template calls os.popen('touch ...') via cycler.__init__.__globals__",
+                   input="tiny qwen35moe GGUF whose chat template calls os.popen('touch ...') via "
+                         "cycler.__init__.__globals__",
                    fault="code in a chat template", result=f"jinja2 SecurityError ({_short(str(e.value), '')}); "
                    "no file created")
 
@@ -143,11 +145,9 @@ def test_readme_table_matches_committed_json():
     """README's fault table is exactly what tools/faults_table.py renders from the committed
     benchmarks/faults/faults.json (regenerate: QWENKIT_FAULTS_JSON=... pytest -m faults, then
     python tools/faults_table.py)."""
-    import importlib.util
+    from repo_scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("faults_table", ROOT / "tools" / "faults_table.py")
-    ft = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ft)
+    ft = load_script("tools/faults_table.py")
     data = json.loads(ft.JSON_PATH.read_text())
     ids = {r["id"] for r in data["records"]}
     assert {"file:" + c for c in CASES} <= ids and "load:sequential_and_concurrent" in ids

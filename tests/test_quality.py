@@ -80,13 +80,8 @@ def test_agrees_with_llama_perplexity(default_model, llm, tmp_path):
     bin_dir = bench.find_tools(("llama-perplexity",))
     if bin_dir is None:
         pytest.skip("llama-perplexity not built (scripts/build_tools.sh)")
-    import importlib.util
-    import sys
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("kvq", Path(__file__).parent.parent / "benchmarks" / "kv_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["kvq"] = mod
-    spec.loader.exec_module(mod)
+    from repo_scripts import load_script
+    mod = load_script("benchmarks/kv_quality.py", "kvq")
     text = quality.bundled_text("en")
     ref = mod.llama_perplexity(bin_dir, str(default_model), text, 128, 2, 2)
     mine = quality.evaluate(llm, kv=[("f16", "f16")], text=text, n_ctx=128, n_chunks=2)[0].ppl

@@ -2,23 +2,19 @@
 JSON must say where it came from (machine, date, commit, model) and keep its ratios honest."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _gen():
-    spec = importlib.util.spec_from_file_location("results_md", ROOT / "benchmarks" / "results_md.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["results_md"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/results_md.py")
 
 
 def test_results_md_matches_the_json():

@@ -60,7 +60,8 @@ def write(path: str | Path, cells: Cells) -> Path:
 
 def _load(source: Path) -> dict[str, Cells]:
     spec = importlib.util.spec_from_file_location(f"_nb_source_{source.stem}", source)
-    assert spec and spec.loader
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{source} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     notebooks = getattr(module, "NOTEBOOKS", None)

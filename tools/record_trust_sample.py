@@ -7,15 +7,13 @@ samples; record a new one with:
 It is added to tests/data/trust_samples.json under NAME (a quiet machine, a busy one)."""
 from __future__ import annotations
 
-import qwenkit  # noqa: F401  llama.cpp before numpy
-
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from qwenkit import bench
+from qwenkit import bench  # first: qwenkit loads llama.cpp before numpy
 from qwenkit.config import RunConfig, default_threads
 from qwenkit.models import default_model_path
 
