@@ -14,9 +14,13 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nbformat
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import FloatRect
 
 CHROMIUM = os.environ.get("QWENKIT_CHROMIUM", "/usr/bin/chromium")
 # flags for this closed network: nothing in the background tries to reach the internet
@@ -94,6 +98,7 @@ def test_tune_panel_in_jupyterlab(tmp_path, widgets_jupyterlab):
                 page.keyboard.press("ArrowRight")
                 if readout.inner_text().replace(",", "") != str(want):   # keyboard ignored: drag it
                     track = panel.locator(".qwenkit-n-ctx .noUi-target").bounding_box()
+                    assert track is not None, "the n_ctx slider's track is not laid out"
                     stops = 6  # 256 .. 8192 on the default model: 5 gaps
                     x, y = _center(handle.bounding_box())
                     page.mouse.move(x, y)
@@ -129,5 +134,6 @@ def test_tune_panel_in_jupyterlab(tmp_path, widgets_jupyterlab):
         shutil.copy(shot, Path(out_dir) / "06_tune.png")
 
 
-def _center(box: dict) -> tuple[float, float]:
+def _center(box: FloatRect | None) -> tuple[float, float]:
+    assert box is not None, "the element is not laid out (no bounding box)"
     return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2

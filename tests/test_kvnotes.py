@@ -34,8 +34,10 @@ def test_gpu_build_unmatched_pair_note_quotes_its_own_pair():
 
 
 @pytest.mark.parametrize("k,v,gpu,want", [
-    ("q8_0", "q8_0", True, "237.4 tok/s vs 247.5 for f16/f16 at depth 0 (-4 %), 215.0 vs 238.9 at depth 16,384 (-10 %)"),
-    ("q4_0", "q4_0", True, "236.7 tok/s vs 247.5 for f16/f16 at depth 0 (-4 %), 213.3 vs 238.9 at depth 16,384 (-11 %)"),
+    ("q8_0", "q8_0", True, "237.4 tok/s vs 247.5 for f16/f16 at depth 0 (-4 %), "
+                           "215.0 vs 238.9 at depth 16,384 (-10 %)"),
+    ("q4_0", "q4_0", True, "236.7 tok/s vs 247.5 for f16/f16 at depth 0 (-4 %), "
+                           "213.3 vs 238.9 at depth 16,384 (-11 %)"),
     ("q4_0", "q8_0", True, "K q4_0/V q8_0 was not measured on the Qwen3.5-35B-A3B shape"),
     ("q8_0", "q8_0", False, "0.78x the f16/f16 decode speed"),
     ("q5_1", "f16", False, "nor on the default model"),

@@ -64,7 +64,7 @@ def test_truncated_file_error_carries_reason(default_model, tmp_path):
     with pytest.raises(ModelLoadError) as ei:
         load_llama(model_path=str(bad), n_ctx=256, verbose=False)
     e = ei.value
-    assert "not within the file bounds" in str(e) and "download it again" in e.fix
+    assert "not within the file bounds" in str(e) and e.fix and "download it again" in e.fix
     assert "Failed to load model from file" not in e.problem
 
 
@@ -81,7 +81,7 @@ def test_context_error_carries_reason(default_model):
     with pytest.raises(ModelLoadError) as ei:
         load_llama(model_path=str(default_model), n_ctx=256, type_v=8, flash_attn=False, verbose=False)
     assert "quantized V cache requires flash_attn" in str(ei.value)
-    assert "flash_attn=True" in ei.value.fix
+    assert ei.value.fix and "flash_attn=True" in ei.value.fix
 
 
 def test_load_llama_keeps_its_log(default_model):
@@ -104,7 +104,8 @@ llama_context:  CUDA_Host  output buffer size =     0.95 MiB
 llama_kv_cache:      CUDA0 KV buffer size =   160.00 MiB
 llama_kv_cache: size =  160.00 MiB (  8192 cells,  10 layers,  1/1 seqs), K (f16):   80.00 MiB, V (f16):   80.00 MiB
 llama_memory_recurrent:      CUDA0 RS buffer size =    62.81 MiB
-llama_memory_recurrent: size =   62.81 MiB (     1 cells,  40 layers,  1 seqs  1 rs_seq), R (f32):    2.81 MiB, S (f32):   60.00 MiB, P (f32):    0.00 MiB
+llama_memory_recurrent: size =   62.81 MiB (     1 cells,  40 layers,  1 seqs  1 rs_seq), R (f32):    2.81 MiB, \
+S (f32):   60.00 MiB, P (f32):    0.00 MiB
 sched_reserve:      CUDA0 compute buffer size =   493.00 MiB
 sched_reserve:  CUDA_Host compute buffer size =    20.01 MiB
 ggml_backend_cuda_buffer_type_alloc_buffer: allocating 1024.00 MiB on device 0: cudaMalloc failed: out of memory
@@ -122,11 +123,11 @@ def test_parsers_on_a_cuda_log():
     assert log.kv_buffers() == {"CUDA0": 160.0} and log.rs_buffers() == {"CUDA0": 62.81}
     (rs,) = log.recurrent()
     assert (rs.layers, rs.r_mib, rs.s_mib) == (40, 2.81, 60.0)
-    assert "cudaMalloc failed: out of memory" in log.failure_reason()
-    assert "n_cpu_moe" in log.fix_hint()
+    assert "cudaMalloc failed: out of memory" in (log.failure_reason() or "")
+    assert "n_cpu_moe" in (log.fix_hint() or "")
 
 
 def test_fix_hints():
-    assert "n_ctx" in fix_for("failed to allocate CUDA0 buffer of size 123")
-    assert "download" in fix_for("tensor 'x' data is not within the file bounds")
+    assert "n_ctx" in (fix_for("failed to allocate CUDA0 buffer of size 123") or "")
+    assert "download" in (fix_for("tensor 'x' data is not within the file bounds") or "")
     assert fix_for("something new") is None

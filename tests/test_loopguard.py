@@ -52,7 +52,7 @@ def test_a_looping_stream_is_stopped_within_the_bound(token_pieces):
     # the stated bound: stopped n words into the second occurrence of the repeated block
     p = text_stats(LOOPED).words            # words in the repeated block
     intro_words = text_stats(INTRO).words
-    assert guard.loop.units_seen <= intro_words + p + guard.n, guard.loop
+    assert guard.loop is not None and guard.loop.units_seen <= intro_words + p + guard.n, guard.loop
     # in tokens: the intro, one block, n words of the next (+1: a word is final when the next
     # piece shows it has ended)
     tokens_to_bound = len(token_pieces(INTRO + LOOPED + " ".join(LOOPED.split()[:guard.n]))) + 1
@@ -68,7 +68,7 @@ def test_a_stuck_word_is_stopped_within_2n_words(token_pieces):
     guard = LoopGuard(8)   # n = 8
     shown, consumed = run(guard, token_pieces("Summary: the the the the the the the the the the the the the the "
                                               "the the the the the the the the the the"))
-    assert guard.looped and guard.loop.units_seen <= 1 + 2 * 8
+    assert guard.looped and guard.loop is not None and guard.loop.units_seen <= 1 + 2 * 8
     assert text_stats(shown).words <= 2
 
 

@@ -34,7 +34,7 @@ def test_notebook_is_clean(path):
             continue
         assert not cell.get("outputs"), f"cell {i} of {path.name} has committed outputs"
         assert cell.get("execution_count") is None, f"cell {i} of {path.name} has an execution count"
-        src = "\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith(("%", "!")))
+        src = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
         ast.parse(src)  # raises SyntaxError naming the line
     parameters(nb)  # first code cell is literal parameters
     first = nb.cells[0]

@@ -15,10 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from netutil import QuietHandler, serve
 from qwenkit.room import keys as keyfile
 from qwenkit.room.keys import RoomError
 from qwenkit.room.probe import probe
+
+from netutil import QuietHandler, serve
 
 try:
     from qwenkit.room.nginx import find_nginx
@@ -57,8 +58,10 @@ class Fake:
     records what reached it, so the test can check that participants' keys never do."""
 
     def __init__(self, name: str):
-        self.name, self.health, self.seen = name, (200, {"status": "ok", "model": "m", "slots": {"total": 1, "busy": 0, "idle": 1},
-                                                         "queue": {"waiting": 0, "limit": 8}}), []
+        self.name = name
+        self.health = (200, {"status": "ok", "model": "m", "slots": {"total": 1, "busy": 0, "idle": 1},
+                             "queue": {"waiting": 0, "limit": 8}})
+        self.seen: list[tuple[str | None, str | None, str]] = []
         fake = self
 
         class H(QuietHandler):
@@ -124,6 +127,11 @@ def _chat(url: str, key: str, **kw) -> httpx.Response:
                       json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, timeout=10, **kw)
 
 
+def _drop_line(path: Path, prefix: str) -> None:
+    """Edit a key file by hand, as a leader would: the line starting with `prefix` goes."""
+    path.write_text("".join(line for line in path.read_text().splitlines(True) if not line.startswith(prefix)))
+
+
 def _until(cond, timeout: float, step: float = 0.2) -> float:
     t0 = time.monotonic()
     while not cond():
@@ -146,7 +154,8 @@ def test_router_follows_health_keys_and_tls(fakes, tmp_path):
             httpx.get(r.base_url + "/models", headers={"Authorization": f"Bearer {ann}"})
         got = {_chat(r.root_url, ann, verify=cert).json()["choices"][0]["message"]["content"] for _ in range(6)}
         assert got == {"B"}
-        a.health = (200, {"status": "ok", "slots": {"total": 4, "busy": 0, "idle": 4}, "queue": {"waiting": 0, "limit": 8}})
+        a.health = (200, {"status": "ok", "slots": {"total": 4, "busy": 0, "idle": 4},
+                          "queue": {"waiting": 0, "limit": 8}})
         _until(lambda: a.url in r.in_rotation(), 5)
         assert "weight=4" in r.nginx.conf.read_text()  # capacity from /health
         got = {_chat(r.root_url, ann, verify=cert).json()["choices"][0]["message"]["content"] for _ in range(10)}
@@ -158,9 +167,9 @@ def test_router_follows_health_keys_and_tls(fakes, tmp_path):
         resp = _chat(r.root_url, "qkr-not-a-key-of-this-room", verify=cert)
         assert resp.status_code == 401 and "revoked room key" in resp.json()["error"]["message"]
         # revoke by editing the file (no restart): ben's line goes
+        assert r.nginx.proc is not None
         pid = r.nginx.proc.pid
-        f = r.keys_file
-        f.write_text("".join(l for l in f.read_text().splitlines(True) if not l.startswith("ben ")))
+        _drop_line(r.keys_file, "ben ")
         _until(lambda: _chat(r.root_url, ben, verify=cert).status_code == 401, 5)
         assert _chat(r.root_url, ann, verify=cert).status_code == 200 and r.nginx.proc.pid == pid
         # every server down: 503 with a message that says so
@@ -202,7 +211,8 @@ def test_room_of_three_servers_twelve_clients(default_model, tmp_path):
         people = r.participants()
         assert len(people) == 12
         # a participant's key does not open a server directly
-        assert httpx.get(srvs[0].base_url + "/models", headers={"Authorization": f"Bearer {people[0].key}"}).status_code == 401
+        direct = httpx.get(srvs[0].base_url + "/models", headers={"Authorization": f"Bearer {people[0].key}"})
+        assert direct.status_code == 401
 
         per_client, done, errors = 4, [], []
         victim = srvs[0]
@@ -237,8 +247,8 @@ def test_room_of_three_servers_twelve_clients(default_model, tmp_path):
         try:
             _until(lambda: victim.root_url in r.out_since, max(0.0, 10 - (time.monotonic() - killed_at[0])) + 0.5)
         except AssertionError:
-            raise AssertionError(f"the killed server is still in rotation {time.monotonic() - killed_at[0]:.1f} s after the kill "
-                                 f"(watcher: {r.last_error or 'no error'}):\n{r.load_table()}") from None
+            raise AssertionError(f"the killed server is still in rotation {time.monotonic() - killed_at[0]:.1f} s "
+                                 f"after the kill (watcher: {r.last_error or 'no error'}):\n{r.load_table()}") from None
         t_out = r.out_since[victim.root_url] - killed_at[0]
         assert 0 <= t_out < 10, t_out
         assert " down;" in r.nginx.conf.read_text().split(victim.root_url.split("://")[1], 1)[1].split("\n")[0]
@@ -247,15 +257,15 @@ def test_room_of_three_servers_twelve_clients(default_model, tmp_path):
         retried = sum(row["failed_over"] for row in rows.values())
         log = (r.dir / "logs" / "access.log").read_text().splitlines()
         victim_addr = victim.root_url.split("://")[1]
-        failed_on_victim = [l for l in log if l.split("\t")[3].endswith(victim_addr) and l.split("\t")[2].startswith("5")]
+        fields = [line.split("\t") for line in log]
+        failed_on_victim = [f for f in fields if f[3].endswith(victim_addr) and f[2].startswith("5")]
         assert failed_on_victim or retried, "the kill broke no request: it came too late to test the retries"
-        print(f"\n12 clients x {per_client}: {time.monotonic() - t0:.1f} s; victim out of rotation after <= {t_out:.1f} s; "
-              f"{len(failed_on_victim)} answers lost on it and retried elsewhere\n{r.load_table()}")
+        print(f"\n12 clients x {per_client}: {time.monotonic() - t0:.1f} s; victim out of rotation after "
+              f"<= {t_out:.1f} s; {len(failed_on_victim)} answers lost on it and retried elsewhere\n{r.load_table()}")
 
         # after the run: revoke one participant by editing the key file; 401 for them, 200 for the rest
         gone = people[-1]
-        r.keys_file.write_text("".join(l for l in r.keys_file.read_text().splitlines(True)
-                                       if not l.startswith(gone.name + " ")))
+        _drop_line(r.keys_file, gone.name + " ")
         c_gone = openai.OpenAI(base_url=r.base_url, api_key=gone.key, timeout=30, max_retries=0)
 
         def revoked():
@@ -266,7 +276,8 @@ def test_room_of_three_servers_twelve_clients(default_model, tmp_path):
                 return True
         _until(revoked, 5)
         ok = openai.OpenAI(base_url=r.base_url, api_key=people[0].key, timeout=30, max_retries=2)
-        assert ok.chat.completions.create(model="room", max_tokens=4, messages=[{"role": "user", "content": "hi"}]).choices
+        assert ok.chat.completions.create(model="room", max_tokens=4,
+                                          messages=[{"role": "user", "content": "hi"}]).choices
     finally:
         if r:
             r.stop()
@@ -283,20 +294,22 @@ def test_cli_start_status_and_stop(fakes, tmp_path):
     env = dict(os.environ, QWENKIT_ROOM_DIR=str(tmp_path / "room"), QWENKIT_API_KEY=SERVER_KEY)
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "qwenkit", "room", "start", "--server", fakes[0].url,
-                             "--server", fakes[1].url + "/v1", "--participants", "2", "--port", str(port), "--every", "0"],
+                             "--server", fakes[1].url + "/v1", "--participants", "2", "--port", str(port),
+                             "--every", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
     try:
-        lines = []
-        while not any(l.startswith("p02 ") for l in lines):
+        lines: list[str] = []
+        while not any(line.startswith("p02 ") for line in lines):
             line = proc.stdout.readline()
             assert line, "room start ended early:\n" + "".join(lines)
             lines.append(line)
-        key = next(l.split()[1] for l in lines if l.startswith("p01 "))
+        key = next(line.split()[1] for line in lines if line.startswith("p01 "))
         assert _chat(f"http://127.0.0.1:{port}", key).status_code == 200
         assert SERVER_KEY not in "".join(lines)  # the servers' key is not handed out with the table
-        _until(lambda: subprocess.run([sys.executable, "-m", "qwenkit", "room", "status"], env=env,
-                                      capture_output=True, text=True).returncode == 0, 10)
-        st = subprocess.run([sys.executable, "-m", "qwenkit", "room", "status"], env=env, capture_output=True, text=True)
+        status = [sys.executable, "-m", "qwenkit", "room", "status"]
+        _until(lambda: subprocess.run(status, env=env, capture_output=True, text=True, check=False).returncode == 0, 10)
+        st = subprocess.run(status, env=env, capture_output=True, text=True, check=False)
         assert fakes[0].url in st.stdout and "ok" in st.stdout
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0

@@ -3,6 +3,8 @@ bad input, and a document of more than 10 x n_ctx tokens through the real shared
 from __future__ import annotations
 
 import socket
+from itertools import pairwise
+from typing import Any
 
 import openai
 import pytest
@@ -18,7 +20,7 @@ from qwenkit.summarize import DocumentError, ThinkFilter, split_spans, strip_thi
 def assert_covers(text: str, spans: list[tuple[int, int]]) -> None:
     """Consecutive spans from 0 to len(text): every character is in exactly one chunk."""
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
-    for (a, b), (c, d) in zip(spans, spans[1:]):
+    for (a, b), (c, _) in pairwise(spans):
         assert b == c and a < b
     assert "".join(text[a:b] for a, b in spans) == text
 
@@ -108,7 +110,7 @@ def test_server_down_is_a_clear_error():
 # ---- through the real server -------------------------------------------------------------------
 @pytest.mark.slow
 def test_short_document_in_one_request(served):
-    pieces = []
+    pieces: list[str] = []
     s = summarize.summarize(sample_text("en")[:1500], served.client(), served.alias, n_ctx=served.n_ctx,
                             language="en", max_tokens=32, on_token=pieces.append)
     assert s.chunks == 1 and s.text and "".join(pieces).strip() == s.text
@@ -126,7 +128,7 @@ def test_long_document_map_reduce_covers_all_within_budget(served):
     count = summarize.TokenCounter(client, served.alias)
     text = sample_text("en") + "\n\n" + sample_text("ja")[:1600]
     assert count(text) >= 10 * n_ctx
-    progress = []
+    progress: list[str] = []
     s = summarize.summarize(text, client, served.alias, n_ctx=n_ctx, language="en", max_tokens=32,
                             on_progress=progress.append)
     assert s.chunks > 1 and s.rounds >= 2 and s.text
@@ -189,7 +191,8 @@ def _empty_stream_server(plain_status: int):
                 return self.send_json({"error": {"message": "boom", "type": "server_error"}}, plain_status)
             return self.send_json({
                 "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "A summary."}}],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "A summary."}}],
                 "usage": {"prompt_tokens": 20, "completion_tokens": 3, "total_tokens": 23}})
 
     httpd, root = serve(H)
@@ -232,7 +235,7 @@ def _slotted_server(slots: int | None, fail_part: int | None = None):
 
     from netutil import QuietHandler, serve
 
-    state = {"now": 0, "max": 0, "reduce": [], "map": []}
+    state: dict[str, Any] = {"now": 0, "max": 0, "reduce": [], "map": []}
     lock = __import__("threading").Lock()
 
     def chunk(content=None, finish=None):
@@ -254,7 +257,8 @@ def _slotted_server(slots: int | None, fail_part: int | None = None):
             if req.get("max_tokens") == 1:
                 return self.send_json({
                     "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                    "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "A"}}],
+                    "choices": [{"index": 0, "finish_reason": "length",
+                                 "message": {"role": "assistant", "content": "A"}}],
                     "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41}})
             user = req["messages"][-1]["content"]
             m = re.search(r"\(This was part (\d+) of (\d+)\.\)$", user)
@@ -287,7 +291,7 @@ _DOC = "\n\n".join(f"Paragraph {k} says something about topic {k} in a few plain
 @pytest.mark.parametrize("slots,width", [(3, 3), (None, 1), (1, 1)])
 def test_map_requests_go_out_as_many_at_once_as_the_server_has_slots(slots, width):
     httpd, url, state = _slotted_server(slots)
-    said = []
+    said: list[str] = []
     try:
         client = openai.OpenAI(base_url=url, api_key="x", timeout=10, max_retries=0)
         assert summarize.server_slots(client) == (slots or 1)
@@ -360,7 +364,7 @@ def test_map_requests_overlap_on_the_real_server_and_equal_the_sequential_summar
         return out
 
     monkeypatch.setattr(summarize, "_ask_all", recording)
-    kw = dict(n_ctx=512, language="en", max_tokens=32, temperature=0.0, seed=1)
+    kw: dict[str, Any] = dict(n_ctx=512, language="en", max_tokens=32, temperature=0.0, seed=1)
     assert srv.health()["decode"]["max_sequences"] <= 1
     both = summarize.summarize(text, client, srv.alias, **kw)     # first, on a cold prompt cache
     assert srv.health()["decode"]["max_sequences"] == 2
@@ -370,7 +374,7 @@ def test_map_requests_overlap_on_the_real_server_and_equal_the_sequential_summar
     assert [(p, len(out)) for p, _, out in maps_par] == [(2, both.chunks), (1, one.chunks)]
     assert maps_par[0][2] == maps_par[1][2] and both.text == one.text
     maps = [c for c in both.calls if c.role == "map"]
-    overlaps = sum(1 for a, b in zip(maps, maps[1:]) if b.started < a.started + a.seconds)
+    overlaps = sum(1 for a, b in pairwise(maps) if b.started < a.started + a.seconds)
     assert overlaps >= 1, [(c.started, c.seconds) for c in maps]
     wall = max(c.started + c.seconds for c in maps) - maps[0].started
     print(f"map step, {len(maps)} requests 2 at once: {wall:.1f} s wall for "

@@ -59,7 +59,7 @@ def test_load_average_fallback_subtracts_our_own_threads():
 # ---- conclusions -------------------------------------------------------------------------------
 def test_a_real_difference_on_a_quiet_machine_is_concluded():
     c = trust.compare(fig("quiet", "kit tg128"), fig("quiet", "llama-bench tg128"), what="decodes")
-    assert c.conclusive and c.direction == "slower" and 0.96 < c.ratio < 0.98
+    assert c.conclusive and c.direction == "slower" and c.ratio is not None and 0.96 < c.ratio < 0.98
     assert str(c).startswith("kit tg128 decodes 3% slower than llama-bench tg128 here (151.2 vs 155.8 tok/s")
     assert trust.check(c, "slower") == "holds" and trust.check(c, "faster") == "contradicted"
 
@@ -109,6 +109,7 @@ def test_probe_sees_another_program_burn_cpu():
     try:
         with trust.Probe() as p:
             time.sleep(1.8)
+        assert p.wall is not None
         child_cores = trust._proc_cpu_s(child.pid) / p.wall   # what it got (less on a busy machine)
     finally:
         child.wait()
@@ -126,11 +127,14 @@ def test_probe_counts_the_pids_it_is_given_as_ours():
     try:
         with trust.Probe() as theirs, trust.Probe(pids=[child.pid]) as ours:
             time.sleep(1.8)   # the child has finished, not yet reaped: its CPU time is still readable
+        assert ours.wall is not None
         child_cores = trust._proc_cpu_s(child.pid) / ours.wall
     finally:
         child.wait()
     assert child_cores > 0.2, child_cores
-    assert abs((theirs.others_cores - ours.others_cores) - child_cores) < 0.15, (child_cores, theirs.record(), ours.record())
+    assert theirs.others_cores is not None and ours.others_cores is not None
+    assert abs((theirs.others_cores - ours.others_cores) - child_cores) < 0.15, \
+        (child_cores, theirs.record(), ours.record())
 
 
 # ---- bench repeats until its spread is small or time runs out ---------------------------------
