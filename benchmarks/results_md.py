@@ -32,19 +32,25 @@ TITLES = {
     "gpu_h200_server_ab": "H200: A/B of a wake-up variant that was dropped, and of CPU threads",
     "concurrency_cpu": "2-core CPU: users at once, the kit's server (N slots) vs llama-server -np N --kv-unified",
     "concurrency_h200": "H200: users at once, the kit's server (N slots) vs llama-server -np N --kv-unified",
-    "concurrency_h200_nockpt": "H200, an earlier run (before 795cde5: the kit checkpointed every request): users at once, the kit's server (prompt cache on) vs llama-server with its context checkpoints off (--ctx-checkpoints 0)",
+    "concurrency_h200_nockpt": "H200, an earlier run (before 795cde5: the kit checkpointed every request): users "
+                               "at once, the kit's server (prompt cache on) vs llama-server with its context "
+                               "checkpoints off (--ctx-checkpoints 0)",
     "multiturn_cpu": "2-core CPU: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
-    "multiturn_cpu_qwen35moe": "2-core CPU: multi-turn chats on the small synthetic Qwen3.5 (hybrid DeltaNet + attention, MoE), the kit's prompt cache vs cache off and llama-server",
+    "multiturn_cpu_qwen35moe": "2-core CPU: multi-turn chats on the small synthetic Qwen3.5 (hybrid DeltaNet + "
+                               "attention, MoE), the kit's prompt cache vs cache off and llama-server",
     "multiturn_h200": "H200: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
-    "multiturn_h200_interleaved": "H200: four chats interleaved turn by turn over four slots, the kit's prompt cache vs cache off and llama-server",
+    "multiturn_h200_interleaved": "H200: four chats interleaved turn by turn over four slots, the kit's prompt "
+                                  "cache vs cache off and llama-server",
     "summary_slots_cpu": "2-core CPU: one long summary, the kit's server with N slots vs one slot",
     "summary_slots_h200": "H200: a ~30K-token summary, the kit's server with N slots vs one slot",
 }
 
 
 def _md(head, rows) -> str:
-    w = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(n) for c, n in zip(cells, w)) + " |"
+    w = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)] if rows else [len(h) for h in head]
+
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).ljust(n) for c, n in zip(cells, w, strict=True)) + " |"
     return "\n".join([line(head), "| " + " | ".join("-" * n for n in w) + " |", *[line(r) for r in rows]])
 
 
@@ -77,7 +83,7 @@ def _meta_lines(meta: dict) -> list[str]:
         add("repetitions", f"{meta['reps']} (interleaved rounds)" if meta.get("load") else meta["reps"])
     loads = meta.get("load") or []
     if loads:
-        vals = [x for l in loads for x in (l["before"][0], l["after"][0])]
+        vals = [x for load in loads for x in (load["before"][0], load["after"][0])]
         add("load average (1 min) during the run", f"{min(vals):.2f} - {max(vals):.2f}")
     if meta.get("wall_s"):
         add("wall time", f"{meta['wall_s']} s")
@@ -102,7 +108,8 @@ def _results_table(results: list[dict]) -> str:
 def _comparisons_table(comps: list[dict]) -> str:
     per_round = any("ratio_median_of_rounds" in c for c in comps)
     rows = [[c["figure"], _rate(c["value"], c["sd"], c.get("reps", 1)),
-             f"{c['baseline_path']} {c['baseline_test']}", _rate(c["baseline"], c["baseline_sd"], c.get("baseline_reps", 1)),
+             f"{c['baseline_path']} {c['baseline_test']}",
+             _rate(c["baseline"], c["baseline_sd"], c.get("baseline_reps", 1)),
              f"{c['ratio']:.3f}",
              *([f"{c['ratio_median_of_rounds']:.3f}" if "ratio_median_of_rounds" in c else ""] if per_round else [])]
             for c in comps]
@@ -122,8 +129,8 @@ def _quality_table(rows: list[dict], speed: dict | None) -> str:
         sp = (speed or {}).get(r["label"], {})
         out.append([r["label"], f"{kb:,.0f}" if kb else "", saved, f"{r['ppl']:.4f} ± {r['ppl_unc']:.4f}",
                     f"{r['ln_ppl_ratio']:+.5f}", f"{r['kld_mean']:.6f} ± {r['kld_unc']:.6f}", f"{r['kld_p99']:.5f}",
-                    f"{r['same_top']:.2%}", *[(f"{sp[k]:.3f}" if isinstance(sp.get(k), (int, float)) else str(sp.get(k, "")))
-                                               for k in skeys]])
+                    f"{r['same_top']:.2%}",
+                    *[(f"{sp[k]:.3f}" if isinstance(sp.get(k), (int, float)) else str(sp.get(k, ""))) for k in skeys]])
     return _md(head, out)
 
 
@@ -146,11 +153,13 @@ def concurrency_table(rows: list[dict]) -> str:
                     str(r["max_tokens"]), str(min(k["rounds"], n["rounds"])),
                     _f(k["aggregate_tps"], "{:.1f}") + (f"; stream {_f(k.get('decode_tps'), '{:.1f}')}" if one else ""),
                     _f(n["aggregate_tps"], "{:.1f}") + (f"; stream {_f(n.get('decode_tps'), '{:.1f}')}" if one else ""),
-                    _f(r["aggregate_ratio"], "{:.3f}") + (f"; stream {_f(r.get('decode_ratio'), '{:.3f}')}" if one else ""),
+                    _f(r["aggregate_ratio"], "{:.3f}")
+                    + (f"; stream {_f(r.get('decode_ratio'), '{:.3f}')}" if one else ""),
                     f"{_f(k['ttft_p50_s'], '{:.3f}')} / {_f(k['ttft_p90_s'], '{:.3f}')}",
                     f"{_f(n['ttft_p50_s'], '{:.3f}')} / {_f(n['ttft_p90_s'], '{:.3f}')}",
                     f"{_f(r['ttft_p50_ratio'], '{:.2f}')} / {_f(r['ttft_p90_ratio'], '{:.2f}')}",
-                    "yes" if r["equal_lengths"] else "no (" + ", ".join(sorted(set(k["finish_reasons"] + n["finish_reasons"]))) + ")"])
+                    "yes" if r["equal_lengths"]
+                    else "no (" + ", ".join(sorted(set(k["finish_reasons"] + n["finish_reasons"]))) + ")"])
     return _md(head, out)
 
 
@@ -162,22 +171,26 @@ def multiturn_tables(summaries: list[dict]) -> str:
     parts = []
     for sm in summaries:
         many = sm["conversations"] > 1
-        t = lambda d: _f(d.get("ttft_s"), "{:.3f}") + (f" ({_f(d.get('ttft_max_s'), '{:.3f}')})" if many else "")
+
+        def t(d: dict, many: bool = many) -> str:
+            return _f(d.get("ttft_s"), "{:.3f}") + (f" ({_f(d.get('ttft_max_s'), '{:.3f}')})" if many else "")
         head = ["turn", "prompt tokens", "new share", "kit cached", "llama-server reused", "kit TTFT (s)",
                 "cache off TTFT (s)", "llama-server TTFT (s)", "kit / llama-server", "kit / cache off"]
         rows = []
         for r in sm["per_turn"]:
             k, o, n = r["kit"], r["kit_cache_off"], r["llama_server"]
             rows.append([str(r["turn"]), _f(k.get("prompt_tokens"), "{:.0f}"), _f(r.get("new_share"), "{:.3f}"),
-                         _f(k.get("cached_tokens"), "{:.0f}") + ("" if k.get("cached_ok") in (None, True) else " (short)"),
+                         _f(k.get("cached_tokens"), "{:.0f}")
+                         + ("" if k.get("cached_ok") in (None, True) else " (short)"),
                          _f(n.get("cache_n"), "{:.0f}"), t(k), t(o), t(n),
                          _f(r.get("ratio_llama_server"), "{:.2f}"), _f(r.get("ratio_kit_cache_off"), "{:.3f}")])
         ov = sm["overall"]
         title = f"{sm['conversations']} conversation{'s interleaved turn by turn' if many else ''}"
         parts += [f"#### {title} ({sm['status']})", "", _md(head, rows), ""]
         head2 = ["turns " + str(ov.get("turns")), "kit", "cache off", "llama-server"]
-        rows2 = [["TTFT median (s)", *[_f(ov[s]["ttft_median_s"], "{:.3f}") for s in ("kit", "kit_cache_off", "llama_server")]],
-                 ["TTFT max (s)", *[_f(ov[s]["ttft_max_s"], "{:.3f}") for s in ("kit", "kit_cache_off", "llama_server")]]]
+        servers = ("kit", "kit_cache_off", "llama_server")
+        rows2 = [["TTFT median (s)", *[_f(ov[s]["ttft_median_s"], "{:.3f}") for s in servers]],
+                 ["TTFT max (s)", *[_f(ov[s]["ttft_max_s"], "{:.3f}") for s in servers]]]
         for ref, lab in (("llama_server", "kit / llama-server"), ("kit_cache_off", "kit / cache off")):
             o = ov[f"ratio_{ref}"]
             ok = "-" if o["meets_target_median"] is None else (
@@ -217,7 +230,8 @@ def summary_slots_tables(ss: dict) -> str:
     parts = [f"Document: {ss.get('document_tokens'):,} tokens ({ss.get('language')} sample); {n} slots vs 1, "
              f"n_ctx {ss.get('n_ctx_per_slot')} per slot on both servers (and the summarizer's n_ctx); answers: "
              f"map {ss.get('map_answer_tokens')}, final {ss.get('max_tokens')} tokens at most; greedy, loop guard off"
-             + (", logit_bias -100 on end-of-generation tokens (every answer runs to its limit)" if ss.get("eos_bias") else "")
+             + (", logit_bias -100 on end-of-generation tokens (every answer runs to its limit)"
+                if ss.get("eos_bias") else "")
              + ".", "", _md(head, rows), ""]
     if c.get("rounds"):
         per = "; per round " + ", ".join(f"{x:.3f}" for x in c["ratios"]) if c["rounds"] > 1 else ""
