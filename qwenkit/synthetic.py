@@ -7,12 +7,12 @@ memory planning, speed benchmarks) need a `qwen35moe` model, and the real one is
 * ``size="tiny"``: a few MB, same structure (hybrid layers with ``full_attention_interval`` 4,
   routed + shared experts, Q/K norms, partial IMRoPE), loads and generates in well under a
   second on a 2-core CPU. Used by the tests and the notebooks' CI runs.
-* ``size="small"``: about 160 MB, the same structure at a size where prefill costs what a
-  CPU benchmark can see: 12 blocks (DeltaNet 0-2, 4-6, 8-10; attention 3, 7, 11), 16 experts
-  with 4 used + a shared one, the real model's head sizes (attention 256, DeltaNet 128), a
+* ``size="small"``: 157 MiB (qwen3moe: 212 MiB), the same structure at a size where prefill
+  costs what a CPU benchmark can see: 12 blocks (DeltaNet 0-2, 4-6, 8-10; attention 3, 7, 11),
+  16 experts with 4 used (+ a shared one in qwen35moe), the real models' head sizes, a
   4,096-token vocabulary (the same tokenizer and chat template as the others). On the 2-core
-  box (AMD EPYC, AVX-512) a 500-token prefill of the qwen35moe one takes 1.25-1.4 s at 1
-  thread, decoding about 160 t/s; the file is written in ~3.5 s. Used by the CPU multi-turn
+  box (AMD EPYC, AVX-512) a 500-token prefill takes 1.25-1.4 s at 1 thread (qwen3moe
+  1.1-1.3 s), decoding 130-160 t/s; the file is written in ~3.5 s. Used by the CPU multi-turn
   benchmark (benchmarks/multiturn.py) and benchmarks/rs_rollback.py.
 * ``size="full", weights="sparse"``: the exact full-size header and tensor table of
   Qwen3.5-35B-A3B (or Qwen3-30B-A3B for ``arch="qwen3moe"``) with a Q4_K_M-like type mix;
