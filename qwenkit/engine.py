@@ -28,7 +28,7 @@ from qwenkit.errors import ModelLoadError
 from qwenkit.llamalog import KVCacheSize, LlamaLog, RecurrentSize, capture_log, load_llama, model_load_error
 
 __all__ = [
-    "Device", "EXPERT_PATTERN", "Engine", "Probe", "QwenkitLlama", "TensorOverrides", "apply_expert_overrides",
+    "Device", "EXPERT_PATTERN", "Engine", "Probe", "TensorOverrides", "apply_expert_overrides",
     "context_params", "cpu_buffer_type", "cpu_moe_patterns", "devices", "expert_patterns", "gpu_free_bytes",
     "last_logits", "llama_kwargs", "load", "probe", "qwenkit_llama_class", "rss_bytes",
 ]
@@ -117,7 +117,7 @@ class TensorOverrides:
         self._patterns = [p.encode() for p, _ in self.rules]   # owned: the array points into them
         from qwenkit.llama_api import TensorBuftOverride
         self.array = (TensorBuftOverride * (len(self.rules) + 1))()
-        for i, (pat, (_, buft)) in enumerate(zip(self._patterns, self.rules)):
+        for i, (pat, (_, buft)) in enumerate(zip(self._patterns, self.rules, strict=True)):
             self.array[i].pattern = pat
             self.array[i].buft = buft
         self.array[len(self.rules)].pattern = None          # terminator
@@ -235,7 +235,8 @@ def last_logits(llm) -> "Any":
     from qwenkit.llama_api import C
     ptr = C.llama_get_logits_ith(llm.ctx, -1)
     if not ptr:
-        raise ModelLoadError("no logits: evaluate at least one token first")
+        raise ModelLoadError("no logits: nothing was evaluated yet",
+                             "evaluate at least one token first (llm.eval(tokens) or a completion)")
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
 
 

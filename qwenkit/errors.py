@@ -7,7 +7,8 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError", "ContextOverflowError", "DocumentError", "DownloadError", "GGUFError", "HubUnreachable",
-    "LlamaCppError", "ModelLoadError", "QwenkitError", "RoomError", "ServerError",
+    "LlamaCppError", "ModelLoadError", "QualityError", "QueueFull", "QwenkitError", "RoomError", "SchedulerError",
+    "ServerError",
 ]
 
 
@@ -59,3 +60,23 @@ class DocumentError(QwenkitError, ValueError):
 
 class RoomError(QwenkitError, RuntimeError):
     """The room's router could not be set up, started or reached."""
+
+
+class QualityError(QwenkitError, RuntimeError):
+    """A quality measurement that cannot run (text too short, a context llama.cpp refused)."""
+
+
+class SchedulerError(QwenkitError):
+    """A request the server's scheduler cannot serve (a prompt longer than a slot, the server
+    shutting down, the model failed). `status`, `code` and `retry_after` are what the HTTP API
+    answers, with `problem` alone as the message of OpenAI's error object; an in-kernel caller
+    (ChatSession, Scheduler.generate_many) sees the fix too."""
+
+    def __init__(self, problem: str, fix: str | None = None, *, status: int = 500, code: str | None = None,
+                 retry_after: int | None = None):
+        super().__init__(problem, fix)
+        self.status, self.code, self.retry_after = status, code, retry_after
+
+
+class QueueFull(SchedulerError):
+    """Every slot is busy and the queue is at its limit (HTTP 503 with Retry-After)."""

@@ -298,7 +298,7 @@ def check(package: Any, *, allow_untested: bool = False) -> None:
 def _import_checked() -> types.ModuleType:
     try:
         import llama_cpp
-        import llama_cpp._logger  # noqa: F401  (installs llama-cpp-python's default log callback first)
+        import llama_cpp._logger  # installs llama-cpp-python's default log callback first
     except ImportError as e:
         raise LlamaCppError(f"llama-cpp-python is not installed or its library did not load ({e})",
                             f"install it: {REINSTALL}") from e

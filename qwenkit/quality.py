@@ -31,16 +31,12 @@ from typing import Any
 import numpy as np
 
 from qwenkit.config import KV_TYPES, RunConfig, kv_type_name
-from qwenkit.errors import QwenkitError
+from qwenkit.errors import QualityError
 
 __all__ = ["DEFAULT_KV", "KVContext", "KVQuality", "QualityError", "bundled_text", "evaluate", "kv_quality", "table",
            "tokenize_text"]
 
 DEFAULT_KV = (("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16"))
-
-
-class QualityError(QwenkitError, RuntimeError):
-    """A quality measurement that cannot run (text too short, a context llama.cpp refused)."""
 
 
 def bundled_text(which: str = "en+ja") -> str:
@@ -89,7 +85,9 @@ class KVContext:
         b.n_tokens = n
         rc = lc.llama_decode(self.ctx, b)
         if rc != 0:
-            raise QualityError(f"llama_decode returned {rc} (KV {self.type_k}/{self.type_v})")
+            raise QualityError(f"llama_decode returned {rc} (KV {self.type_k}/{self.type_v})",
+                               "not enough memory for this n_ctx: use a smaller n_ctx, or run with verbose=True "
+                               "to see llama.cpp's reason")
         ptr = lc.llama_get_logits(self.ctx)
         return np.ctypeslib.as_array(ptr, shape=(n - first, self.n_vocab)).copy()
 

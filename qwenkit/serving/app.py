@@ -92,7 +92,7 @@ def _error(status: int, message: str, code: str | None = None, param: str | None
 
 def _from_scheduler(e: SchedulerError) -> APIError:
     headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
-    return APIError(e.status, str(e), e.code, headers=headers)
+    return APIError(e.status, e.problem, e.code, headers=headers)  # OpenAI's error object has no fix
 
 
 # ---- body limit (pure ASGI: 413 before the body is read whole) ---------------------------------
@@ -538,7 +538,7 @@ def create_app(state: AppState) -> FastAPI:
                             finished = True
                     else:
                         e: SchedulerError = ev[1]
-                        out.append(json.dumps(error_body(str(e), e.status, e.code)))
+                        out.append(json.dumps(error_body(e.problem, e.status, e.code)))
                         finished = True
                         break
                 if out:

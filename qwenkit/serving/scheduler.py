@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from qwenkit.errors import QueueFull, SchedulerError
 from qwenkit.fastgen import Detokenizer, StopScanner
 from qwenkit.serving.prompt_cache import PromptCache
 from qwenkit.serving.sampling import SamplingParams, SlotSampler
@@ -30,18 +31,8 @@ from qwenkit.serving.sampling import SamplingParams, SlotSampler
 __all__ = ["DEFAULT_CACHE_BYTES", "QueueFull", "Request", "Result", "Scheduler", "SchedulerError"]
 
 DEFAULT_CACHE_BYTES = 512 * 2**20
-
-
-class SchedulerError(Exception):
-    """A request that cannot be served. `status` is the HTTP status an API should answer."""
-
-    def __init__(self, message: str, status: int = 500, code: str | None = None, retry_after: int | None = None):
-        super().__init__(message)
-        self.status, self.code, self.retry_after = status, code, retry_after
-
-
-class QueueFull(SchedulerError):
-    pass
+_SHUTTING_DOWN_FIX = "retry in a few seconds, once the server has started again"
+_MODEL_FAILED_FIX = "restart the server; its log says why the model failed"
 
 
 @dataclass
@@ -137,21 +128,27 @@ class Scheduler:
     def submit(self, req: Request) -> Request:
         n = len(req.prompt)
         if n == 0:
-            raise SchedulerError("the prompt is empty", 400, "empty_prompt")
+            raise SchedulerError("the prompt is empty", "send at least one token", status=400, code="empty_prompt")
         if n >= self.model.n_ctx_slot:
             raise SchedulerError(
                 f"the prompt has {n} tokens; a slot's context holds {self.model.n_ctx_slot} "
-                "(prompt and answer together)", 400, "context_length_exceeded")
+                "(prompt and answer together)",
+                "shorten the prompt, or serve with a larger n_ctx (the context of each slot)",
+                status=400, code="context_length_exceeded")
         if req.max_tokens < 1:
-            raise SchedulerError(f"max_tokens={req.max_tokens} must be at least 1", 400, "invalid_value")
+            raise SchedulerError(f"max_tokens={req.max_tokens} must be at least 1", "ask for 1 or more tokens",
+                                 status=400, code="invalid_value")
         with self._cv:
             if self._closing:
-                raise SchedulerError("the server is shutting down", 503, "shutting_down", retry_after=5)
+                raise SchedulerError("the server is shutting down", _SHUTTING_DOWN_FIX, status=503,
+                                     code="shutting_down", retry_after=5)
             if self.failed is not None:
-                raise SchedulerError("the model failed (see the server log)", 500, "model_failed")
+                raise SchedulerError("the model failed (see the server log)", _MODEL_FAILED_FIX, status=500,
+                                     code="model_failed")
             if len(self._waiting) >= self.queue_limit:
                 raise QueueFull(f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests "
-                                "wait already", 503, "queue_full", retry_after=5)
+                                "wait already", "retry in a few seconds, or serve with more slots (parallel) "
+                                "or a longer queue (queue_limit)", status=503, code="queue_full", retry_after=5)
             self._waiting.append(req)
             self._cv.notify()
         return req
@@ -239,7 +236,8 @@ class Scheduler:
             self.failed = e
             import traceback
             traceback.print_exc()
-            err = SchedulerError(f"the model failed: {type(e).__name__} (see the server log)", 500, "model_failed")
+            err = SchedulerError(f"the model failed: {type(e).__name__} (see the server log)", _MODEL_FAILED_FIX,
+                                 status=500, code="model_failed")
             for s in self.slots:
                 if s.req is not None:
                     self._emit(s.req, ("error", err))
@@ -248,7 +246,8 @@ class Scheduler:
             with self._cv:
                 pending = list(self._waiting)
                 self._waiting.clear()
-            err = SchedulerError("the server is shutting down", 503, "shutting_down", retry_after=5)
+            err = SchedulerError("the server is shutting down", _SHUTTING_DOWN_FIX, status=503, code="shutting_down",
+                                 retry_after=5)
             for r in pending:
                 self._emit(r, ("error", err))
             for s in self.slots:
@@ -391,7 +390,9 @@ class Scheduler:
 
     def _decode_failed(self, rc: int, slots) -> None:
         err = SchedulerError(f"llama_decode returned {rc} (no room in the KV cache or a compute failure); "
-                             "the request was stopped", 500, "decode_failed")
+                             "the request was stopped",
+                             "send it again; if it fails again, serve with fewer slots or a smaller n_ctx "
+                             "(the server's log has llama.cpp's reason)", status=500, code="decode_failed")
         for s in slots:
             req = s.req
             self._release(s)
