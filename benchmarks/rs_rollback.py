@@ -23,7 +23,8 @@ weights) and n_rs_seq in (0, 4, 8), through the low-level API as qwenkit.serving
 a context (engine.context_params; one sequence; n_batch 1024, n_ubatch 512, f16 KV; flash
 attention off for (a), (b), (d): CPU flash attention is not split-invariant, so two fresh runs
 of the same tokens split into different llama_decode calls already differ by ~0.1 in the
-logits with it on; on for the speed rounds, the kit's default), on a prompt of N tokens of qwenkit/data/sample_en.txt (default 520: two ubatches):
+logits with it on; on for the speed rounds, the kit's default), on a prompt of N tokens of
+qwenkit/data/sample_en.txt (default 520: two ubatches):
 (a) after a prefill of N tokens in one llama_decode call, does seq_rm(0, N - k, -1) succeed,
     for k = 1, 2, 3, 4, 5, 8, 9 and N // 2; is a second rollback before any decode refused;
 (b) after a successful rollback, re-decoding the k cut tokens (one call) gives last logits
@@ -431,15 +432,19 @@ def findings(m: dict[str, Any]) -> list[str]:
                             f"{max(c['diff_other_tokens'] for c in bad):.2g})" if bad else ""))
         out.append(line)
     mem = ", ".join(f"{r['recurrent'][0]['size_mib']:.2f}" for r in m["per_n_rs_seq"].values() if r["recurrent"])
-    ck = m["kit_checkpoint_rounds"]
+    ck, base = m["kit_checkpoint_rounds"], m["per_n_rs_seq"]["0"]["speed_rounds"]
     out.append(f"{name}: llama.cpp's recurrent state (1 sequence) {mem} MiB for n_rs_seq "
                f"{', '.join(m['per_n_rs_seq'])}; the kit's checkpoint (PARTIAL_ONLY) "
                f"{m['per_n_rs_seq']['0']['state_bytes_partial'] / 2**20:.2f} MiB whatever n_rs_seq, copied in "
                f"{statistics.median(x['copy_ms'] for x in ck):.2f} ms, restored in "
                f"{statistics.median(x['restore_ms'] for x in ck):.2f} ms (medians); its prefill split at N-4 "
                f"(two calls) {statistics.median(x['prefill_split_s'] for x in ck):.3f} s vs one call "
-               f"{statistics.median(m['n_prompt'] / x['prefill_tps'] for x in m['per_n_rs_seq']['0']['speed_rounds']):.3f} s")
+               f"{statistics.median(m['n_prompt'] / x['prefill_tps'] for x in base):.3f} s")
     return out
+
+
+def _e(row: dict, key: str) -> str:
+    return f"{row[key]:.2e}" if key in row else "-"
 
 
 def _yn(x) -> str:
@@ -449,12 +454,13 @@ def _yn(x) -> str:
 def table(m: dict[str, Any]) -> str:
     lines = [f"{m['model']} (prompt {m['n_prompt']} tokens; split noise {m['noise_floor']:.2e}, "
              f"correct = diffs <= {m['threshold']:.2e})"]
-    lines.append(f"{'n_rs_seq':>8} {'k':>4} {'seq_rm':>6} {'diff same':>10} {'diff other':>10} {'split noise':>11} {'correct':>7}")
+    lines.append(f"{'n_rs_seq':>8} {'k':>4} {'seq_rm':>6} {'diff same':>10} {'diff other':>10} "
+                 f"{'split noise':>11} {'correct':>7}")
     for rs, r in m["per_n_rs_seq"].items():
         for row in r["after_prefill"]["cuts"]:
-            f = lambda key: f"{row[key]:.2e}" if key in row else "-"
-            lines.append(f"{rs:>8} {row['k']:>4} {_yn(row['ok']):>6} {f('diff_same_tokens'):>10} "
-                         f"{f('diff_other_tokens'):>10} {f('split_noise'):>11} {_yn(row.get('correct')):>7}")
+            lines.append(f"{rs:>8} {row['k']:>4} {_yn(row['ok']):>6} {_e(row, 'diff_same_tokens'):>10} "
+                         f"{_e(row, 'diff_other_tokens'):>10} {_e(row, 'split_noise'):>11} "
+                         f"{_yn(row.get('correct')):>7}")
     for rs, r in m["per_n_rs_seq"].items():
         ap = r["after_prefill"]
         vs0 = "-" if ap["vs_n_rs_seq_0"] is None else f"{ap['vs_n_rs_seq_0']:.2e}"
@@ -465,7 +471,8 @@ def table(m: dict[str, Any]) -> str:
     for rs, r in m["per_n_rs_seq"].items():
         for row in r["snapshots_cover"]:
             d = f"{row['diff_other_tokens']:.2e}" if "diff_other_tokens" in row else "-"
-            lines.append(f"{rs:>8} {row['after']:>6} {row['k']:>3} {_yn(row['ok']):>6} {d:>10} {_yn(row.get('correct')):>7}")
+            lines.append(f"{rs:>8} {row['after']:>6} {row['k']:>3} {_yn(row['ok']):>6} {d:>10} "
+                         f"{_yn(row.get('correct')):>7}")
     lines.append(f"{'n_rs_seq':>8} {'RS MiB':>8} {'ckpt KiB':>9} {'prefill t/s':>12} {'decode t/s':>11}")
     for rs, r in m["per_n_rs_seq"].items():
         rec = r["recurrent"][0]["size_mib"] if r["recurrent"] else float("nan")
@@ -499,7 +506,8 @@ def main(argv=None) -> int:
     sizes = [s for s in a.models.split(",") if s]
     t_start = time.monotonic()
     meta = bench.machine_info()
-    meta.update(model=", ".join(f"qwen35moe-{s}-v{synthetic.GENERATOR_VERSION}.gguf (qwenkit.synthetic)" for s in sizes),
+    version = synthetic.GENERATOR_VERSION
+    meta.update(model=", ".join(f"qwen35moe-{s}-v{version}.gguf (qwenkit.synthetic)" for s in sizes),
                 threads=a.threads, suite="rs_rollback", reps=a.rounds, notes=list(a.note),
                 settings={"n_ctx": N_CTX, "n_batch": N_BATCH, "n_ubatch": N_UBATCH, "n_seq_max": 1,
                           "flash_attn_correctness": a.check_flash_attn, "flash_attn_speed": True, "kv": "f16",
