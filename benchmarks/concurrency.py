@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -105,7 +105,7 @@ def chars_per_token(base_url: str, kit: bool, headers: dict) -> float:
     text = _text()
     u = urllib.parse.urlsplit(base_url)
     path, body = (("/extras/tokenize", {"input": text}) if kit else ("/tokenize", {"content": text}))
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    c = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=60)
     try:
         c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json", **headers})
         r = c.getresponse()
@@ -204,8 +204,10 @@ class H(BaseHTTPRequestHandler):
         n = int(body["max_tokens"])
         self.send_response(200); self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close"); self.end_headers()
-        ev = lambda t, f: ("data: " + json.dumps({"id": "x", "object": "text_completion", "created": 0,
-              "model": "m", "choices": [{"index": 0, "text": t, "finish_reason": f, "logprobs": None}]}) + "\n\n").encode()
+        def ev(t, f):
+            choice = {"index": 0, "text": t, "finish_reason": f, "logprobs": None}
+            chunk = {"id": "x", "object": "text_completion", "created": 0, "model": "m", "choices": [choice]}
+            return ("data: " + json.dumps(chunk) + "\n\n").encode()
         for i in range(n):
             self.wfile.write(ev(" word", None)); self.wfile.flush()
         self.wfile.write(ev("", "length"))
@@ -223,7 +225,7 @@ def client_ceiling(users: int, max_tokens: int) -> dict:
     fast as it can (another process): what the client could count at most."""
     p = subprocess.Popen([sys.executable, "-c", _FAKE], stdout=subprocess.PIPE, text=True)
     try:
-        port = int(p.stdout.readline())
+        port = int(cast(IO[str], p.stdout).readline())  # stdout=PIPE: never None
         url = f"http://127.0.0.1:{port}/v1"
         burst(url, ["x"] * users, 8, {}, {})
         b = burst(url, ["x"] * users, max_tokens, {}, {})
@@ -273,7 +275,7 @@ def row(users: int, kind: str, max_tokens: int, k: dict, n: dict) -> dict:
          and k["completion_tokens_per_user"] == n["completion_tokens_per_user"]}
     ka, na = k["aggregate_tps_rounds"], n["aggregate_tps_rounds"]
     if len(ka) == len(na) > 1:
-        r["aggregate_ratio_median_of_rounds"] = statistics.median(a / b for a, b in zip(ka, na))
+        r["aggregate_ratio_median_of_rounds"] = statistics.median(a / b for a, b in zip(ka, na, strict=True))
     if "decode_tps" in k:
         r["decode_ratio"] = _ratio(k["decode_tps"], n["decode_tps"])
     return r
@@ -309,7 +311,8 @@ def main(argv=None) -> int:
                     "(both servers), so that no answer stops early")
     ap.add_argument("--quick", action="store_true", help="2 rounds, 128-token long answers")
     ap.add_argument("--budget", type=float, default=None, help="seconds; no server pair starts past it, and no "
-                    "round that would end past budget + 200 s (+ 300 s on the CPU); default 900 on the CPU, 330 with --gpu")
+                    "round that would end past budget + 200 s (+ 300 s on the CPU); default 900 on the CPU, "
+                    "330 with --gpu")
     ap.add_argument("--native-extra", default="", help="more llama-server flags, e.g. \"--ctx-checkpoints 0 "
                     "--cache-ram 0\" (its defaults for hybrid models: 32 context checkpoints per slot, an 8 GiB "
                     "host-RAM prompt cache); recorded in the JSON")
@@ -331,7 +334,8 @@ def main(argv=None) -> int:
         from qwenkit.models import default_model_path
         model = a.model or str(default_model_path())
         cfg = RunConfig(model=model, n_ctx=a.n_ctx, n_threads=a.threads)  # as cpu_compare.py
-    out = Path(a.out or HERE / "results" / (f"concurrency_{bench.gpu_slug()}.json" if a.gpu else "concurrency_cpu.json"))
+    out_name = f"concurrency_{bench.gpu_slug()}.json" if a.gpu else "concurrency_cpu.json"
+    out = Path(a.out or HERE / "results" / out_name)
     bin_dir = Path(a.bin_dir) if a.bin_dir else bench.find_tools(("llama-server",))
     if bin_dir is None or not (bin_dir / "llama-server").is_file():
         print("llama-server is not built: run scripts/build_tools.sh (or pass --bin-dir)", file=sys.stderr)
@@ -342,15 +346,15 @@ def main(argv=None) -> int:
     meta = bench.machine_info()
     meta.update(model=Path(model).name, model_path=model, threads=a.threads, tools=str(bin_dir), reps=rounds,
                 users=users, max_tokens=a.max_tokens, long_max_tokens=long_max, long_tokens=a.long_tokens,
-                n_ctx_per_slot=a.n_ctx, eos_bias=bool(extra), native_extra=native_extra, config=cfg.to_dict(), suite="concurrency",
-                notes=list(a.note))
+                n_ctx_per_slot=a.n_ctx, eos_bias=bool(extra), native_extra=native_extra, config=cfg.to_dict(),
+                suite="concurrency", notes=list(a.note))
     info = bin_dir.parent / "BUILD_INFO"
     if info.is_file():
         meta["tools_build"] = info.read_text().strip().splitlines()
     meta["servers"] = {
         "kit": "qwenkit.server.start(RunConfig(n_ctx=N_CTX per slot, parallel=U)): one context of U x N_CTX "
                "cells, unified KV, continuous batching",
-        "llama-server": f"{bench.NativeServer.__doc__.strip()} with -c U x N_CTX (its total) and "
+        "llama-server": f"{(bench.NativeServer.__doc__ or '').strip()} with -c U x N_CTX (its total) and "
                         "`-np U --kv-unified` (U > 1; -np 1 for one stream); same -t/-tb/-ngl/-fa/-ctk/-ctv/-b/-ub",
         "n_ctx_per_slot": a.n_ctx}
     doc: dict[str, Any] = {"meta": meta, "results": [], "concurrency": [], "pairs": [], "bursts": []}
@@ -362,7 +366,8 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
         tmp.replace(out)
 
-    print(f"{cfg.summary()} | tools: {bin_dir} | users {users} | rounds {rounds} | out {out}", file=sys.stderr, flush=True)
+    print(f"{cfg.summary()} | tools: {bin_dir} | users {users} | rounds {rounds} | out {out}",
+          file=sys.stderr, flush=True)
     doc["client_ceiling"] = client_ceiling(max(users), max(2000, a.max_tokens))
     print(f"client ceiling: {doc['client_ceiling']['events_per_s']:.0f} events/s over {max(users)} streams "
           f"(a stand-in server)", file=sys.stderr, flush=True)
@@ -380,7 +385,7 @@ def main(argv=None) -> int:
             servers = {"kit": kit, "llama-server": nat}
             props = bench.get_json(f"http://127.0.0.1:{nat.port}/props")
             pinfo = {"users": U, "load_s": round(time.monotonic() - t_pair, 1),
-                     "llama_server_args": nat.proc.args[1:] if hasattr(nat, "proc") else None,
+                     "llama_server_args": nat.argv[1:] if hasattr(nat, "argv") else None,
                      "llama_server_total_slots": props.get("total_slots") if isinstance(props, dict) else None,
                      "kit_health_start": kit.health()}
             if cpt is None:
@@ -411,11 +416,12 @@ def main(argv=None) -> int:
                         got.setdefault((kind, name), []).append(b)
                         loads.append({"round": k, "users": U, "prompt": kind, "server": name,
                                       "before": b["load_before"], "after": b["load_after"]})
+                        finishes = sorted({u.get("finish_reason") for u in b["users"]}, key=str)
                         print(f"  U={U} {kind:5} round {k + 1} {name:12}: {_f(b['aggregate_tps'], '{:.1f}')} tok/s, "
                               f"TTFT max {_f(max((u.get('ttft_s') or 0) for u in b['users']), '{:.2f}')} s, "
-                              f"{b['completion_tokens']} tok, finish {sorted({u.get('finish_reason') for u in b['users']}, key=str)}, "
-                              f"load {b['load_before'][0]:.2f}->{b['load_after'][0]:.2f}, client cpu {b['client_cpu_s']:.2f} s",
-                              file=sys.stderr, flush=True)
+                              f"{b['completion_tokens']} tok, finish {finishes}, "
+                              f"load {b['load_before'][0]:.2f}->{b['load_after'][0]:.2f}, "
+                              f"client cpu {b['client_cpu_s']:.2f} s", file=sys.stderr, flush=True)
                     save()
                 round_s = time.monotonic() - t_round
             pinfo["kit_health_end"] = kit.health()

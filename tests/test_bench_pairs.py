@@ -3,8 +3,7 @@ as a pair (same model and flags, same context per slot), the logit_bias against
 end-of-generation tokens, get_json; and benchmarks/concurrency.py's burst through a real pair."""
 from __future__ import annotations
 
-import importlib.util
-import sys
+import os
 from pathlib import Path
 
 import pytest
@@ -12,17 +11,26 @@ import pytest
 from qwenkit import bench
 from qwenkit.config import RunConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_scripts import load_script
+
 TOOLS = bench.find_tools(("llama-server",))
 needs_tools = pytest.mark.skipif(TOOLS is None, reason="llama-server not built (scripts/build_tools.sh)")
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def _live_children() -> set[int]:
+    """This process's child processes (started by any of its threads) that have not ended."""
+    pids = set()
+    for f in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        pids |= {int(p) for p in f.read_text().split()}
+    live = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            live.add(pid)
+    return live
 
 
 def test_eog_bias_names_the_models_end_tokens(default_model):
@@ -62,7 +70,7 @@ def test_server_pair_same_context_per_slot(default_model, together):
     """Two slots each: the kit's server with parallel=2 of n_ctx, llama-server with -c 2 x n_ctx
     -np 2; concurrency.py's burst gets every user's 8 tokens from both (ends banned), and both
     are stopped on exit."""
-    conc = _script("concurrency")
+    conc = load_script("benchmarks/concurrency.py", "bench_script_concurrency")
     cfg = RunConfig(model=str(default_model), n_ctx=512, n_threads=1, flash_attn=False)
     extra = {"logit_bias": bench.eog_bias(str(default_model))}
     with bench.server_pair(cfg, 2, TOOLS, together=together) as (kit, nat):
@@ -70,7 +78,8 @@ def test_server_pair_same_context_per_slot(default_model, together):
         props = bench.get_json(f"http://127.0.0.1:{nat.port}/props")
         # -c is llama-server's total; with --kv-unified any slot may use all of it
         assert props["total_slots"] == 2 and props["default_generation_settings"]["n_ctx"] == 1024
-        argv = nat.proc.args
+        argv = nat.argv
+        assert argv == nat.proc.args
         assert argv[argv.index("-c") + 1] == "1024" and argv[-3:] == ["-np", "2", "--kv-unified"]
         prompts = [conc.prompt_for("short", 0, i, 2, 0) for i in range(2)]
         for srv in (kit, nat):
@@ -83,19 +92,16 @@ def test_server_pair_same_context_per_slot(default_model, together):
 
 def test_server_pair_stops_the_kit_when_llama_server_cannot_start(default_model, tmp_path):
     """Loading together, one side failing: its error is raised and the other side is stopped."""
-    import psutil
     cfg = RunConfig(model=str(default_model), n_ctx=256, n_threads=1)
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    before = _live_children()
     with pytest.raises(bench.BenchError, match="llama-server is not built"):
         with bench.server_pair(cfg, 2, tmp_path, together=True):
             pytest.fail("the pair started without llama-server")
-    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
-            and p.status() != psutil.STATUS_ZOMBIE]
-    assert left == []
+    assert _live_children() - before == set()
 
 
 def test_concurrency_client_ceiling_counts_every_event():
     """The stand-in server's events through the same client code: all of them, a rate above 0."""
-    conc = _script("concurrency")
+    conc = load_script("benchmarks/concurrency.py", "bench_script_concurrency")
     c = conc.client_ceiling(3, 50)
     assert c["users"] == 3 and c["events_per_s"] > 0 and c["wall_s"] > 0

@@ -19,8 +19,8 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "hostname": platform.node(),
                             "python": platform.python_version(), "platform": platform.platform()}
     try:
-        cpu = [l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-               if l.startswith("model name")]
+        cpu = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.startswith("model name")]
         info["cpu"] = cpu[0] if cpu else platform.processor()
         info["cpu_count"] = len(os.sched_getaffinity(0))
     except OSError:

@@ -25,14 +25,15 @@ def native_pair_args(parallel: int, native_extra: Sequence[str] = ()) -> list[st
 
 @contextlib.contextmanager
 def server_pair(cfg: RunConfig, parallel: int, bin_dir: Path | None = None, *, together: bool = False,
-                native_extra: Sequence[str] = (), ready_timeout: float | None = None) -> Iterator[tuple[Any, NativeServer]]:
+                native_extra: Sequence[str] = (),
+                ready_timeout: float | None = None) -> Iterator[tuple[Any, NativeServer]]:
     """(kit server with parallel slots of cfg.n_ctx, llama-server -c parallel x cfg.n_ctx -np
     parallel), both stopped on exit. together: load both at once (a GPU host, where the model
     file is in the page cache), else the kit's first. native_extra: more llama-server flags (an
     A/B of its defaults). ready_timeout: seconds each may take to load (default: each's own)."""
     kit_cfg = cfg.replace(parallel=parallel)
     native_cfg = cfg.replace(n_ctx=cfg.n_ctx * parallel)
-    wait = {} if ready_timeout is None else {"ready_timeout": ready_timeout}
+    wait: dict[str, Any] = {} if ready_timeout is None else {"ready_timeout": ready_timeout}
 
     def native() -> NativeServer:
         return NativeServer(native_cfg, bin_dir=bin_dir, extra_args=native_pair_args(parallel, native_extra), **wait)

@@ -20,11 +20,11 @@ def plot(results: Sequence[BenchResult], x: str | None = None, ax=None, title: s
 
     kinds = [k for k in ("pp", "tg") if any(r.kind == k and r.rates for r in results)]
     if ax is None:
-        fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(5 * max(1, len(kinds)), 3.6), squeeze=False)
-        axes = axes[0]
+        fig, grid = plt.subplots(1, max(1, len(kinds)), figsize=(5 * max(1, len(kinds)), 3.6), squeeze=False)
+        axes = list(grid[0])
     else:
         axes, fig = [ax], ax.figure
-    for a, kind in zip(axes, kinds):
+    for a, kind in zip(axes, kinds, strict=False):  # no results: one empty panel
         rs = [r for r in results if r.kind == kind and r.rates]
         labels = [(f"{r.config.get(x)}" if x else r.path) + ("" if x else f"\n{r.test}") for r in rs]
         a.bar(range(len(rs)), [r.mean for r in rs], yerr=[r.sd for r in rs], capsize=3, color="#4C72B0")

@@ -34,9 +34,14 @@ class _ServerRun:
     stopped on exit; its output goes to a temporary log file."""
     name = "server"
     ready_path = "/health"
+    port: int
+    base_url: str
+    proc: subprocess.Popen
+    argv: list[str]            # the command line it was started with
 
     def _launch(self, args: Sequence[str], env: dict, log_prefix: str, ready_timeout: float) -> None:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.argv = list(args)
         self.log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False)  # noqa: SIM115 - the process writes it
         self.proc = subprocess.Popen(list(args), stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      stdin=subprocess.DEVNULL)

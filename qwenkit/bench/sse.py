@@ -53,7 +53,7 @@ def stream_completion(base_url: str, prompt: str, max_tokens: int, *, headers: d
     if model:
         body["model"] = model
     body.update(extra or {})
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    conn = _connection(u, 80, timeout)
     try:
         hdrs = {"Content-Type": "application/json", "Accept": "text/event-stream", **(headers or {})}
         t_send = time.perf_counter()
@@ -118,11 +118,17 @@ def bench_server(base_url: str, n: int = 128, r: int = 5, *, label: str = "serve
 
 
 
+def _connection(u: urllib.parse.SplitResult, default_port: int | None, timeout: float) -> http.client.HTTPConnection:
+    if not u.hostname:
+        raise BenchError(f"{u.geturl()!r} names no host", "give a URL such as http://127.0.0.1:8000/v1")
+    return http.client.HTTPConnection(u.hostname, u.port or default_port, timeout=timeout)
+
+
 def get_json(url: str, timeout: float = 5) -> Any:
     """GET url: its JSON body on 200, else {"status": code}, or {"error": text} when the server
     cannot be reached or does not answer JSON (a benchmark records it and goes on)."""
     u = urllib.parse.urlsplit(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    c = _connection(u, None, timeout)
     try:
         c.request("GET", u.path)
         r = c.getresponse()

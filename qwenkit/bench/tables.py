@@ -39,18 +39,20 @@ def html(markdown: str, trust_of: Sequence[BenchResult] | None = None):
     trust_of: the results behind the rows, in order: adds a "trust" column (qwenkit.trust.judge)."""
     from qwenkit.htmltable import Table
     from qwenkit.trust import judge
-    lines = [l.strip() for l in markdown.strip().splitlines() if l.strip().startswith("|")]
-    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    lines = [line.strip() for line in markdown.strip().splitlines() if line.strip().startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     head = cells[0] if cells else []
     rows = [r for r in cells[1:] if not all(set(c) <= set("-:") for c in r)]
     if trust_of is not None:
         head = [*head, "trust"]
-        rows = [[*row, judge(r).short if r.rates else "-"] for row, r in zip(rows, trust_of)]
+        rows = [[*row, judge(r).short if r.rates else "-"] for row, r in zip(rows, trust_of, strict=False)]
     return Table(head, rows)
 
 
 def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A pipe table, every column padded to its widest cell."""
-    w = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(n) for c, n in zip(cells, w)) + " |"
+    w = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=False)] if rows else [len(h) for h in head]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(n) for c, n in zip(cells, w, strict=False)) + " |"
     return "\n".join([line(head), "| " + " | ".join("-" * n for n in w) + " |", *[line(r) for r in rows]])

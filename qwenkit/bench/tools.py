@@ -25,7 +25,8 @@ def find_tools(required: Sequence[str] = ("llama-bench", "llama-server")) -> Pat
     script = _ROOT / "scripts" / "build_tools.sh"
     if script.is_file():
         try:
-            out = subprocess.run(["bash", str(script), "--print"], check=False, capture_output=True, text=True, timeout=30)
+            out = subprocess.run(["bash", str(script), "--print"], check=False, capture_output=True, text=True,
+                                 timeout=30)
             if out.returncode == 0 and out.stdout.strip():
                 cands.append(Path(out.stdout.strip().splitlines()[-1]))
         except (OSError, subprocess.SubprocessError):
@@ -50,7 +51,8 @@ def tool_env(bin_dir: Path) -> dict[str, str]:
     """This process's environment with bin_dir first on LD_LIBRARY_PATH (the tools' shared
     libraries lie beside them)."""
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(bin_dir)] + ([env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []))
+    before = [env["LD_LIBRARY_PATH"]] if env.get("LD_LIBRARY_PATH") else []
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(bin_dir), *before])
     return env
 
 
