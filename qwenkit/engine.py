@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Iterable, Sequence
 from qwenkit.config import RunConfig
 from qwenkit.errors import ModelLoadError
 from qwenkit.llamalog import KVCacheSize, LlamaLog, RecurrentSize, capture_log, load_llama, model_load_error
+from qwenkit.units import MiB, rss_bytes
 
 __all__ = [
     "Device", "EXPERT_PATTERN", "Engine", "Probe", "TensorOverrides", "apply_expert_overrides",
@@ -33,7 +33,6 @@ __all__ = [
     "last_logits", "llama_kwargs", "load", "probe", "qwenkit_llama_class", "rss_bytes",
 ]
 
-MiB = 1024 * 1024
 # the expert tensors of layer i, as llama.cpp's `--n-cpu-moe` names them (common/arg.cpp)
 EXPERT_PATTERN = r"blk\.{i}\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 
@@ -238,15 +237,6 @@ def last_logits(llm) -> "Any":
         raise ModelLoadError("no logits: nothing was evaluated yet",
                              "evaluate at least one token first (llm.eval(tokens) or a completion)")
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):  # pragma: no cover
-        return 0
 
 
 class Engine:

@@ -92,7 +92,7 @@ class Sampler:
         self.chain = None
         self._history: list = []   # the stages that look back at earlier tokens (penalties, DRY)
         self._view: np.ndarray | None = None
-        self._view_addr = 0
+        self._view_addr: int | None = 0
         if self.argmax:
             return
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
@@ -142,10 +142,11 @@ class Sampler:
         if self.argmax:
             ptr = self._lc.llama_get_logits_ith(ctx, i)
             addr = ctypes.cast(ptr, ctypes.c_void_p).value
-            if addr != self._view_addr:  # llama.cpp may move its output buffer; reuse the view when not
-                self._view = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+            view = self._view
+            if view is None or addr != self._view_addr:  # llama.cpp may move its output buffer
+                view = self._view = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
                 self._view_addr = addr
-            return int(self._view.argmax())
+            return int(view.argmax())
         return int(self._lc.llama_sampler_sample(self.chain, ctx, i))
 
     def accept_prompt(self, tokens: Sequence[int]) -> None:
@@ -408,7 +409,8 @@ class FastGen:
         if seed is not None:
             llm.set_seed(seed)
         else:
-            llm.set_seed(random.Random(self._api.seed(llm)).randint(0, 2**32))
+            # llama-cpp-python's own rule for the next seed (a sampling seed, not a secret)
+            llm.set_seed(random.Random(self._api.seed(llm)).randint(0, 2**32))  # noqa: S311
         bias = {int(k): float(v) for k, v in logit_bias.items()} if logit_bias else None
         sampler = Sampler(llm, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                           typical_p=typical_p, repeat_penalty=repeat_penalty,

@@ -155,7 +155,7 @@ GGML_FUNCTIONS: dict[str, tuple[str, Any, list]] = {
 }
 # in ggml-base on some builds, in the CPU backend's library on others (engine asks the device
 # registry then): looked up, never required
-_GGML_OPTIONAL = {"ggml_backend_cpu_buffer_type": ("ggml-base", ctypes.c_void_p, [])}
+_GGML_OPTIONAL: dict[str, tuple[str, Any, list]] = {"ggml_backend_cpu_buffer_type": ("ggml-base", ctypes.c_void_p, [])}
 
 
 class TensorBuftOverride(ctypes.Structure):

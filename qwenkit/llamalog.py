@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from qwenkit.errors import ModelLoadError
+from qwenkit.units import MiB
 
 __all__ = [
     "KVCacheSize", "LEVEL_CONT", "LEVEL_DEBUG", "LEVEL_ERROR", "LEVEL_INFO", "LEVEL_NAMES", "LEVEL_NONE", "LEVEL_WARN",
@@ -40,7 +41,6 @@ __all__ = [
 LEVEL_NONE, LEVEL_DEBUG, LEVEL_INFO, LEVEL_WARN, LEVEL_ERROR, LEVEL_CONT = 0, 1, 2, 3, 4, 5
 LEVEL_NAMES = {0: "none", 1: "debug", 2: "info", 3: "warn", 4: "error"}
 
-MiB = 1024 * 1024
 
 _lock = threading.Lock()
 
@@ -182,7 +182,7 @@ class LlamaLog:
 
     def grep(self, pattern: str, flags: int = 0) -> list[str]:
         rx = re.compile(pattern, flags)
-        return [l for l in self.lines if rx.search(l)]
+        return [line for line in self.lines if rx.search(line)]
 
     @property
     def errors(self) -> list[str]:
@@ -202,8 +202,8 @@ class LlamaLog:
     def offloaded(self) -> tuple[int, int] | None:
         """(layers offloaded, offloadable layers) from `offloaded N/M layers to GPU`; None on a
         build without GPU offload (llama.cpp prints nothing then)."""
-        for l in reversed(self.lines):
-            m = _RE_OFFLOADED.search(l)
+        for line in reversed(self.lines):
+            m = _RE_OFFLOADED.search(line)
             if m:
                 return int(m.group(1)), int(m.group(2))
         return None
@@ -211,8 +211,8 @@ class LlamaLog:
     def kv_cache(self) -> list[KVCacheSize]:
         """Every KV cache llama.cpp created (a hybrid model has one; iSWA models have two)."""
         out = []
-        for l in self.lines:
-            m = _RE_KV.search(l)
+        for line in self.lines:
+            m = _RE_KV.search(line)
             if m:
                 out.append(KVCacheSize(float(m.group(1)), int(m.group(2)), int(m.group(3)),
                                        m.group(4), float(m.group(5)), m.group(6), float(m.group(7))))
@@ -221,8 +221,8 @@ class LlamaLog:
     def recurrent(self) -> list[RecurrentSize]:
         """Recurrent-state memories (Gated-DeltaNet / Mamba layers)."""
         out = []
-        for l in self.lines:
-            m = _RE_RS.search(l)
+        for line in self.lines:
+            m = _RE_RS.search(line)
             if m:
                 out.append(RecurrentSize(float(m.group(1)), int(m.group(2)), int(m.group(3)),
                                          m.group(4), float(m.group(5)), m.group(6), float(m.group(7))))
@@ -233,8 +233,8 @@ class LlamaLog:
         appears more than once (several graphs, several caches) is summed, except compute
         buffers, where the last reservation is the one kept."""
         out: dict[str, float] = {}
-        for l in self.lines:
-            m = _RE_BUF.search(l)
+        for line in self.lines:
+            m = _RE_BUF.search(line)
             if m and m.group(2) == kind:
                 name, mib = m.group(1), float(m.group(3))
                 if kind == "compute":
@@ -266,8 +266,8 @@ class LlamaLog:
     def overrides(self) -> dict[str, str]:
         """{tensor name: buffer type} for each `tensor X (...) buffer type overridden to B` line."""
         out = {}
-        for l in self.lines:
-            m = _RE_OVERRIDE.search(l)
+        for line in self.lines:
+            m = _RE_OVERRIDE.search(line)
             if m:
                 out[m.group(1)] = m.group(4)
         return out
@@ -275,8 +275,8 @@ class LlamaLog:
     def layer_devices(self) -> dict[int, str]:
         """{layer: device} from `load_tensors: layer N assigned to device D` (debug lines)."""
         out = {}
-        for l in self.lines:
-            m = _RE_LAYER_DEV.search(l)
+        for line in self.lines:
+            m = _RE_LAYER_DEV.search(line)
             if m:
                 out[int(m.group(1))] = m.group(2)
         return out
@@ -346,15 +346,11 @@ def capture_log(echo: bool = True) -> Iterator[LlamaLog]:
     has_prev = bool(ctypes.cast(prev_cb, ctypes.c_void_p).value)
 
     def _cb(level: int, text: bytes, user_data: Any) -> None:
-        try:
+        with contextlib.suppress(Exception):  # never raise into C
             log._feed(int(level), (text or b"").decode("utf-8", "replace"))
-        except Exception:  # noqa: BLE001 - never raise into C
-            pass
         if echo and has_prev:
-            try:
+            with contextlib.suppress(Exception):
                 prev_cb(level, text, prev_ud)
-            except Exception:  # noqa: BLE001
-                pass
 
     c_cb = lc.llama_log_callback(_cb)  # kept alive by this frame until restored
     with _lock:

@@ -107,8 +107,7 @@ def bind_socket(host: str, port: int | str) -> socket.socket:
             last = e
             if e.errno != errno.EADDRINUSE:
                 raise
-    assert last is not None
-    raise last
+    raise last if last is not None else OSError(errno.EADDRINUSE, "no port to try")
 
 
 # ---- request guard (pure ASGI, so streaming passes through untouched) --------------------------
@@ -229,11 +228,12 @@ def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> No
         time.sleep(min(delay, 60.0))
     try:
         from qwenkit.serving import Scheduler, ServedModel
+        from qwenkit.units import MiB
         unified = cfg.kv_unified if cfg.kv_unified is not None else unified_default()
         model = ServedModel(cfg, slots, unified_kv=unified)
         cache_mib = cfg.prompt_cache_mib if cfg.prompt_cache_mib is not None else (
             2048 if unified_default() else 512)
-        sched = Scheduler(model, queue_limit=queue_limit, cache_bytes=cache_mib * 2**20, reuse=cache_mib > 0)
+        sched = Scheduler(model, queue_limit=queue_limit, cache_bytes=cache_mib * MiB, reuse=cache_mib > 0)
     except BaseException as e:  # noqa: BLE001 - everything here is a load failure to report
         traceback.print_exc()
         fix = getattr(e, "fix", None) or ("check the path and that the file is complete (qwenkit.gguf_info), "
@@ -245,8 +245,8 @@ def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> No
         sys.stderr.flush()
         os._exit(EXIT_LOAD_FAILED)
     state.attach(model, sched)
-    status.write("ready", n_ctx=model.n_ctx_slot, parallel=slots, kv_unified=unified, prompt_cache_mib=cache_mib, queue_limit=sched.queue_limit,
-                 alias=state.alias, model_id=state.model_id, recurrent=model.recurrent)
+    status.write("ready", n_ctx=model.n_ctx_slot, parallel=slots, kv_unified=unified, prompt_cache_mib=cache_mib,
+                 queue_limit=sched.queue_limit, alias=state.alias, model_id=state.model_id, recurrent=model.recurrent)
 
 
 def main() -> int:
@@ -310,11 +310,12 @@ def main() -> int:
     guarded = Guard(BodyLimit(app, state.max_body), api_key=api_key, remote=remote, allowed_origins=origins)
 
     # 3. serve on the socket bound in step 1
+    import importlib.util
+
     import uvicorn
 
     # loop/http "auto": uvloop and httptools when installed (requirements.txt has them: on 2
     # cores they made streamed decode 0.965 -> 0.987 of llama-server), else asyncio and h11
-    import importlib.util
     status.data.update(event_loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
                        http="httptools" if importlib.util.find_spec("httptools") else "h11")
     # the model loads on a thread while the port already answers (/health: 503 loading)

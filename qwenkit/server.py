@@ -18,6 +18,7 @@ process) cannot take the notebook kernel with it.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno
 import json
 import os
@@ -133,7 +134,7 @@ class ServerProcess:
     @property
     def root_url(self) -> str:
         """The URL a client on this machine uses (a wildcard bind is reached through loopback)."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)  # noqa: S104
         return f"http://{_url_host(host)}:{self.port}"
 
     @property
@@ -284,10 +285,8 @@ def _terminate_pid(pid: int, timeout: float) -> None:
 @atexit.register
 def _stop_all() -> None:
     for srv in list(_live):
-        try:
+        with contextlib.suppress(Exception):  # best effort at exit
             srv.stop(timeout=5)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
 
 
 def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_PORT,
@@ -356,18 +355,15 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
         "allowed_origins": list(allowed_origins or []), "access_log": access_log, "queue_limit": queue_limit,
         "stream_flush_ms": None if stream_flush_ms is None else float(stream_flush_ms),
     }
-    log = open(log_path, "ab")
-    log.write(f"\n=== qwenkit server start {time.strftime('%Y-%m-%d %H:%M:%S')}: {cfg.summary()}\n".encode())
-    log.flush()
-    try:
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        log.write(f"\n=== qwenkit server start {time.strftime('%Y-%m-%d %H:%M:%S')}: {cfg.summary()}\n".encode())
+        log.flush()
         proc = subprocess.Popen(
             [sys.executable, "-m", "qwenkit.serve_entry"], env=child_environment(spec),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches the parent, which stops it cleanly
             cwd=str(run_dir),
         )
-    finally:
-        log.close()
     srv = ServerProcess(proc, host=host, port=port if port != "any" else 0, api_key=api_key,
                         alias=cfg.alias, log_path=log_path, status_path=status_path, cfg=cfg,
                         owned=not background)

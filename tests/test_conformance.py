@@ -130,7 +130,7 @@ def test_top_logprobs_has_the_count_and_the_sampled_token(srv):
                                   logprobs=2)
     lp = legacy.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == legacy.usage.completion_tokens
-    assert all(len(t) <= 2 and tok in t for t, tok in zip(lp.top_logprobs, lp.tokens))
+    assert all(len(t) <= 2 and tok in t for t, tok in zip(lp.top_logprobs, lp.tokens, strict=True))
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -368,33 +368,40 @@ def fuzz_server(default_model):
 def test_schemathesis_finds_no_5xx_no_undocumented_status_no_schema_break(fuzz_server):
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
-    from schemathesis.generation import GenerationMode
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                   status_code_conformance)
+    from schemathesis.generation import GenerationMode
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     auth = {"Authorization": f"Bearer {FUZZ_KEY}"}
     schema = schemathesis.openapi.from_url(fuzz_server + "/openapi.json", headers=auth)
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     failures, calls, ops = [], [0], []
     t0 = time.perf_counter()
+
+    def fuzz(op, mode):
+        """A hypothesis run of one operation in one generation mode."""
+        @given(case=op.as_strategy(generation_mode=mode))
+        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        def one(case):
+            calls[0] += 1
+            # /v1/embeddings answers its documented 501 by design (not a failure of the server)
+            use = checks[1:] if op.path == "/v1/embeddings" else checks
+            try:
+                case.call_and_validate(base_url=fuzz_server, headers=auth, checks=use, timeout=60)
+            except BaseException as e:  # noqa: BLE001 - gather every failure, not the first
+                failures.append(f"{op.label} [{mode}]: {type(e).__name__}: {str(e)[:600]}")
+        return one
+
     for res in schema.get_all_operations():
         op = res.ok()
         ops.append(op.label)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @given(case=op.as_strategy(generation_mode=mode))
-            @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
-                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-            def one(case):
-                calls[0] += 1
-                # /v1/embeddings answers its documented 501 by design (not a failure of the server)
-                use = checks[1:] if op.path == "/v1/embeddings" else checks
-                try:
-                    case.call_and_validate(base_url=fuzz_server, headers=auth, checks=use, timeout=60)
-                except BaseException as e:  # noqa: BLE001 - gather every failure, not the first
-                    failures.append(f"{op.label} [{mode}]: {type(e).__name__}: {str(e)[:600]}")
-
-            one()
+            fuzz(op, mode)()
             assert time.perf_counter() - t0 < FUZZ_BUDGET_S, f"over {FUZZ_BUDGET_S} s after {calls[0]} requests"
     assert {"POST /v1/chat/completions", "POST /v1/completions"} <= set(ops)
     assert calls[0] >= len(ops) * 2

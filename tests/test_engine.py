@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 
 from qwenkit.config import RunConfig
-from qwenkit.engine import (Engine, TensorOverrides, cpu_buffer_type, cpu_moe_patterns, devices, last_logits, load,
-                            probe, rss_bytes)
+from qwenkit.engine import (
+    Engine,
+    TensorOverrides,
+    cpu_buffer_type,
+    cpu_moe_patterns,
+    devices,
+    last_logits,
+    load,
+    probe,
+    rss_bytes,
+)
 from qwenkit.errors import ModelLoadError
 from qwenkit.gguf_info import read_model_info
 

@@ -74,7 +74,7 @@ class Chats:
         got, res, _ = _ask(self.s, toks, p.stop)
         want, ref, gaps = _ask(self.ref, toks, p.stop)
         if res.tokens != ref.tokens:
-            k = next((i for i, (a, b) in enumerate(zip(res.tokens, ref.tokens)) if a != b),
+            k = next((i for i, (a, b) in enumerate(zip(res.tokens, ref.tokens, strict=False)) if a != b),
                      min(len(res.tokens), len(ref.tokens)))
             assert k < len(gaps) and gaps[k] < self.gap, \
                 f"conv {conv}: answer left the reference at token {k} (gap {gaps[k] if k < len(gaps) else '-'})"

@@ -100,12 +100,13 @@ def test_four_concurrent_streams_equal_one_at_a_time(four):
     # a busy 2-core machine, so only the default model must show all four in one decode
     assert h["decode"]["max_sequences"] >= (SLOTS if kind == "default" else 2), h
     assert h["decode"]["steps"] > steps0
-    for q, (a, ta), (b, tb) in zip(QUESTIONS, alone, at_once):
+    for q, (a, ta), (b, tb) in zip(QUESTIONS, alone, at_once, strict=True):
         assert a and len(ta) == len(tb) == 32, f"answer to {q!r}: {a!r}"
         if a != b:
-            k = next(i for i, (x, y) in enumerate(zip(ta, tb)) if x[0] != y[0])
+            k = next(i for i, (x, y) in enumerate(zip(ta, tb, strict=True)) if x[0] != y[0])
             gap = ta[k][1]  # the reference's own top-2 gap where the batched answer left it
-            assert gap < GAP[kind], f"{q!r}: batched text left the reference where its top-2 gap is {gap:.4g}\n{a!r}\n{b!r}"
+            assert gap < GAP[kind], (f"{q!r}: batched text left the reference where its top-2 gap is {gap:.4g}"
+                                     f"\n{a!r}\n{b!r}")
 
 
 def test_health_and_models_answer_while_every_slot_generates(four):
@@ -195,7 +196,8 @@ def test_full_queue_answers_503_with_retry_after(default_model):
                 assert r.status_code == 503 and r.headers["retry-after"] == "5"
                 assert r.json()["error"]["code"] == "queue_full"
         _wait_idle(srv)
-        assert srv.client(max_retries=0).completions.create(model="x", prompt="Hi", max_tokens=2).choices[0].finish_reason
+        after = srv.client(max_retries=0).completions.create(model="x", prompt="Hi", max_tokens=2)
+        assert after.choices[0].finish_reason
 
 
 # ---- the HTTP contract: client mistakes are 400s (never 500s, which clients retry) -------------------
@@ -342,8 +344,9 @@ def test_memory_flat_over_500_requests_from_8_clients(served):
             r = client.completions.create(model="x", prompt=f"Number {i} is", max_tokens=4, temperature=0.7, seed=i)
             return r.choices[0].finish_reason
         finish = None
+        messages = [{"role": "user", "content": f"One word about {i}." * (1 + i % 4)}]
         for ch in client.chat.completions.create(model="x", max_tokens=4, stream=True, temperature=0.7, seed=i,
-                                                 messages=[{"role": "user", "content": f"One word about {i}." * (1 + i % 4)}]):
+                                                 messages=messages):
             if ch.choices and ch.choices[0].finish_reason:
                 finish = ch.choices[0].finish_reason
         return finish
@@ -353,6 +356,7 @@ def test_memory_flat_over_500_requests_from_8_clients(served):
         rss0 = rss_mib()
         finishes = list(ex.map(one, range(40, 540)))
     rss1 = rss_mib()
-    assert all(f in ("stop", "length") for f in finishes), [i for i, f in enumerate(finishes) if f not in ("stop", "length")]
+    assert all(f in ("stop", "length") for f in finishes), [i for i, f in enumerate(finishes)
+                                                            if f not in ("stop", "length")]
     assert rss1 - rss0 <= 64, f"RSS grew {rss1 - rss0:.1f} MiB over 500 requests ({rss0:.0f} -> {rss1:.0f})"
     assert served.health()["slots"]["busy"] == 0 and os.path.exists(f"/proc/{served.pid}")

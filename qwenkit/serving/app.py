@@ -22,7 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request as HTTPRequest
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -30,16 +31,32 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwenkit.serving import tools as tools_mod
 from qwenkit.serving.mailbox import Mailbox
-from qwenkit.serving.protocol import (ChatCompletion, ChatCompletionChunk, ChatRequest, CompletionChunk, Completion, CompletionRequest, CountResponse,
-                                      DetokenizeRequest, DetokenizeResponse, ErrorResponse, Health, ModelList,
-                                      TokenizeRequest, TokenizeResponse, Unsupported, error_body)
+from qwenkit.serving.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    Completion,
+    CompletionChunk,
+    CompletionRequest,
+    CountResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ErrorResponse,
+    Health,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    Unsupported,
+    error_body,
+)
 from qwenkit.serving.scheduler import Request, Result, SchedulerError
 from qwenkit.serving.structured import SchemaError, response_format_grammar
 from qwenkit.serving.tools import ToolStream
+from qwenkit.units import MiB
 
 __all__ = ["APIError", "AppState", "BodyLimit", "MAX_BODY_BYTES", "create_app"]
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_BODY_BYTES = 8 * MiB
 
 
 class AppState:
@@ -134,7 +151,7 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _too_large(self, send):
-        body = json.dumps(error_body(f"the request body is larger than {self.max_bytes // (1024 * 1024)} MiB",
+        body = json.dumps(error_body(f"the request body is larger than {self.max_bytes // MiB} MiB",
                                      413, "request_too_large")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -353,7 +370,8 @@ def create_app(state: AppState) -> FastAPI:
         for name, why in fields.items():
             v = getattr(body, name, None)
             if v not in (None, False, 0, {}, []):
-                raise APIError(400, f"{name} is not supported by this server yet ({why})", "unsupported_parameter", name)
+                raise APIError(400, f"{name} is not supported by this server yet ({why})", "unsupported_parameter",
+                               name)
 
     async def run(request: HTTPRequest, body, prompt: list[int], stops: list[str], limit: int | None, kind: str,
                   grammar: str | None = None, tool_fmt: str | None = None, funcs: list[dict] | None = None):

@@ -13,6 +13,7 @@ reached through qwenkit.llama_api.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from typing import Any
 
 from qwenkit.config import RunConfig
 from qwenkit.errors import ModelLoadError
-
 
 __all__ = ["ChatPrompt", "ServedModel"]
 
@@ -172,7 +172,5 @@ class ServedModel:
                 self.model = None
 
     def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # noqa: BLE001
-            pass

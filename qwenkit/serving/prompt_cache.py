@@ -20,6 +20,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from qwenkit.units import MiB
+
 __all__ = ["Blob", "CHECKPOINT_OFFSETS", "Checkpoint", "MIN_SWAP_TOKENS", "Parked", "PromptCache", "common_prefix"]
 
 # positions before a prompt's end where a recurrent checkpoint is taken (llama-server takes
@@ -105,7 +107,7 @@ class PromptCache:
                 + sum(p.size for p in self.parked))
 
     def stats(self) -> dict:
-        return {"budget_mib": round(self.budget / 2**20, 1), "used_mib": round(self.used / 2**20, 2),
+        return {"budget_mib": round(self.budget / MiB, 1), "used_mib": round(self.used / MiB, 2),
                 "checkpoints": sum(len(cs) for cs in self.slot_ckpts.values()), "parked": len(self.parked),
                 "saved": self.saved, "restored": self.restored, "parked_total": self.parked_n,
                 "unparked": self.unparked, "evicted": self.evicted}

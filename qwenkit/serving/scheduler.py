@@ -27,10 +27,11 @@ from qwenkit.errors import QueueFull, SchedulerError
 from qwenkit.fastgen import Detokenizer, StopScanner
 from qwenkit.serving.prompt_cache import PromptCache
 from qwenkit.serving.sampling import SamplingParams, SlotSampler
+from qwenkit.units import MiB
 
 __all__ = ["DEFAULT_CACHE_BYTES", "QueueFull", "Request", "Result", "Scheduler", "SchedulerError"]
 
-DEFAULT_CACHE_BYTES = 512 * 2**20
+DEFAULT_CACHE_BYTES = 512 * MiB
 _SHUTTING_DOWN_FIX = "retry in a few seconds, once the server has started again"
 _MODEL_FAILED_FIX = "restart the server; its log says why the model failed"
 

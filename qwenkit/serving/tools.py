@@ -29,6 +29,8 @@ __all__ = ["CLOSE", "HERMES", "OPEN", "ToolError", "ToolStream", "XML", "call_gr
 
 HERMES, XML = "hermes", "xml"
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# string keywords the grammar converter enforces itself (a plain string parameter is raw XML text)
+_STRING_CONSTRAINTS = {"pattern", "format", "minLength", "maxLength", "const"}
 
 
 class ToolError(ValueError):
@@ -47,7 +49,8 @@ def functions(tools: list[dict] | None) -> list[dict]:
     """The function definitions of an OpenAI `tools` list, checked."""
     out = []
     for i, t in enumerate(tools or []):
-        if not isinstance(t, dict) or t.get("type", "function") != "function" or not isinstance(t.get("function"), dict):
+        if (not isinstance(t, dict) or t.get("type", "function") != "function"
+                or not isinstance(t.get("function"), dict)):
             raise ToolError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}")
         f = t["function"]
         if not isinstance(f.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", f["name"]):
@@ -71,7 +74,8 @@ def chosen(tool_choice: Any, funcs: list[dict]) -> tuple[str, list[dict]]:
             raise ToolError("tool_choice 'required' needs tools", "tool_choice")
         return "required", funcs
     if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name") if tool_choice.get("type", "function") == "function" else None
+        is_function = tool_choice.get("type", "function") == "function"
+        name = (tool_choice.get("function") or {}).get("name") if is_function else None
         for f in funcs:
             if f["name"] == name:
                 return "required", [f]
@@ -110,8 +114,10 @@ def history(messages: list[dict], fmt: str, template_has_tools: bool) -> list[di
                 fixed.append(dict(c, function=fn))
             m["tool_calls"] = fixed
             if not template_has_tools:
-                text = "".join(f'\n<tool_call>\n{json.dumps({"name": c["function"].get("name"), "arguments": c["function"].get("arguments", {})}, ensure_ascii=False)}\n</tool_call>'
-                               for c in fixed)
+                calls = (json.dumps({"name": c["function"].get("name"),
+                                     "arguments": c["function"].get("arguments", {})}, ensure_ascii=False)
+                         for c in fixed)
+                text = "".join(f"\n<tool_call>\n{call}\n</tool_call>" for call in calls)
                 m["content"] = ((m.get("content") or "") + text).strip()
                 m.pop("tool_calls")
         elif m.get("role") == "tool" and not template_has_tools:
@@ -148,7 +154,7 @@ def call_grammar(fmt: str, funcs: list[dict]) -> str:
                 if ps.get("type") == "string" and "enum" in ps:
                     val = " | ".join(lit(str(v)) for v in ps["enum"])
                     val = conv.add_rule(f"v{i}-{k}", val)
-                elif ps.get("type") == "string" and not ({"pattern", "format", "minLength", "maxLength", "const"} & set(ps)):
+                elif ps.get("type") == "string" and not (_STRING_CONSTRAINTS & set(ps)):
                     val = conv.add_rule("xml-text", '( [^<] | "<" [^/] )*')
                 else:
                     val = conv.schema(ps, f"v{i}-{k}")
@@ -258,7 +264,8 @@ class ToolStream:
                 obj = json.loads(self.buf[:j])
                 name, args = obj["name"], obj.get("arguments", {})
                 out.append(("call", self.calls, str(name)))
-                out.append(("args", self.calls, args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)))
+                out.append(("args", self.calls,
+                            args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)))
                 self.calls += 1
             except (ValueError, KeyError, TypeError):
                 out.append(("content", OPEN + self.buf[:j + len(CLOSE)]))
