@@ -109,10 +109,11 @@ def shoot(page, url: str, token: str, name: str, out: Path, timeout_s: float, fi
     deadline = t0 + timeout_s
     while time.monotonic() < deadline:   # every code cell has a number and none is running
         state = page.evaluate("""() => {
-            const nb = [...document.querySelectorAll('.jp-NotebookPanel')].find(e => !e.classList.contains('lm-mod-hidden'));
+            const nb = [...document.querySelectorAll('.jp-NotebookPanel')]
+                .find(e => !e.classList.contains('lm-mod-hidden'));
             const p = [...nb.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(e => e.textContent.trim());
-            return {running: p.filter(t => t.includes('*')).length, empty: p.filter(t => t === '' || t === '[ ]:').length,
-                    n: p.length};
+            return {running: p.filter(t => t.includes('*')).length,
+                    empty: p.filter(t => t === '' || t === '[ ]:').length, n: p.length};
         }""")
         if state["running"] == 0 and state["empty"] == 0 and "Idle" in status.inner_text():
             break
@@ -178,7 +179,8 @@ def main(argv=None) -> int:
                 first = False
                 results.append(r)
                 print(f"  {r['seconds']} s, {r['cells']} code cells, tracebacks {r['tracebacks']}, "
-                      f"{'finished' if r['finished'] else 'TIMED OUT'}{', cut at %d px' % MAX_HEIGHT if r['cut'] else ''}"
+                      f"{'finished' if r['finished'] else 'TIMED OUT'}"
+                      f"{', cut at %d px' % MAX_HEIGHT if r['cut'] else ''}"
                       f" -> {r['png']}", flush=True)
                 # stop this notebook's kernel before the next one (the machine may have 2 cores)
                 page.evaluate("""async (token) => {

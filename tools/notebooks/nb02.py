@@ -92,7 +92,8 @@ bytes with HTTP Range requests, so a 20 GB file is described from a few megabyte
 quant = quants.find(where.quant)
 verdict = quant.verdict if quant is not None else None
 if quant is None:
-    print(f"{where.quant} is not in the table above: {'not on disk (offline)' if where.offline else 'choose a listed quant'}")
+    print(f"{where.quant} is not in the table above:",
+          "not on disk (offline)" if where.offline else "choose a listed quant")
 else:
     info = quant.info or hub.read_remote_info(where.repo, quant, endpoint=where.endpoint)
     print(info.summary())

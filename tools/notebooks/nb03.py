@@ -97,7 +97,7 @@ if TARGET_SHAPE:
     ax.plot([r["n_cpu_moe"] for r in rows], [r["gpu"] / 2**30 for r in rows], label="GPU (planned)")
     ax.plot([r["n_cpu_moe"] for r in rows], [r["ram"] / 2**30 for r in rows], label="system RAM")
     ax.axhline(budget / 2**30, color="red", ls="--", label=f"budget {budget / 2**30:.1f} GiB")
-    ax.set_xlabel(f"n_cpu_moe (layers of {target.n_layer} whose experts stay in RAM)"); ax.set_ylabel("GiB")
+    ax.set(xlabel=f"n_cpu_moe (layers of {target.n_layer} whose experts stay in RAM)", ylabel="GiB")
     ax.legend()
     ax.set_title(f"Qwen3.5-35B-A3B shape, n_ctx {N_CTX}, KV {TYPE_K}/{TYPE_V}")
     plt.show()
@@ -143,7 +143,7 @@ real model are 62-70 tok/s.
 """),
 ("code", """
 if REAL_MODEL:
-    from qwenkit import realmodel, server
+    from qwenkit import realmodel
     real_cfg = RunConfig(model=str(realmodel.resolve_model(REAL_MODEL)), n_ctx=N_CTX, type_k=TYPE_K, type_v=TYPE_V)
     fitted_real = realmodel.fit_config(real_cfg, int(VRAM_GIB * 2**30) if VRAM_GIB else None)
     print(fitted_real)

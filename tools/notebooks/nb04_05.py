@@ -44,6 +44,7 @@ cost memory and speed: `logits_all=True` (a float32 array of n_ctx x vocabulary:
 
 `from_recipe_flags` translates the recipe's flags; `server_args()` shows what the server gets."""),
 ("code", """from pathlib import Path
+
 from qwenkit.config import RunConfig, from_recipe_flags
 from qwenkit.models import default_model_path
 
@@ -79,6 +80,7 @@ print("context size the server really has:", srv.n_ctx)"""),
 No key is needed on 127.0.0.1 (section 4 explains why that is safe here), so any `api_key`
 string works, and the model name the recipe asks for, `qwen3.5-35b`, is the server's alias."""),
 ("code", """import time
+
 from openai import OpenAI
 
 client = OpenAI(base_url=srv.base_url, api_key="anything", timeout=120, max_retries=1)
@@ -94,13 +96,14 @@ print(f"{r.usage.prompt_tokens} prompt + {r.usage.completion_tokens} completion 
 ("md", """Streaming shows tokens as they come. The decode speed below is measured by the client:
 tokens after the first, divided by the time after the first. (With the 135M stand-in, read the
 answer for *how* it arrives, not for what it says about GGUF.)"""),
-("code", """t0 = time.perf_counter(); first = None; n = 0
+("code", """t0, first, n = time.perf_counter(), None, 0
 for chunk in client.chat.completions.create(
         model="qwen3.5-35b", max_tokens=MAX_TOKENS, stream=True,
         messages=[{"role": "user", "content": "Explain GGUF in three short sentences."}]):
     piece = chunk.choices[0].delta.content if chunk.choices else None
     if piece:
-        first = first or time.perf_counter(); n += 1
+        first = first or time.perf_counter()
+        n += 1
         print(piece, end="", flush=True)
 end = time.perf_counter()
 print(f"\\n\\nfirst token after {first - t0:.2f} s; decode {(n - 1) / max(end - first, 1e-9):.1f} tok/s "
@@ -128,9 +131,11 @@ print("foreign web Origin:      ", web_page.status_code, web_page.json()["error"
 lan = server.start(cfg, host="0.0.0.0", allow_remote=True, api_key=server.new_api_key())
 print(lan.describe())          # prints the key; give it to the clients that may use the model
 ```"""),
-("code", """try:
+("code", """from qwenkit.errors import ServerError
+
+try:
     server.start(cfg, host="0.0.0.0")
-except Exception as e:
+except ServerError as e:
     print(type(e).__name__, "-", e)"""),
 ("md", """## 5. One GPU, a room of users
 
@@ -156,7 +161,10 @@ one"""),
     print("sequences per decode, mean / largest:", srv_n.health()["decode"]["mean_sequences"],
           "/", srv_n.health()["decode"]["max_sequences"])
 many"""),
-("code", """worst = lambda c: max(u.ttft_s for u in c.users)
+("code", """def worst(c):
+    return max(u.ttft_s for u in c.users)
+
+
 print(f"worst time to first token: {worst(one):.2f} s with {one.slots} slot(s), "
       f"{worst(many):.2f} s with {many.slots}")
 print(f"aggregate: {one.aggregate:.1f} tok/s with {one.slots} slot(s), {many.aggregate:.1f} tok/s with {many.slots}")
@@ -173,7 +181,10 @@ turns, one with the cache and one with `reuse=False` (each prompt read from its 
 each turn adds about 250 tokens of the sample document. Flash attention is off so that the
 two give the same greedy answers (on a CPU it is not bit-identical when a prompt is read in
 different pieces)."""),
-("code", """import matplotlib.pyplot as plt
+("code", """from itertools import pairwise
+
+import matplotlib.pyplot as plt
+
 from qwenkit.data import sample_text
 from qwenkit.serving.chat import ChatSession
 
@@ -188,7 +199,7 @@ for name, reuse in (("cache on", True), ("cache off", False)):
 
 on, off = runs["cache on"], runs["cache off"]
 print(f"{'turn':>4} {'prompt':>7} {'cached':>7} {'TTFT on':>8} {'TTFT off':>9}")
-for k, (a, b) in enumerate(zip(on, off), 1):
+for k, (a, b) in enumerate(zip(on, off, strict=True), 1):
     print(f"{k:>4} {a.prompt_tokens:>7} {a.cached_tokens:>7} {a.ttft_s:>7.2f}s {b.ttft_s:>8.2f}s")
 print("cached tokens with the cache off:", [b.cached_tokens for b in off])
 print("same answers with and without the cache:", [a.text for a in on] == [b.text for b in off])
@@ -197,10 +208,11 @@ x = range(1, len(turns) + 1)
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.plot(x, [a.ttft_s for a in off], "o-", label="cache off: the whole conversation each turn")
 ax.plot(x, [a.ttft_s for a in on], "o-", label="cache on: only the new message")
-ax.set_xlabel("turn"); ax.set_ylabel("time to first token (s)"); ax.set_xticks(list(x))
-ax.set_ylim(bottom=0); ax.legend(fontsize=8); ax.set_title("Time to first token per chat turn")
+ax.set(xlabel="turn", ylabel="time to first token (s)", xticks=list(x), title="Time to first token per chat turn")
+ax.set_ylim(bottom=0)
+ax.legend(fontsize=8)
 plt.show()
-assert all(a.cached_tokens >= b.prompt_tokens - 8 for a, b in zip(on[1:], on)), "turn 2+ should reuse the last prompt"
+assert all(a.cached_tokens >= b.prompt_tokens - 8 for b, a in pairwise(on)), "turn 2+ should reuse the last prompt"
 assert all(b.cached_tokens == 0 for b in off)"""),
 ("md", """Turn 1 costs the same either way. From turn 2 on, the cached chat reads only its new
 message, so its time to first token stays flat while the uncached one grows with the
@@ -266,6 +278,7 @@ TEMPERATURE = None   # None: 0.0 for the small default model, the summarizer's 0
 STATED_SECONDS = (5, 30)    # what a quiet 2-core machine takes for section 3's summary (measured 10 s)"""),
 ("md", """## 1. A server and a document"""),
 ("code", """from pathlib import Path
+
 from qwenkit import server, summarize
 from qwenkit.config import RunConfig
 from qwenkit.data import sample_path
@@ -336,14 +349,16 @@ cut by `max_tokens`."""),
 ("code", """print(f"{'request':>8} {'prompt':>7} {'answer':>7} {'seconds':>8} {'decode tok/s':>13} finish")
 for c in s.calls:
     rate = (c.completion_tokens - 1) / c.decode_s if c.decode_s > 0 else float("nan")
-    print(f"{c.role:>8} {c.prompt_tokens:>7} {c.completion_tokens:>7} {c.seconds:>8.2f} {rate:>13.1f} {c.finish_reason}")
+    print(f"{c.role:>8} {c.prompt_tokens:>7} {c.completion_tokens:>7} {c.seconds:>8.2f} {rate:>13.1f}",
+          c.finish_reason)
 print(f"\\nchunks: {s.chunks}, rounds: {s.rounds}, cut by max_tokens: {s.truncated}")"""),
 ("code", """import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(6, 2.5))
 ax.bar(range(1, len(s.chunk_tokens) + 1), s.chunk_tokens, label="tokens in the chunk")
 ax.axhline(s.chunk_budget, color="red", linestyle="--", label=f"budget ({s.chunk_budget})")
-ax.set_xlabel("chunk"); ax.set_ylabel("tokens"); ax.legend(loc="lower right")
+ax.set(xlabel="chunk", ylabel="tokens")
+ax.legend(loc="lower right")
 ax.set_title(f"{doc_path.name}: every chunk within its budget (n_ctx {srv.n_ctx})")
 plt.show()"""),
 ("md", """## 5. The same from the command line, and cleaning up

@@ -50,6 +50,7 @@ is small (`UNTIL`) or `TIME_LIMIT` passes.
 """),
 ("code", """
 from IPython.display import display
+
 from qwenkit import bench, quality, trust
 from qwenkit.config import RunConfig, default_threads
 from qwenkit.engine import load
@@ -141,7 +142,7 @@ if SERVER:
                                          headers=srv.headers(), config=bench.config_fields(cfg)))
     served[-1].extra["machine"] = probe.record()
     if tools is not None:
-        with bench.NativeServer(cfg, bin_dir=tools) as ns, \
+        with bench.NativeServer(cfg, bin_dir=tools) as ns, \\
                 trust.Probe([ns.proc.pid], own_threads=cfg.n_threads) as probe:
             served.append(bench.bench_server(ns.base_url, n=N_GEN, r=max(REPS, 5), label="llama-server",
                                              config=bench.config_fields(cfg)))
@@ -224,7 +225,8 @@ for lab, depth, c in kv_claims:
 base = next(r for r in q if r.label == "f16/f16")
 for r in q:
     if r is not base:
-        saved = 1 - r.kv_bytes_per_token / base.kv_bytes_per_token if r.kv_bytes_per_token and base.kv_bytes_per_token else None
+        known = r.kv_bytes_per_token and base.kv_bytes_per_token
+        saved = 1 - r.kv_bytes_per_token / base.kv_bytes_per_token if known else None
         print(f"- KV {r.label}: {f'{saved:.0%} less KV memory per token, ' if saved is not None else ''}"
               f"quality cost vs f16: mean KLD {r.kld_mean:.5f} ± {r.kld_unc:.5f}, same top token {r.same_top:.1%}")
 """),

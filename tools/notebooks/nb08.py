@@ -31,7 +31,9 @@ says how many slots are busy, which is what the room's router reads. Start the s
 ("code", """
 import tempfile
 from pathlib import Path
+
 import openai
+
 from qwenkit import room, server
 from qwenkit.config import RunConfig
 from qwenkit.models import default_model_path
@@ -54,7 +56,8 @@ participant in a file of mode 0600, starts the router on 127.0.0.1 and keeps it 
 `python -m qwenkit room start --server URL --server URL --participants 20`).
 """),
 ("code", """
-r = room.start([s.root_url for s in servers], server_key=key, participants=PARTICIPANTS, dir=room_dir, port=0)  # 0: a free port
+r = room.start([s.root_url for s in servers], server_key=key, participants=PARTICIPANTS, dir=room_dir,
+               port=0)  # 0: a free port
 print("participants use:", r.base_url)
 print(r.keys_table())
 """),
@@ -64,7 +67,7 @@ print(r.keys_table())
 ("code", """
 people = r.participants()
 client = openai.OpenAI(base_url=r.base_url, api_key=people[0].key, max_retries=3)
-for i in range(2 * N_SERVERS):
+for _ in range(2 * N_SERVERS):
     out = client.chat.completions.create(model="any", max_tokens=12,
                                          messages=[{"role": "user", "content": "Name a color."}])
     print(repr(out.choices[0].message.content))
@@ -77,12 +80,15 @@ The router re-reads the key file within a couple of seconds; nothing restarts an
 """),
 ("code", """
 import time
+
 gone = people[-1]
-r.keys_file.write_text("".join(l for l in r.keys_file.read_text().splitlines(True) if not l.startswith(gone.name + " ")))
+kept = [line for line in r.keys_file.read_text().splitlines(True) if not line.startswith(gone.name + " ")]
+r.keys_file.write_text("".join(kept))
 bad = openai.OpenAI(base_url=r.base_url, api_key=gone.key, max_retries=0)
 for _ in range(50):
     try:
-        bad.models.list(); time.sleep(0.2)
+        bad.models.list()
+        time.sleep(0.2)
     except openai.AuthenticationError as e:
         print(gone.name, "->", e.status_code, e.body["message"] if isinstance(e.body, dict) else e.body)
         break
@@ -97,7 +103,8 @@ down, participants get a 503 that says so.
 ("code", """
 servers[0].stop()
 time.sleep(2.5)         # one /health poll
-print(client.chat.completions.create(model="any", max_tokens=8, messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content)
+answer = client.chat.completions.create(model="any", max_tokens=8, messages=[{"role": "user", "content": "Hi"}])
+print(answer.choices[0].message.content)
 print(r.load_table())
 """),
 ("code", """
