@@ -24,6 +24,7 @@ import os
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,15 +38,16 @@ HERE = Path(__file__).resolve().parent
 def comparisons(results: list[bench.BenchResult], p: int, n: int) -> list[dict]:
     """figure / baseline pairs with their ratio (from the merged results)."""
     get = {(r.path, r.test): r for r in results}
+    tg_stream = f"tg{n} (stream)"
     pairs = [
         ("kit in-kernel pp", ("kit", f"pp{p}"), ("llama-bench", f"pp{p}")),
         ("kit in-kernel tg (decode + sample + detok)", ("kit", f"tg{n}"), ("llama-bench", f"tg{n}")),
         ("binding decode loop tg (no sampling)", ("decode", f"tg{n}"), ("llama-bench", f"tg{n}")),
         ("stock Llama.generate tg", ("llama-cpp-python", f"tg{n}"), ("llama-bench", f"tg{n}")),
-        ("kit server streamed decode", ("kit server", f"tg{n} (stream)"), ("llama-server", f"tg{n} (stream)")),
-        ("kit server without fastgen", ("kit server (no fastgen)", f"tg{n} (stream)"), ("llama-server", f"tg{n} (stream)")),
-        ("llama_cpp.server (--n_threads only)", ("llama_cpp.server", f"tg{n} (stream)"), ("llama-server", f"tg{n} (stream)")),
-        ("llama-server vs llama-bench tg", ("llama-server", f"tg{n} (stream)"), ("llama-bench", f"tg{n}")),
+        ("kit server streamed decode", ("kit server", tg_stream), ("llama-server", tg_stream)),
+        ("kit server without fastgen", ("kit server (no fastgen)", tg_stream), ("llama-server", tg_stream)),
+        ("llama_cpp.server (--n_threads only)", ("llama_cpp.server", tg_stream), ("llama-server", tg_stream)),
+        ("llama-server vs llama-bench tg", ("llama-server", tg_stream), ("llama-bench", f"tg{n}")),
     ]
     out = []
     for name, a, b in pairs:
@@ -57,7 +59,7 @@ def comparisons(results: list[bench.BenchResult], p: int, n: int) -> list[dict]:
              "ratio": ra.mean / rb.mean, "reps": len(ra.rates), "baseline_reps": len(rb.rates)}
         if len(ra.rates) == len(rb.rates) > 1:
             # one repetition of each per round: the ratio within a round sees the same load
-            per_round = [x / y for x, y in zip(ra.rates, rb.rates)]
+            per_round = [x / y for x, y in zip(ra.rates, rb.rates, strict=True)]
             c["ratio_rounds"] = per_round
             c["ratio_median_of_rounds"] = statistics.median(per_round)
         out.append(c)
@@ -68,7 +70,8 @@ def print_comparisons(comps: list[dict]) -> None:
     rows = [[c["figure"], f"{c['value']:.2f} ± {c['sd']:.2f}", f"{c['baseline_path']} {c['baseline_test']}",
              f"{c['baseline']:.2f} ± {c['baseline_sd']:.2f}", f"{c['ratio']:.3f}",
              f"{c['ratio_median_of_rounds']:.3f}" if "ratio_median_of_rounds" in c else ""] for c in comps]
-    print(bench.markdown_table(["figure", "t/s", "baseline", "baseline t/s", "ratio of means", "median ratio per round"], rows))
+    head = ["figure", "t/s", "baseline", "baseline t/s", "ratio of means", "median ratio per round"]
+    print(bench.markdown_table(head, rows))
 
 
 def main(argv=None) -> int:
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
 
     from qwenkit.engine import load
     llm = load(cfg)
-    servers: dict[str, object] = {}
+    servers: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         stack.callback(llm.close)
         if not args.no_servers:
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
     comps = comparisons(merged, args.p, args.n)
     if args.switches:
         sw: list[bench.BenchResult] = []
-        for k in range(args.reps):  # interleaved too
+        for _ in range(args.reps):  # interleaved too
             for field, values, p_, n_ in (("n_threads", sorted({1, args.threads}), 0, args.n),
                                           ("n_ubatch", [128, 256, 512], args.p, 0)):
                 for v in values:

@@ -34,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qwenkit.cli_fit import parse_bytes  # noqa: E402
-from qwenkit.config import RunConfig  # noqa: E402
-from qwenkit.gguf_info import read_model_info  # noqa: E402
+from qwenkit.cli_fit import parse_bytes
+from qwenkit.config import RunConfig
+from qwenkit.gguf_info import read_model_info
 
 MiB = 2**20
 GiB = 2**30
@@ -102,13 +102,13 @@ class Hold:
 
     def __init__(self, nbytes: int):
         self.nbytes = max(0, int(nbytes))
-        self.proc = None
+        self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> "Hold":
         if self.nbytes > 0:
             self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(self.nbytes)],
                                          stdout=subprocess.PIPE, text=True)
-            line = self.proc.stdout.readline()
+            line = self.proc.stdout.readline() if self.proc.stdout else ""
             if not line.startswith("held"):
                 raise RuntimeError("could not hold GPU memory for the budget")
         return self
@@ -130,7 +130,7 @@ def measure_run(cfg: RunConfig, nv: NVML | None, n_tg: int, n_pp: int) -> dict[s
     from qwenkit.errors import ModelLoadError
 
     out: dict[str, Any] = dict(n_cpu_moe=cfg.n_cpu_moe, n_gpu_layers=cfg.n_gpu_layers)
-    used0 = nv.used() if nv else None
+    used0 = nv.used() if nv else 0
     eng = Engine()
     t0 = time.perf_counter()
     try:
@@ -186,7 +186,7 @@ def llama_bench(path: str, model: str, ncmoe: list[int], cfg: RunConfig) -> list
         cmd = [path, "-m", model, "-fa", "1" if cfg.flash_attn else "0", "-ngl", "99", "-ncmoe", str(n),
                "-ctk", cfg.type_k, "-ctv", cfg.type_v, "-p", "512", "-n", "128", "-r", "3", "-o", "json"]
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=900)
             rows.append(dict(n_cpu_moe=n, cmd=" ".join(cmd), rc=res.returncode,
                              results=json.loads(res.stdout) if res.returncode == 0 else None,
                              stderr_tail=res.stderr[-2000:]))
@@ -200,7 +200,7 @@ def calibrate(models: dict[str, str], out: dict[str, Any], save) -> None:
     """llama.cpp's no-alloc figures per backend over a grid, next to the plan's."""
     from qwenkit.engine import probe
     from qwenkit.plan import plan
-    grid = []
+    grid: list[dict[str, Any]] = []
     for n_ctx in (8192, 65536):
         for tk in ("f16", "q8_0"):
             for n_moe in (0, 1, 12, 40):
@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                 fr = out["fitted_run"]
                 out["reference_match"] = dict(
                     first_tokens_equal=fr["first_tokens"][:8] == ref["first_tokens"][:8],
-                    n_equal_prefix=next((i for i, (x, y) in enumerate(zip(fr["first_tokens"], ref["first_tokens"]))
+                    n_equal_prefix=next((i for i, (x, y) in enumerate(zip(fr["first_tokens"], ref["first_tokens"],
+                                                                         strict=False))
                                          if x != y), min(len(fr["first_tokens"]), len(ref["first_tokens"]))),
                     logits_max_abs_diff=float(np.abs(fr["_logits"] - ref["_logits"]).max()),
                     logits_max_abs=float(np.abs(ref["_logits"]).max()))

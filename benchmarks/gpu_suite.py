@@ -142,8 +142,8 @@ def main(argv=None) -> int:
     meta.update(model=Path(model).name, model_path=model, model_bytes=Path(model).stat().st_size,
                 tools=str(bin_dir), reps=r, server_n=sn, depth=args.depth, suite="gpu_suite")
     try:
-        out = subprocess.run([str(bin_dir / "llama-bench"), "--version"], check=False, capture_output=True, text=True, timeout=60,
-                             env=bench.tool_env(bin_dir))
+        out = subprocess.run([str(bin_dir / "llama-bench"), "--version"], check=False, capture_output=True, text=True,
+                             timeout=60, env=bench.tool_env(bin_dir))
         meta["llama_bench_version"] = (out.stdout + out.stderr).strip()[-300:]
     except Exception as e:  # noqa: BLE001
         meta["llama_bench_version"] = f"error: {e}"
@@ -180,7 +180,8 @@ def main(argv=None) -> int:
                   {"path": "llama-bench", "test": "pp512", "stage": "four"})
         s.compare("binding decode loop tg128 vs llama-bench", {"path": "decode", "test": "tg128", "stage": "four"},
                   {"path": "llama-bench", "test": "tg128", "stage": "four"})
-        s.compare("stock Llama.generate tg128 vs llama-bench", {"path": "llama-cpp-python", "test": "tg128", "stage": "four"},
+        s.compare("stock Llama.generate tg128 vs llama-bench",
+                  {"path": "llama-cpp-python", "test": "tg128", "stage": "four"},
                   {"path": "llama-bench", "test": "tg128", "stage": "four"})
         t = f"tg{sn} (stream)"
         s.compare("kit server vs llama-server", {"path": "kit server", "test": t, "stage": "four"},
@@ -267,8 +268,8 @@ def main(argv=None) -> int:
                    "-r", str(r), "--path", "kit,decode", "--n-ctx", "8192", "--json", str(out)]
             root = str(Path(__file__).resolve().parent.parent)
             pp = os.pathsep.join([root] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-            done = subprocess.run(cmd, check=False, env={**os.environ, **e, "PYTHONPATH": pp}, capture_output=True, text=True,
-                                  timeout=max(60, s.left()))
+            done = subprocess.run(cmd, check=False, env={**os.environ, **e, "PYTHONPATH": pp}, capture_output=True,
+                                  text=True, timeout=max(60, s.left()))
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
             _, res = bench.load_json(out)
@@ -364,7 +365,8 @@ def _interleaved(s: Suite, stage: str, variants, rounds: int, n: int, config: di
 
 def _merge_stage(s: Suite, stage: str) -> None:
     """Join the interleaved server rounds of one stage into one result per (path, test, setting)."""
-    keep, merged = [], {}
+    keep: list[dict[str, Any]] = []
+    merged: dict[tuple, dict[str, Any]] = {}
     for d in s.doc["results"]:
         ex = d.get("extra", {})
         if ex.get("stage") != stage:

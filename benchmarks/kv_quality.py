@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -32,7 +33,8 @@ from qwenkit.models import default_model_path
 HERE = Path(__file__).resolve().parent
 
 
-def llama_perplexity(bin_dir: Path, model: str, text: str, n_ctx: int, threads: int, chunks: int | None) -> float | None:
+def llama_perplexity(bin_dir: Path, model: str, text: str, n_ctx: int, threads: int,
+                     chunks: int | None) -> float | None:
     exe = bin_dir / "llama-perplexity"
     if not exe.is_file():
         return None
@@ -41,7 +43,8 @@ def llama_perplexity(bin_dir: Path, model: str, text: str, n_ctx: int, threads: 
     try:
         args = [str(exe), "-m", model, "-f", f.name, "-c", str(n_ctx), "-b", str(n_ctx), "-t", str(threads),
                 "-fa", "on", "-ctk", "f16", "-ctv", "f16"] + (["--chunks", str(chunks)] if chunks else [])
-        out = subprocess.run(args, check=False, capture_output=True, text=True, timeout=3600, env=bench.tool_env(bin_dir))
+        out = subprocess.run(args, check=False, capture_output=True, text=True, timeout=3600,
+                             env=bench.tool_env(bin_dir))
         m = re.search(r"Final estimate: PPL = ([0-9.]+)", out.stdout + out.stderr)
         return float(m.group(1)) if m else None
     finally:
@@ -60,13 +63,14 @@ def speed_ratios(results, speed, labels, pairs, n, depth) -> None:
     within a round (each round ran every pair once, so a load burst hits a round's pair alike;
     this machine's neighbours made single repetitions collapse by 10-50x now and then)."""
     get = {(r.path, r.test, r.config.get("type_k"), r.config.get("type_v")): r for r in results}
-    for lab, (k, v) in zip(labels, pairs):
+    for lab, (k, v) in zip(labels, pairs, strict=True):
         for d in (0, depth):
             t = bench.test_name(0, n, d)
             for path in ("kit", "llama-bench"):
                 a, b = get.get((path, t, k, v)), get.get((path, t, "f16", "f16"))
                 if a and b and a.rates and len(a.rates) == len(b.rates):
-                    speed[lab][f"{path} {t} vs f16"] = statistics.median(x / y for x, y in zip(a.rates, b.rates))
+                    speed[lab][f"{path} {t} vs f16"] = statistics.median(
+                        x / y for x, y in zip(a.rates, b.rates, strict=True))
 
 
 def main(argv=None) -> int:
@@ -92,13 +96,16 @@ def main(argv=None) -> int:
         doc = json.loads(Path(args.out).read_text())
         res = [bench.BenchResult.from_dict(d) for d in doc["results"]]
         labels = [f"{k}/{v}" for k, v in quality.DEFAULT_KV]
-        speed = {lab: {k: v for k, v in doc["speed"][lab].items() if not k.endswith("vs f16")} for lab in labels}
+        speed: dict[str, dict[str, Any]] = {lab: {k: v for k, v in doc["speed"][lab].items()
+                                                  if not k.endswith("vs f16")} for lab in labels}
         m = doc["meta"]
         speed_ratios(res, speed, labels, list(quality.DEFAULT_KV), int(res[0].n_gen), int(m["depth"]))
         doc["speed"] = speed
-        doc["speed_note"] = _speed_note(int(res[0].n_gen), int(m["depth"]), int(m.get("kv_mib_at", {}).get("n_ctx", 8192)))
+        mem_ctx = int(m.get("kv_mib_at", {}).get("n_ctx", 8192))
+        doc["speed_note"] = _speed_note(int(res[0].n_gen), int(m["depth"]), mem_ctx)
         Path(args.out).write_text(json.dumps(doc, indent=1, default=str) + "\n")
-        print(quality.table([quality.KVQuality(**{k: v for k, v in q.items() if k != "label"}) for q in doc["quality"]], speed))
+        rows = [quality.KVQuality(**{k: v for k, v in q.items() if k != "label"}) for q in doc["quality"]]
+        print(quality.table(rows, speed))
         return 0
     model = args.model or str(default_model_path())
     text = Path(args.text).read_text() if Path(args.text).is_file() else quality.bundled_text(args.text)
@@ -119,25 +126,26 @@ def main(argv=None) -> int:
         ref = llama_perplexity(bin_dir, model, text, args.n_ctx_ppl, args.threads, args.chunks or None)
         meta["llama_perplexity_f16"] = ref
         base = next(r for r in rows if r.label == "f16/f16")
-        meta.setdefault("notes", []).append(f"f16 perplexity: qwenkit.quality {base.ppl:.4f}, llama.cpp llama-perplexity {ref}"
+        meta.setdefault("notes", []).append(f"f16 perplexity: qwenkit.quality {base.ppl:.4f}, "
+                                            f"llama.cpp llama-perplexity {ref}"
                          f" (same text, n_ctx {args.n_ctx_ppl}, {base.n_chunks} chunks, {base.n_scored} scored tokens)")
 
     # 2. memory
     from qwenkit.gguf_info import read_model_info
     info = read_model_info(model)
-    mem = {lab: info.kv_bytes_per_token(k, v) * args.mem_ctx / 2**20 for lab, (k, v) in zip(labels, pairs)}
+    mem = {lab: info.kv_bytes_per_token(k, v) * args.mem_ctx / 2**20 for lab, (k, v) in zip(labels, pairs, strict=True)}
     meta["kv_mib_at"] = {"n_ctx": args.mem_ctx, **{k: round(v, 2) for k, v in mem.items()}}
 
     # 3. speed, interleaved over the pairs
     results: list[bench.BenchResult] = []
-    speed: dict[str, dict[str, float]] = {lab: {f"KV MiB @ {args.mem_ctx}": f"{mem[lab]:.1f}"} for lab in labels}
+    speed = {lab: {f"KV MiB @ {args.mem_ctx}": f"{mem[lab]:.1f}"} for lab in labels}
     loads = []
     if not args.no_speed:
         from qwenkit.engine import load
         n_ctx = args.depth + args.n + 256
         llms = {}
         try:
-            for lab, (k, v) in zip(labels, pairs):
+            for lab, (k, v) in zip(labels, pairs, strict=True):
                 llms[lab] = (load(RunConfig(model=model, n_ctx=n_ctx, type_k=k, type_v=v, n_threads=args.threads)),
                              RunConfig(model=model, n_ctx=n_ctx, type_k=k, type_v=v, n_threads=args.threads))
             warm = set()

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from qwenkit.bench import free_port  # noqa: E402  (importing qwenkit loads llama.cpp first)
+
+# isort: split
 import httpx  # noqa: E402
 
 LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
@@ -72,10 +74,10 @@ def start_litellm(srv, key_file: Path, work: Path) -> tuple[subprocess.Popen, st
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "LITELLM_"))}
     env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", ROOM_KEYS_FILE=str(key_file), PYTHONPATH=str(work),
                LITELLM_LOG="ERROR", NO_DOCS="True", DISABLE_ADMIN_UI="True")
-    log = open(work / "litellm.log", "wb")
-    proc = subprocess.Popen([str(LITELLM), "--config", str(work / "litellm.yaml"), "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(work / "litellm.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([str(LITELLM), "--config", str(work / "litellm.yaml"), "--host", "127.0.0.1",
+                                 "--port", str(port)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -118,14 +120,16 @@ def main() -> int:
                        port=free_port(), poll_s=2.0)
         pkey = r.participants()[0].key
         paths = {"direct": (srv.root_url, key), "nginx room": (r.root_url, pkey)}
-        notes = {"nginx room": subprocess.run([r.nginx.binary, "-v"], capture_output=True, text=True).stderr.strip()}
+        nginx_v = subprocess.run([r.nginx.binary, "-v"], check=False, capture_output=True, text=True)
+        notes = {"nginx room": nginx_v.stderr.strip()}
         if LITELLM.exists() and not args.no_litellm:
             proc, url = start_litellm(srv, r.keys_file, work)
             procs.append(proc)
             paths["LiteLLM proxy"] = (url, pkey)
             notes["LiteLLM proxy"] = "litellm " + subprocess.run(
-                [str(ROOT / ".venv-litellm/bin/python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-                capture_output=True, text=True).stdout.strip()
+                [str(ROOT / ".venv-litellm/bin/python"), "-c",
+                 "import importlib.metadata as m; print(m.version('litellm'))"],
+                check=False, capture_output=True, text=True).stdout.strip()
         else:
             print("(LiteLLM left out: run scripts/setup_litellm.sh to compare it)", file=sys.stderr)
         chat = {"model": "room", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 1,
@@ -134,11 +138,13 @@ def main() -> int:
                    for n, (u, k) in paths.items()}
         kinds = {"chat, 1 token": lambda c: c.post("/v1/chat/completions", json=chat),
                  "GET /v1/models": lambda c: c.get("/v1/models")}
-        times = {(n, kd): [] for n in paths for kd in kinds}
+        times: dict[tuple[str, str], list[float]] = {(n, kd): [] for n in paths for kd in kinds}
         for kd, call in kinds.items():
             for c in clients.values():  # warm-up: connections, caches, first-request work
                 for _ in range(5):
-                    assert call(c).status_code == 200
+                    warm = call(c)
+                    if warm.status_code != 200:
+                        raise SystemExit(f"warm-up: HTTP {warm.status_code}: {warm.text[:200]}")
             for i in range(args.rounds):
                 order = list(clients.items())
                 order = order[i % len(order):] + order[:i % len(order)]
@@ -146,7 +152,8 @@ def main() -> int:
                     t = time.perf_counter()
                     resp = call(c)
                     times[(n, kd)].append((time.perf_counter() - t) * 1000)
-                    assert resp.status_code == 200, (n, resp.status_code, resp.text[:200])
+                    if resp.status_code != 200:
+                        raise SystemExit(f"{n}: HTTP {resp.status_code}: {resp.text[:200]}")
         rows = []
         for kd in kinds:
             d = times[("direct", kd)]
@@ -158,16 +165,19 @@ def main() -> int:
                              "added_median_ms": None if n == "direct" else m - dm,
                              "added_p95_ms": None if n == "direct" else p - dp})
         host = f"{platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}"
-        print(f"router latency: {args.rounds} rounds, one kit server (SmolLM2-135M, 1 thread), keep-alive client; {host}")
+        print(f"router latency: {args.rounds} rounds, one kit server (SmolLM2-135M, 1 thread), "
+              f"keep-alive client; {host}")
         print(f"{'request':<15} {'path':<14} {'median ms':>9} {'p95 ms':>8} {'added median':>13} {'added p95':>10}")
         for row in rows:
             am = "" if row["added_median_ms"] is None else f"{row['added_median_ms']:+.2f}"
             ap95 = "" if row["added_p95_ms"] is None else f"{row['added_p95_ms']:+.2f}"
-            print(f"{row['request']:<15} {row['path']:<14} {row['median_ms']:>9.2f} {row['p95_ms']:>8.2f} {am:>13} {ap95:>10}")
+            print(f"{row['request']:<15} {row['path']:<14} {row['median_ms']:>9.2f} {row['p95_ms']:>8.2f} "
+                  f"{am:>13} {ap95:>10}")
         for n, v in notes.items():
             print(f"  {n}: {v}")
         if "LiteLLM proxy" in paths:
-            print("  LiteLLM answers GET /v1/models from its own config (no server behind it): only the chat row compares.")
+            print("  LiteLLM answers GET /v1/models from its own config (no server behind it): "
+                  "only the chat row compares.")
         if args.json:
             from qwenkit import bench
             meta = bench.machine_info()
@@ -176,12 +186,12 @@ def main() -> int:
                                                    "notes": notes}, indent=1))
         return 0
     finally:
-        for p in procs:
-            p.terminate()
+        for child in procs:
+            child.terminate()
             try:
-                p.wait(10)
+                child.wait(10)
             except subprocess.TimeoutExpired:
-                p.kill()
+                child.kill()
         if r:
             r.stop()
         srv.stop()
