@@ -10,13 +10,14 @@ one-slot wall time.
     python benchmarks/summary_slots.py --rounds 2   # writes benchmarks/results/summary_slots_cpu.json
 
     # GPU (H200), the full-size random synthetic Qwen3.5-35B-A3B (written once, ~15 s, unless
-    # --model), a ~30K-token document, 8 slots of 8192 tokens vs 1, 1000-token answers (the
-    # summarizer's default max_tokens); the CUDA wheel from scripts/device_build.sh and the
-    # openai wheels of .carry_extra in /tmp/site first, then the ONE benchmark command
-    # (~80 s a round, estimated: --rounds 2 fits --budget 280):
-    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 benchmarks/summary_slots.py --gpu \
-        --model /tmp/qwenkit-models/qwen35moe-full-q4_k_m-random.gguf --rounds 2 --budget 280 \
-        --out $OUT/summary_slots_h200.json
+    # --model), a ~30K-token document, 8 slots of 8192 tokens vs 1, 512-token answers (see
+    # "The synthetic vocabulary" below: 1000, the summarizer's default, cannot be reduced); the
+    # CUDA wheel from scripts/device_build.sh and the openai wheels of .carry_extra in /tmp/site
+    # first, then the ONE benchmark command under an outside limit, --stop-at below it (~110 s
+    # a round, estimated):
+    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 timeout 420 python3 benchmarks/summary_slots.py --gpu \
+        --model /tmp/qwenkit-models/qwen35moe-full-q4_k_m-random.gguf --max-tokens 512 --rounds 2 \
+        --budget 300 --run-timeout 240 --stop-at 390 --out $OUT/summary_slots_h200.json
     # Then, here: cp <files_at>/summary_slots_h200.json benchmarks/results/ && python benchmarks/results_md.py
 
 What is measured:
@@ -53,15 +54,37 @@ What is measured:
   summary, from the counters before and after it). The load average before and after.
 - ratio = wall(N slots) / wall(1 slot), per round and of the summed walls.
 
+Watching a run (nothing waits forever): every chat request fails after --request-timeout
+seconds of silence (120; a streamed answer sends an event per token) or --request-deadline in all
+(900); a run (warm-up and summary) is aborted after --run-timeout seconds from its server's load
+(600 with --gpu), and at --stop-at seconds from the start; SIGTERM (timeout(1)) aborts the run in
+progress too. While a run goes on, a heartbeat line every --heartbeat seconds (15): /health's
+slots busy and queue, decode steps and tokens since the load, the prompt cache's use and
+counters, the requests sent / done, the server process's CPU seconds, the GPU's utilization and
+memory (--gpu), the summarizer's last progress line (those lines are printed as they come too).
+A failed run keeps what was measured in the JSON (its requests, progress, heartbeats, /health and
+the server's CPU time at the error, the client's thread stacks when it was aborted), and the last
+400 lines of the server's log go next to --out as <stem>.round<k>-<slots>slot.server.log (the
+last 40 in the JSON too).
+
+The synthetic vocabulary: the random full-size model answers in its filler tokens (" w123456"),
+which count ~6.5 tokens each when tokenized again (the summarizer counts its partial summaries
+that way); two 1000-token map answers then need ~13K tokens, more than a reduce prompt may hold
+at n_ctx 8192, and summarize() answers the server's 400 by starting the WHOLE summary again with
+a smaller plan, up to 5 times (minutes of silent work on an H200). Such a replan stops the run
+with an error that gives the measured ratio and a --max-tokens that fits (--allow-replan lets it
+go on). 512-token answers fit (two partials ~6.7K of a ~7.6K budget).
+
 Time on an H200, estimated from the committed runs (~4,700 tok/s prefill, ~235 tok/s one
 stream, ~5 s a server load): the synthetic Qwen3.5's tokenizer makes the 30K tokens 5 chunks
 of ~6.7K tokens at n_ctx 8192 (checked with the sparse full-size GGUF's vocabulary), so ~36K
-prompt tokens (~8 s of prefill either way) and 6 x 1000 answer tokens: ~26 s of decode one at
-a time, ~10 s for the 5 map answers together + ~4 s for the final one: ~35-40 s with one
-slot, ~25 s with 8, ~80 s a round with the loads and warm-ups. The map answer length is the
-lever: it is min(--max-tokens, n_ctx/4); 1000 (the summarizer's default) keeps a round near
-80 s. --budget: no run starts past it (nor a later round that would end past it); the JSON is
-written after every run.
+prompt tokens (~8 s of prefill either way). With 512-token answers (partials of ~3.3K tokens
+counted again) the reduce takes three rounds: 5 map + 3 + 2 + 1 reduce answers, 11 x 512 tokens
+one at a time (~25 s of decode, plus the sampler's ~1 ms per token and slot for the presence
+penalty over 248K candidates) against 4 waves with 8 slots: ~110 s a round with the loads and
+warm-ups. The map answer length is the lever: it is min(--max-tokens, n_ctx/4). --budget: no
+run starts past it (nor a later round that would end past it); the JSON is written after every
+run.
 """
 from __future__ import annotations
 
@@ -72,6 +95,7 @@ import os
 import random
 import re
 import resource
+import signal
 import statistics
 import sys
 import threading
@@ -142,16 +166,29 @@ def build_document(count, language: str, tokens: int, seed: int = 0) -> tuple[st
 
 
 # ---- the client: logit_bias and usage on every chat request -------------------------------------------
+class ClientTimeout(httpx.ReadTimeout):
+    """A chat request this benchmark gave up on: no byte for --request-timeout seconds, past its
+    --request-deadline, or the run was aborted (--run-timeout, --stop-at, SIGTERM)."""
+
+
 class Capture(httpx.BaseTransport):
     """An httpx transport for the openai client: adds `extra` (logit_bias) to every POST to
-    .../chat/completions, asks streamed ones for their usage, and records each request's
-    server-side usage and finish_reason (SSE or JSON) when its response is closed."""
+    .../chat/completions, asks streamed ones for their usage, and records each request (when
+    it is sent; its server-side usage, finish_reason and answer length when its response is
+    closed). A request older than `request_deadline` seconds, and every request once `abort`
+    was called, fails at its next event with ClientTimeout (summarize() turns that into a
+    ServerError naming it), so no request waits forever."""
 
-    def __init__(self, extra: dict, prefixes: dict[str, str], inner: httpx.BaseTransport | None = None):
+    def __init__(self, extra: dict, prefixes: dict[str, str], inner: httpx.BaseTransport | None = None, *,
+                 request_deadline: float | None = None, read_timeout: float | None = None):
         self._inner = inner or httpx.HTTPTransport()
         self.extra = extra
         self.prefixes = prefixes          # role -> how its user message starts
+        self.request_deadline = request_deadline
+        self.read_timeout = read_timeout      # the client's, for the error message
         self.records: list[dict] = []
+        self.answers: list[tuple[dict, str]] = []  # (record, streamed text) of finished requests
+        self.aborted: str | None = None
         self._lock = threading.Lock()
         self.t0 = time.perf_counter()
 
@@ -165,9 +202,32 @@ class Capture(httpx.BaseTransport):
                 return role
         return "other"
 
+    def abort(self, reason: str) -> None:
+        """Every request fails from now on: new ones at once, streaming ones at their next event."""
+        if self.aborted is None:
+            self.aborted = reason
+
+    def check(self, sent: float | None = None, role: str = "") -> None:
+        if self.aborted:
+            raise ClientTimeout(self.aborted)
+        if sent is not None and self.request_deadline and time.perf_counter() - sent > self.request_deadline:
+            self.abort(f"a {role} request ran past its deadline of {self.request_deadline:g} s (--request-deadline)")
+            raise ClientTimeout(self.aborted)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.records.clear()
+            self.answers.clear()
+
+    def counts(self) -> tuple[int, int]:
+        """(requests sent, requests done) so far."""
+        with self._lock:
+            return len(self.records), sum(1 for r in self.records if "done_s" in r)
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
             return self._inner.handle_request(request)
+        self.check()
         body = json.loads(request.read() or b"{}")
         body.update(self.extra)
         if body.get("stream"):
@@ -178,17 +238,31 @@ class Capture(httpx.BaseTransport):
                             extensions=request.extensions)
         rec = {"role": self._role(body), "max_tokens": body.get("max_tokens"), "stream": bool(body.get("stream")),
                "sent_s": round(time.perf_counter() - self.t0, 4)}
-        resp = self._inner.handle_request(new)
+        with self._lock:
+            self.records.append(rec)
+        sent = time.perf_counter()
+        try:
+            resp = self._inner.handle_request(new)
+        except httpx.TimeoutException as e:
+            self._failed(rec, f"no answer for {self.read_timeout} s (--request-timeout): {e!r}")
+            raise ClientTimeout(rec["error"]) from None
+        except BaseException as e:
+            self._failed(rec, f"{type(e).__name__}: {e}")
+            raise
         rec["status"] = resp.status_code
-        return httpx.Response(resp.status_code, headers=resp.headers, stream=_Sniff(resp.stream, rec, self),
+        return httpx.Response(resp.status_code, headers=resp.headers, stream=_Sniff(resp.stream, rec, self, sent),
                               extensions=resp.extensions, request=request)
 
     def close(self) -> None:
         self._inner.close()
 
+    def _failed(self, rec: dict, error: str) -> None:
+        rec["error"] = error[:500]
+        rec["done_s"] = round(time.perf_counter() - self.t0, 4)
+
     def done(self, rec: dict, data: bytes) -> None:
         rec["done_s"] = round(time.perf_counter() - self.t0, 4)
-        usage, finish = None, None
+        usage, finish, text = None, None, []
         if rec["stream"]:
             for line in data.split(b"\n"):
                 if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
@@ -200,32 +274,52 @@ class Capture(httpx.BaseTransport):
                 usage = ev.get("usage") or usage
                 for ch in ev.get("choices") or []:
                     finish = ch.get("finish_reason") or finish
+                    text.append((ch.get("delta") or {}).get("content") or "")
         else:
             try:
                 ev = json.loads(data)
                 usage = ev.get("usage")
-                finish = ((ev.get("choices") or [{}])[0]).get("finish_reason")
-            except (ValueError, AttributeError):
+                ch = (ev.get("choices") or [{}])[0]
+                finish = ch.get("finish_reason")
+                text.append((ch.get("message") or {}).get("content") or "")
+            except (ValueError, AttributeError, IndexError):
                 pass
         if usage:
             rec["prompt_tokens"] = usage.get("prompt_tokens")
             rec["completion_tokens"] = usage.get("completion_tokens")
             rec["cached_tokens"] = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
         rec["finish_reason"] = finish
+        answer = "".join(text)
+        rec["answer_chars"] = len(answer)
         with self._lock:
-            self.records.append(rec)
+            self.answers.append((rec, answer))
 
 
 class _Sniff(httpx.SyncByteStream):
-    """The response body as it streams, kept for Capture.done when the response closes."""
+    """The response body as it streams, kept for Capture.done when the response closes; every
+    piece checks the request's deadline and the run's abort first."""
 
-    def __init__(self, inner, rec: dict, cap: Capture):
+    def __init__(self, inner, rec: dict, cap: Capture, sent: float | None = None):
         self.inner, self.rec, self.cap = inner, rec, cap
+        self.sent = time.perf_counter() if sent is None else sent
         self.buf = bytearray()
         self.closed = False
 
     def __iter__(self):
-        for b in self.inner:
+        it = iter(self.inner)
+        while True:
+            try:
+                self.cap.check(self.sent, self.rec["role"])
+                b = next(it)
+            except StopIteration:
+                return
+            except ClientTimeout as e:
+                self.rec["error"] = str(e)[:500]
+                raise
+            except httpx.TimeoutException as e:
+                self.rec["error"] = (f"the server sent nothing for {self.cap.read_timeout} s after "
+                                     f"{len(self.buf)} bytes (--request-timeout): {e!r}")
+                raise ClientTimeout(self.rec["error"]) from None
             self.buf += b
             yield b
 
@@ -237,6 +331,180 @@ class _Sniff(httpx.SyncByteStream):
             self.inner.close()
         finally:
             self.cap.done(self.rec, bytes(self.buf))
+
+
+# ---- watching a run: heartbeat, deadlines, the server's log -------------------------------------------
+REPLAN = "the server's context is smaller than n_ctx"   # summarize()'s line before it starts over
+
+
+class Replanned(RuntimeError):
+    """summarize() started the whole summary again with a smaller plan (--allow-replan lets it)."""
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of process `pid` so far (Linux /proc; None elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def gpu_now() -> str | None:
+    """The GPU's utilization and memory in use (nvidia-smi), or None without one."""
+    import subprocess
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    return r.stdout.strip().replace("\n", "; ") or None
+
+
+def beat_line(label: str, b: dict) -> str:
+    """One heartbeat as a line on stderr."""
+    if not b.get("health"):
+        srv = f"/health NO ANSWER (server process {'alive' if b.get('server_alive') else 'GONE'})"
+    else:
+        pc = b.get("prompt_cache") or {}
+        srv = (f"slots {b['slots_busy']}/{b['slots_total']} busy, queue {b['queue']}, decode +{b['decode_steps']} "
+               f"steps +{b['decode_tokens']} tokens, {b['requests_done']} done | prompt cache "
+               f"{pc.get('used_mib')}/{pc.get('budget_mib')} MiB, {pc.get('checkpoints')} ckpt, "
+               f"{pc.get('parked')} parked (saved {pc.get('saved')}, restored {pc.get('restored')}, "
+               f"parked {pc.get('parked_total')}, evicted {pc.get('evicted')})")
+    gpu = f" | gpu {b['gpu']}" if b.get("gpu") else ""
+    last = f" | last: {b['last']}" if b.get("last") else ""
+    return (f"  [{label} {b['t_s']:.0f} s] {srv} | client {b['sent']} sent, {b['done']} done | server cpu "
+            f"{b.get('server_cpu_s')} s{gpu}{last}")
+
+
+class Heartbeat:
+    """Every `every` seconds while a run goes on, one line on stderr (kept in `beats` for the
+    JSON): the time since the server loaded, its /health (slots busy, queue, decode steps and
+    tokens since the load, the prompt cache), the requests sent / done, the server process's CPU
+    seconds, the GPU's utilization (--gpu) and the summarizer's last progress line. A silent
+    /health, a CPU clock that stops, decode counters that stop: each tells a different story.
+    Past `deadline` (time.monotonic()) it aborts every request (Capture.abort) and keeps a
+    stack dump of this process's threads."""
+
+    def __init__(self, srv, cap: Capture, base: dict, progress: list, *, label: str, every: float = 15.0,
+                 deadline: float | None = None, deadline_reason: str = "", gpu: bool = False):
+        self.srv, self.cap, self.base, self.progress = srv, cap, base, progress
+        self.label, self.every, self.deadline, self.deadline_reason, self.gpu = label, every, deadline, deadline_reason, gpu
+        self.beats: list[dict] = []
+        self.stacks: str | None = None
+        self.t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="summary-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        due = self.t0 + self.every
+        while not self._stop.wait(min(1.0, self.every)):
+            now = time.monotonic()
+            if self.deadline is not None and now >= self.deadline and not self.cap.aborted:
+                self.stacks = thread_stacks()
+                self.cap.abort(self.deadline_reason or "the run's deadline passed")
+                print(f"  [{self.label} {now - self.t0:.0f} s] ABORT: {self.cap.aborted}", file=sys.stderr, flush=True)
+                self.beat()
+            elif now >= due:
+                self.beat()
+            if now >= due:
+                due = now + self.every
+
+    def beat(self) -> dict:
+        h = self.srv.health(timeout=5.0)
+        sent, done = self.cap.counts()
+        b: dict[str, Any] = {"t_s": round(time.monotonic() - self.t0, 1), "health": bool(h), "sent": sent, "done": done,
+                             "server_cpu_s": proc_cpu_s(self.srv.pid)}
+        if h:
+            d = _decode_delta(self.base, h)
+            b.update(slots_busy=(h.get("slots") or {}).get("busy"), slots_total=(h.get("slots") or {}).get("total"),
+                     queue=(h.get("queue") or {}).get("waiting"), decode_steps=d["steps"], decode_tokens=d["tokens"],
+                     requests_done=h.get("requests_done"), prompt_cache=h.get("prompt_cache"))
+        else:
+            b["server_alive"] = self.srv.alive()
+        if self.gpu:
+            b["gpu"] = gpu_now()
+        if self.progress:
+            t, msg = self.progress[-1]
+            b["last"] = f"{msg} (at {t:.0f} s)"
+        self.beats.append(b)
+        print(beat_line(self.label, b), file=sys.stderr, flush=True)
+        return b
+
+
+def thread_stacks() -> str:
+    """Where every thread of this process is now (a run that timed out: what it waited on)."""
+    import traceback
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = []
+    for ident, frame in sys._current_frames().items():
+        out.append(f"--- thread {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame)[-8:]))
+    return "\n".join(out)
+
+
+def copy_log_tail(src: str | os.PathLike | None, dest: Path, lines: int = 400) -> list[str]:
+    """The last `lines` lines of the server's log into `dest`; returns the last 40 (for the JSON)."""
+    if not src:
+        return []
+    try:
+        with open(src, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 512 * 1024))
+            tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except OSError as e:
+        return [f"(the server log {src} could not be read: {e})"]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(f"# last {len(tail)} lines of {src}\n" + "\n".join(tail) + "\n")
+    return tail[-40:]
+
+
+def retokenized(srv, cap: Capture, role: str = "map") -> dict | None:
+    """How many tokens the finished `role` answers count when tokenized again (the server's
+    /extras/tokenize/count, as the summarizer counts them) against the tokens generated. A
+    random model of the synthetic 248K vocabulary writes filler tokens like " w123456" that
+    split into ~6-8 tokens each: its partial summaries then cannot fit the reduce."""
+    with cap._lock:
+        answers = [(r, t) for r, t in cap.answers if r["role"] == role and r.get("completion_tokens") and t]
+    if not answers:
+        return None
+    gen = again = 0
+    for r, t in answers[:8]:
+        try:
+            res = httpx.post(srv.root_url + "/extras/tokenize/count", json={"input": t}, headers=srv.headers(),
+                             timeout=30)
+            again += int(res.json()["count"])
+            gen += int(r["completion_tokens"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+    return {"answers": min(len(answers), 8), "generated_tokens": gen, "counted_again": again,
+            "ratio": round(again / gen, 2) if gen else None}
+
+
+def replan_error(msg: str, re_tok: dict | None, n_ctx: int, answer: int) -> str:
+    """Why a replan makes the run meaningless, and the fix (`answer`: the map answers' limit)."""
+    why = ("its reduce prompt did not fit the server's context (400 context_length_exceeded), so summarize() "
+           "started the WHOLE summary again with a smaller plan (up to 5 times: every map phase again), which is "
+           "not the summary this benchmark compares")
+    if re_tok and re_tok.get("ratio"):
+        ratio = re_tok["ratio"]
+        fit = max(16, int((n_ctx - 256) / (2 * ratio + 1)))
+        return (f"the summarizer re-planned ({msg}): {why}. The map answers' {re_tok['generated_tokens']} generated "
+                f"tokens count {re_tok['counted_again']} when tokenized again ({ratio:.1f}x), so two partial summaries "
+                f"of {answer} tokens need ~{int(2 * ratio * answer)} tokens of a {n_ctx}-token context. "
+                f"Fix: --max-tokens {fit} or less (two answers x {ratio:.1f} must fit), or --allow-replan to let it run")
+    return f"the summarizer re-planned ({msg}): {why}. Fix: a smaller --max-tokens, or --allow-replan to let it run"
 
 
 # ---- one run: a server, a summary ----------------------------------------------------------------
@@ -284,38 +552,90 @@ def _max_in_flight(calls: list[dict], role: str) -> int:
     return best
 
 
-def run_summary(cfg: RunConfig, slots: int, text: str, a, extra: dict, language: str) -> dict:
-    """Start the kit's server with `slots` slots, warm it up, summarize `text` once, stop it."""
+def run_summary(cfg: RunConfig, slots: int, text: str, a, extra: dict, language: str,
+                rec: dict | None = None, *, stop_at: float | None = None, on_cap=None) -> dict:
+    """Start the kit's server with `slots` slots, warm it up, summarize `text` once, stop it.
+
+    `rec` (the caller's dict, filled in as the run goes) keeps what was measured whatever
+    happens: the load, the server's log path, every request sent, the progress lines, the
+    heartbeats, and on an error the server's /health and CPU time at that moment. Every chat
+    request fails after a.request_timeout seconds of silence or a.request_deadline in all; the
+    whole run after a.run_timeout seconds from the load, or at `stop_at` (time.monotonic()).
+    `on_cap(capture)` hears of the run's Capture (a SIGTERM handler aborts it)."""
     import openai
     from qwenkit import summarize as S
-    rec: dict[str, Any] = {"slots": slots, "n_ctx_per_slot": cfg.n_ctx}
+    rec = {} if rec is None else rec
+    rec.update(slots=slots, n_ctx_per_slot=cfg.n_ctx)
+    label = f"{slots} slot{'s' if slots > 1 else ''}"
+    progress: list[tuple[float, str]] = []
+    rec["progress"] = progress
     t_load = time.monotonic()
     with kit_server(cfg.replace(parallel=slots)) as srv:
-        rec["load_s"] = round(time.monotonic() - t_load, 1)
-        rec["health_start"] = srv.health()
+        loaded = time.monotonic()
+        rec["load_s"] = round(loaded - t_load, 1)
+        rec["server_log_path"] = str(srv.log_path)
+        print(f"  [{label}] server loaded in {rec['load_s']} s (pid {srv.pid}, log {srv.log_path})",
+              file=sys.stderr, flush=True)
+        rec["health_start"] = srv.health(timeout=5.0)
         prefixes = {"map": S.MAP_PROMPTS[language].split("{text}")[0],
                     "reduce": S.REDUCE_PROMPTS[language].split("{text}")[0],
                     "whole": S.WHOLE_PROMPTS[language].split("{text}")[0]}
-        cap = Capture(extra, prefixes)
-        client = openai.OpenAI(base_url=srv.base_url, api_key=srv.api_key or "not-needed", timeout=900,
-                               max_retries=0, http_client=httpx.Client(transport=cap, timeout=900))
+        cap = Capture(extra, prefixes, request_deadline=a.request_deadline, read_timeout=a.request_timeout)
+        rec["requests"] = cap.records          # the live list: what was sent stays recorded
+        if on_cap is not None:
+            on_cap(cap)
+        deadline, why = None, ""
+        if a.run_timeout:
+            deadline, why = loaded + a.run_timeout, f"run timeout: {a.run_timeout:g} s since the server loaded (--run-timeout)"
+        if stop_at is not None and (deadline is None or stop_at < deadline):
+            deadline, why = stop_at, f"--stop-at: {a.stop_at:g} s since the benchmark started"
+        timeout = httpx.Timeout(a.request_timeout, connect=10.0)
+        client = openai.OpenAI(base_url=srv.base_url, api_key=srv.api_key or "not-needed", timeout=timeout,
+                               max_retries=0, http_client=httpx.Client(transport=cap, timeout=timeout))
+        hb = Heartbeat(srv, cap, rec["health_start"] or {}, progress, label=label, every=a.heartbeat,
+                       deadline=deadline, deadline_reason=why, gpu=a.gpu)
+        rec["heartbeats"] = hb.beats
+        t0 = time.perf_counter()
+        h0: dict = {}
+
+        def on_progress(msg: str) -> None:
+            t = round(time.perf_counter() - t0, 3)
+            progress.append((t, msg))
+            print(f"  [{label} +{t:.1f} s] {msg}", file=sys.stderr, flush=True)
+            if REPLAN in msg and not a.allow_replan:
+                answer = min(a.max_tokens, max(64, cfg.n_ctx // 4))  # the map answers' limit
+                raise Replanned(replan_error(msg, retokenized(srv, cap), cfg.n_ctx, answer))
+
         try:
-            client.chat.completions.create(  # warm-up
-                model=srv.alias, max_tokens=8, temperature=0.0, extra_body=S.NO_THINKING,
-                messages=[{"role": "user", "content": f"Warm-up for {slots} slot(s): say hello."}])
-            rec["slots_seen_by_health"] = S.server_slots(client)
-            cap.records.clear()
-            h0 = srv.health()
-            progress: list[tuple[float, str]] = []
-            la0, cpu0 = os.getloadavg(), _cpu()
-            t0 = time.perf_counter()
-            cap.t0 = t0
-            s = S.summarize(text, client, srv.alias, n_ctx=cfg.n_ctx, language=language, temperature=0.0,
-                            max_tokens=a.max_tokens, loop_guard=a.loop_guard,
-                            on_progress=lambda m: progress.append((round(time.perf_counter() - t0, 3), m)))
-            outer = time.perf_counter() - t0
-            cpu1, la1 = _cpu(), os.getloadavg()
-            h1 = srv.health()
+            with hb:
+                client.chat.completions.create(  # warm-up
+                    model=srv.alias, max_tokens=8, temperature=0.0, extra_body=S.NO_THINKING,
+                    messages=[{"role": "user", "content": f"Warm-up for {slots} slot(s): say hello."}])
+                rec["slots_seen_by_health"] = S.server_slots(client)
+                cap.clear()
+                h0 = srv.health(timeout=5.0)
+                la0, cpu0 = os.getloadavg(), _cpu()
+                t0 = time.perf_counter()
+                cap.t0 = t0
+                s = S.summarize(text, client, srv.alias, n_ctx=cfg.n_ctx, language=language, temperature=0.0,
+                                max_tokens=a.max_tokens, loop_guard=a.loop_guard, on_progress=on_progress)
+                outer = time.perf_counter() - t0
+                cpu1, la1 = _cpu(), os.getloadavg()
+                h1 = srv.health(timeout=5.0)
+            rec["retokenized_map_answers"] = retokenized(srv, cap)
+        except BaseException:
+            hf = srv.health(timeout=5.0)
+            rec.update(health_before=h0, health_at_error=hf, server_alive_at_error=srv.alive(),
+                       server_cpu_s_at_error=proc_cpu_s(srv.pid), seconds_at_error=round(time.perf_counter() - t0, 3))
+            if h0 and hf:
+                rec["decode"] = _decode_delta(h0, hf)
+            if cap.aborted:
+                rec["aborted"] = cap.aborted
+            if hb.stacks:
+                rec["client_stacks"] = hb.stacks
+            if "retokenized_map_answers" not in rec and hf:
+                rec["retokenized_map_answers"] = retokenized(srv, cap)
+            raise
         finally:
             client.close()
     calls = [{"role": c.role, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
@@ -423,6 +743,25 @@ def main(argv=None) -> int:
                     "answer and asks once more at temperature 0.7: the two runs may then do different work)")
     ap.add_argument("--budget", type=float, default=None, help="seconds; no run starts past it, nor a round that "
                     "would end past it (default none)")
+    ap.add_argument("--kv-unified", action=argparse.BooleanOptionalAction, default=None,
+                    help="one KV pool shared by all slots (RunConfig.kv_unified; default: the server's, on with a GPU "
+                    "build, off on a CPU build)")
+    ap.add_argument("--prompt-cache-mib", type=int, default=None, help="the server's prompt cache budget "
+                    "(RunConfig.prompt_cache_mib; default: the server's, 2048 with a GPU build, 512 on a CPU build)")
+    ap.add_argument("--request-timeout", type=float, default=120.0, help="seconds of silence after which one chat "
+                    "request fails (httpx read timeout; a streamed answer sends an event per token) (default 120)")
+    ap.add_argument("--request-deadline", type=float, default=900.0, help="seconds one chat request may take in "
+                    "all (default 900)")
+    ap.add_argument("--run-timeout", type=float, default=None, help="seconds one run (warm-up and summary) may "
+                    "take after its server loaded; then every request fails and the run is recorded as an error "
+                    "(default 600 with --gpu, none on the CPU)")
+    ap.add_argument("--stop-at", type=float, default=None, help="seconds after the start: a run still going is "
+                    "aborted, none starts later; set it below an outside time limit so that the JSON and the "
+                    "server logs get written (default none)")
+    ap.add_argument("--heartbeat", type=float, default=15.0, help="seconds between status lines while a run goes "
+                    "on (default 15)")
+    ap.add_argument("--allow-replan", action="store_true", help="let summarize() start over with a smaller plan when "
+                    "a reduce prompt does not fit (default: the run stops with an error that says why)")
     ap.add_argument("--note", action="append", default=[], help="a line for RESULTS.md (repeatable)")
     ap.add_argument("--out", default=None, help="JSON (default benchmarks/results/summary_slots_cpu.json, or "
                     "summary_slots_<gpu>.json with --gpu)")
@@ -439,13 +778,16 @@ def main(argv=None) -> int:
     n_ctx = a.n_ctx or (8192 if a.gpu else 1024)
     a.max_tokens = a.max_tokens or (1000 if a.gpu else 96)
     threads = a.threads or (default_threads() if a.gpu else 1)
+    if a.run_timeout is None and a.gpu:
+        a.run_timeout = 600.0
+    server_opts = {"kv_unified": a.kv_unified, "prompt_cache_mib": a.prompt_cache_mib}
     if a.gpu:
         model = a.model or synthetic_model(a.model_dir)
-        cfg = RunConfig(model=model, n_ctx=n_ctx, n_gpu_layers=-1, n_threads=threads)
+        cfg = RunConfig(model=model, n_ctx=n_ctx, n_gpu_layers=-1, n_threads=threads, **server_opts)
     else:
         from qwenkit.models import default_model_path
         model = a.model or str(default_model_path())
-        cfg = RunConfig(model=model, n_ctx=n_ctx, n_threads=threads)
+        cfg = RunConfig(model=model, n_ctx=n_ctx, n_threads=threads, **server_opts)
     out = Path(a.out or HERE / "results" / (f"summary_slots_{gpu_slug()}.json" if a.gpu else "summary_slots_cpu.json"))
     extra = {} if a.no_eos_bias else {"logit_bias": eog_bias(model)}
 
@@ -460,6 +802,9 @@ def main(argv=None) -> int:
     meta.update(model=Path(model).name, model_path=model, threads=threads, suite="summary_slots", reps=a.rounds,
                 config=cfg.to_dict(), notes=list(a.note), budget_s=a.budget, eos_bias=bool(extra),
                 loop_guard=a.loop_guard, language=a.language,
+                watch={"request_timeout_s": a.request_timeout, "request_deadline_s": a.request_deadline,
+                       "run_timeout_s": a.run_timeout, "stop_at_s": a.stop_at, "heartbeat_s": a.heartbeat,
+                       "allow_replan": a.allow_replan},
                 document={"tokens": doc_tokens, "chars": len(text), "parts": parts, "target_tokens": tokens,
                           "source": f"qwenkit/data/sample_{a.language}.txt, paragraphs and their sentences shuffled per part (seed 0)"},
                 summarize={"n_ctx": n_ctx, "max_tokens": a.max_tokens, "map_answer_tokens": answer,
@@ -492,48 +837,96 @@ def main(argv=None) -> int:
     print(f"{cfg.summary()} | document {doc_tokens} tokens ({parts} parts) | slots {slots} vs 1, n_ctx/slot "
           f"{n_ctx}, answers {answer} (map) / {a.max_tokens} (final) | rounds {a.rounds} | out {out}",
           file=sys.stderr, flush=True)
+    current: dict[str, Capture] = {}
+    stop_at = None if a.stop_at is None else t_start + a.stop_at
+
+    def on_term(signum, _frame):  # an outside time limit (timeout(1)): abort, record, write, then exit
+        if "cap" in current:
+            current["cap"].abort(f"terminated by signal {signum}")
+        raise Terminated(f"terminated by signal {signum}")
+
+    old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     last_s: dict[int, float] = {}
-    for k in range(a.rounds):
-        order = [slots, 1] if k % 2 == 0 else [1, slots]
-        elapsed = time.monotonic() - t_start
-        need = sum(last_s.get(p, 0.0) for p in order)
-        if k >= 1 and a.budget is not None and elapsed + need > a.budget:
-            skipped.append(f"rounds {k + 1}-{a.rounds}: {elapsed:.0f} s gone, a round takes {need:.0f} s, "
-                                  f"budget {a.budget:.0f} s")
-            print(f"== {skipped[-1]}", file=sys.stderr, flush=True)
-            break
-        for p in order:
+    try:
+        for k in range(a.rounds):
+            order = [slots, 1] if k % 2 == 0 else [1, slots]
             elapsed = time.monotonic() - t_start
-            if a.budget is not None and elapsed > a.budget:
-                skipped.append(f"round {k + 1}, {p} slot(s): {elapsed:.0f} s gone, budget {a.budget:.0f} s")
+            need = sum(last_s.get(p, 0.0) for p in order)
+            if k >= 1 and a.budget is not None and elapsed + need > a.budget:
+                skipped.append(f"rounds {k + 1}-{a.rounds}: {elapsed:.0f} s gone, a round takes {need:.0f} s, "
+                               f"budget {a.budget:.0f} s")
                 print(f"== {skipped[-1]}", file=sys.stderr, flush=True)
-                continue
-            t_run = time.monotonic()
-            try:
-                r = run_summary(cfg, p, text, a, extra, a.language)
-            except Exception as e:  # noqa: BLE001 - recorded; the other runs go on
-                r = {"slots": p, "error": f"{type(e).__name__}: {e}"[:2000]}
-            r["round"] = k
-            r["seconds"] = round(time.monotonic() - t_run, 1)
-            last_s[p] = r["seconds"]
-            runs.append(r)
-            if "error" in r:
-                print(f"  round {k + 1}, {p} slot(s): ERROR {r['error'][:300]}", file=sys.stderr, flush=True)
-            else:
-                loads.append({"round": k, "slots": p, "before": r["load_before"], "after": r["load_after"]})
-                print(f"  round {k + 1}, {p} slot(s): {r['wall_s']:.1f} s (map {r['map_s'] or 0:.1f} s, reduce "
-                      f"{r['reduce_s'] or 0:.1f} s), {r['summary']['chunks']} chunks, {r['map_width']} at once, "
-                      f"{r['server_usage']['prompt_tokens']} prompt + {r['server_usage']['completion_tokens']} "
-                      f"completion tokens, finish {r['server_usage']['finish_reasons']}, decode "
-                      f"{r['decode']['mean_sequences']} seq/step (max {r['decode']['max_sequences']}), load "
-                      f"{r['load_before'][0]:.2f}->{r['load_after'][0]:.2f}, server load {r['load_s']} s",
-                      file=sys.stderr, flush=True)
-            save()
+                break
+            for p in order:
+                elapsed = time.monotonic() - t_start
+                if a.budget is not None and elapsed > a.budget or stop_at is not None and time.monotonic() >= stop_at:
+                    limit = f"budget {a.budget:.0f} s" if a.budget is not None and elapsed > a.budget else f"--stop-at {a.stop_at:g} s"
+                    skipped.append(f"round {k + 1}, {p} slot(s): {elapsed:.0f} s gone, {limit}")
+                    print(f"== {skipped[-1]}", file=sys.stderr, flush=True)
+                    continue
+                print(f"== round {k + 1}, {p} slot(s): starting the server ({elapsed:.0f} s gone)", file=sys.stderr,
+                      flush=True)
+                t_run = time.monotonic()
+                r: dict[str, Any] = {"round": k, "slots": p}
+                runs.append(r)
+                try:
+                    run_summary(cfg, p, text, a, extra, a.language, r, stop_at=stop_at,
+                                on_cap=lambda c: current.__setitem__("cap", c))
+                except BaseException as e:  # recorded with what was measured; the other runs go on
+                    record_error(r, e, out, k, p)
+                    if not isinstance(e, Exception):
+                        r["seconds"] = round(time.monotonic() - t_run, 1)
+                        print(f"  round {k + 1}, {p} slot(s): STOPPED {r['error'][:300]}", file=sys.stderr, flush=True)
+                        raise
+                finally:
+                    current.pop("cap", None)
+                r["seconds"] = round(time.monotonic() - t_run, 1)
+                last_s[p] = r["seconds"]
+                if "error" in r:
+                    print(f"  round {k + 1}, {p} slot(s): ERROR {r['error'][:600]}\n  (server log tail: "
+                          f"{r.get('server_log_copy')})", file=sys.stderr, flush=True)
+                else:
+                    loads.append({"round": k, "slots": p, "before": r["load_before"], "after": r["load_after"]})
+                    print(f"  round {k + 1}, {p} slot(s): {r['wall_s']:.1f} s (map {r['map_s'] or 0:.1f} s, reduce "
+                          f"{r['reduce_s'] or 0:.1f} s), {r['summary']['chunks']} chunks, {r['map_width']} at once, "
+                          f"{r['server_usage']['prompt_tokens']} prompt + {r['server_usage']['completion_tokens']} "
+                          f"completion tokens, finish {r['server_usage']['finish_reasons']}, decode "
+                          f"{r['decode']['mean_sequences']} seq/step (max {r['decode']['max_sequences']}), load "
+                          f"{r['load_before'][0]:.2f}->{r['load_after'][0]:.2f}, server load {r['load_s']} s",
+                          file=sys.stderr, flush=True)
+                save()
+    except (Terminated, KeyboardInterrupt) as e:
+        meta["stopped"] = f"{type(e).__name__}: {e}"
+        save()
+        print(f"\nSTOPPED ({meta['stopped']}); wrote {out} ({time.monotonic() - t_start:.0f} s)", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     meta["machine_after"] = {"loadavg": list(os.getloadavg())}
     save()
     print(table(doc))
     print(f"\nwrote {out} ({time.monotonic() - t_start:.0f} s)", file=sys.stderr)
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM while the benchmark runs (an outside time limit)."""
+
+
+def record_error(r: dict, e: BaseException, out: Path, k: int, slots: int) -> None:
+    """A failed run's error in its record, with the last lines of the server's log copied next
+    to `out` (<stem>.round<k>-<slots>slot.server.log) and the last 40 kept in the record."""
+    err = f"{type(e).__name__}: {e}"
+    if r.get("aborted") and r["aborted"] not in err:
+        err = f"aborted ({r['aborted']}): {err}"
+    r["error"] = err[:2000]
+    log = r.get("server_log_path") or getattr(e, "log_path", None)  # a server that failed to start: its error's
+    if log:
+        r["server_log_path"] = str(log)
+        dest = out.parent / f"{out.stem}.round{k + 1}-{slots}slot.server.log"
+        r["server_log_tail"] = copy_log_tail(log, dest)
+        r["server_log_copy"] = dest.name
 
 
 if __name__ == "__main__":

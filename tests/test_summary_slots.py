@@ -3,10 +3,14 @@ adds logit_bias and records the server's usage, the N-slot / one-slot comparison
 section of RESULTS.md."""
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import json
+import os
 import re
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -114,3 +118,171 @@ def test_results_md_renders_the_section(ss):
     assert [l.split("|")[2].strip() for l in lines] == ["4", "1"]
     assert [l.split("|")[3].strip() for l in lines] == ["6.0", "10.0"]
     assert "0.600" in text and "met" in text and "Skipped: round 2" in text
+
+
+# ---- a run that cannot hang: timeouts, abort, heartbeat, the server's log ------------------------------
+class _SSE(http.server.BaseHTTPRequestHandler):
+    """A chat endpoint that streams `events` events `gap` seconds apart, then (stall) waits
+    for the client to go away without ending the stream."""
+    events, gap, stall = 3, 0.05, True
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_a):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.posts += 1
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        ev = json.dumps({"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]})
+        try:
+            for _ in range(self.events):
+                data = f"data: {ev}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                time.sleep(self.gap)
+            while self.stall and not self.server.closing:
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def sse_server():
+    made = []
+
+    def make(**kw):
+        handler = type("H", (_SSE,), kw)
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        srv.daemon_threads = True
+        srv.posts, srv.closing = 0, False
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        made.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    yield make
+    for srv in made:
+        srv.closing = True
+        srv.shutdown()
+        srv.server_close()
+
+
+def _chat(client: httpx.Client, url: str):
+    return client.stream("POST", url + "/v1/chat/completions", json={
+        "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "The following is one part"}]})
+
+
+def test_a_stalled_stream_fails_after_the_read_timeout_with_a_clear_error(ss, sse_server):
+    url = sse_server(events=2, stall=True)
+    cap = ss.Capture({}, {"map": "The following is one part"}, read_timeout=0.5)
+    t0 = time.monotonic()
+    with httpx.Client(transport=cap, timeout=httpx.Timeout(0.5, connect=5)) as c:
+        with pytest.raises(ss.ClientTimeout, match=r"sent nothing for 0.5 s .*--request-timeout"):
+            with _chat(c, url) as r:
+                for _ in r.iter_bytes():
+                    pass
+    assert time.monotonic() - t0 < 5
+    (rec,) = cap.records
+    assert rec["role"] == "map" and "--request-timeout" in rec["error"] and "done_s" in rec
+    assert cap.counts() == (1, 1)
+
+
+def test_a_request_past_its_deadline_fails_and_aborts_the_rest(ss, sse_server):
+    url = sse_server(events=10_000, gap=0.02, stall=False)   # streams steadily, never ends
+    cap = ss.Capture({}, {"map": "The following is one part"}, request_deadline=0.4)
+    with httpx.Client(transport=cap, timeout=5) as c:
+        with pytest.raises(ss.ClientTimeout, match=r"map request ran past its deadline of 0.4 s"):
+            with _chat(c, url) as r:
+                for _ in r.iter_bytes():
+                    pass
+        assert "--request-deadline" in cap.aborted
+        with pytest.raises(ss.ClientTimeout, match="--request-deadline"):   # nothing more is sent
+            with _chat(c, url):
+                pass
+    assert len(cap.records) == 1
+
+
+def test_abort_stops_a_streaming_request_at_its_next_event(ss, sse_server):
+    url = sse_server(events=10_000, gap=0.02, stall=False)
+    cap = ss.Capture({}, {"map": "The following is one part"})
+    got = 0
+    with httpx.Client(transport=cap, timeout=5) as c:
+        with pytest.raises(ss.ClientTimeout, match="run timeout: test"):
+            with _chat(c, url) as r:
+                for _ in r.iter_bytes():
+                    got += 1
+                    if got == 3:
+                        cap.abort("run timeout: test")
+    assert got == 3 and cap.records[0]["error"] == "run timeout: test"
+
+
+def test_heartbeat_lines_say_what_the_server_and_the_client_do(ss):
+    b = {"t_s": 45.2, "health": True, "slots_busy": 5, "slots_total": 8, "queue": 0, "decode_steps": 120,
+         "decode_tokens": 4000, "requests_done": 3, "sent": 6, "done": 1, "server_cpu_s": 40.5, "gpu": "97 %, 30000 MiB",
+         "prompt_cache": {"used_mib": 315.0, "budget_mib": 2048.0, "checkpoints": 5, "parked": 0, "saved": 5,
+                          "restored": 0, "parked_total": 0, "evicted": 0},
+         "last": "summarizing part 5/5 (at 0 s)"}
+    line = ss.beat_line("8 slots", b)
+    for part in ("[8 slots 45 s]", "slots 5/8 busy", "queue 0", "+120 steps +4000 tokens", "315.0/2048.0 MiB",
+                 "5 ckpt", "client 6 sent, 1 done", "server cpu 40.5 s", "gpu 97 %", "last: summarizing part 5/5"):
+        assert part in line, part
+    dead = ss.beat_line("1 slot", {"t_s": 3, "health": False, "server_alive": False, "sent": 2, "done": 1})
+    assert "/health NO ANSWER (server process GONE)" in dead
+    t = time.process_time()
+    while time.process_time() - t < 0.05:
+        pass
+    assert ss.proc_cpu_s(os.getpid()) >= 0.05
+    assert ss.proc_cpu_s(2**22 + 12345) is None
+
+
+def test_log_tail_is_copied_next_to_the_results(ss, tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text("".join(f"line {i}\n" for i in range(1000)))
+    dest = tmp_path / "out" / "x.round1-8slot.server.log"
+    last = ss.copy_log_tail(log, dest)
+    assert last[-1] == "line 999" and len(last) == 40
+    lines = dest.read_text().splitlines()
+    assert lines[0].startswith("# last 400 lines of") and lines[1] == "line 600" and lines[-1] == "line 999"
+    assert "could not be read" in ss.copy_log_tail(tmp_path / "missing.log", dest)[0]
+
+
+def test_replan_error_names_the_ratio_and_a_max_tokens_that_fits(ss):
+    msg = "the server's context is smaller than n_ctx=8192: planning for 5734"
+    assert ss.REPLAN in msg
+    e = ss.replan_error(msg, {"generated_tokens": 5000, "counted_again": 32680, "ratio": 6.54}, 8192, 1000)
+    assert "6.5x" in e and "--max-tokens 563 or less" in e and "--allow-replan" in e and "WHOLE summary" in e
+    assert "--allow-replan" in ss.replan_error(msg, None, 8192, 1000)
+    # the guard matches the line summarize() says before it starts the whole summary again
+    import inspect
+    from qwenkit import summarize
+    assert ss.REPLAN in inspect.getsource(summarize.summarize)
+
+
+# ---- real runs on the tiny synthetic qwen35moe ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    from qwenkit import synthetic
+    return str(synthetic.cached_model("qwen35moe", "tiny"))
+
+
+def test_a_run_past_its_timeout_is_an_error_that_keeps_what_was_measured(ss, tiny, tmp_path, capsys):
+    out = tmp_path / "ss.json"
+    rc = ss.main(["--model", tiny, "--tokens", "1500", "--slots", "2", "--n-ctx", "8192", "--max-tokens", "4000",
+                  "--threads", "1", "--run-timeout", "2", "--heartbeat", "0.5", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["watch"]["run_timeout_s"] == 2.0
+    errs = doc["summary_slots"]["errors"]
+    assert [e["slots"] for e in errs] == [2, 1] and doc["summary_slots"]["rows"] == []
+    for r in doc["runs"]:
+        assert "--run-timeout" in r["error"] and "--run-timeout" in r["aborted"]
+        assert r["heartbeats"] and r["heartbeats"][0]["health"] and r["heartbeats"][0]["slots_total"] == r["slots"]
+        assert r["requests"] and r["health_at_error"]["status"] == "ok" and r["server_alive_at_error"]
+        assert "thread MainThread" in r["client_stacks"]
+        copy = tmp_path / r["server_log_copy"]
+        assert copy.is_file() and r["server_log_tail"] and "qwenkit.serve_entry" in copy.read_text()
+    err = capsys.readouterr().err
+    assert "ABORT: run timeout" in err and re.search(r"\[2 slots \d+ s\] slots [12]/2 busy", err)
