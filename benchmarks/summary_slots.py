@@ -393,7 +393,8 @@ class Heartbeat:
     def __init__(self, srv, cap: Capture, base: dict, progress: list, *, label: str, every: float = 15.0,
                  deadline: float | None = None, deadline_reason: str = "", gpu: bool = False):
         self.srv, self.cap, self.base, self.progress = srv, cap, base, progress
-        self.label, self.every, self.deadline, self.deadline_reason, self.gpu = label, every, deadline, deadline_reason, gpu
+        self.label, self.every, self.gpu = label, every, gpu
+        self.deadline, self.deadline_reason = deadline, deadline_reason
         self.beats: list[dict] = []
         self.stacks: str | None = None
         self.t0 = time.monotonic()
@@ -503,7 +504,8 @@ def replan_error(msg: str, re_tok: dict | None, n_ctx: int, answer: int) -> str:
         return (f"the summarizer re-planned ({msg}): {why}. The map answers' {re_tok['generated_tokens']} generated "
                 f"tokens count {re_tok['counted_again']} when tokenized again ({ratio:.1f}x), so two partial summaries "
                 f"of {answer} tokens need ~{int(2 * ratio * answer)} tokens of a {n_ctx}-token context. "
-                f"Fix: --max-tokens {fit} or less (two answers x {ratio:.1f} must fit), or --allow-replan to let it run")
+                f"Fix: --max-tokens {fit} or less (two answers x {ratio:.1f} must fit), or --allow-replan to let "
+                f"it run")
     return f"the summarizer re-planned ({msg}): {why}. Fix: a smaller --max-tokens, or --allow-replan to let it run"
 
 
@@ -586,7 +588,8 @@ def run_summary(cfg: RunConfig, slots: int, text: str, a, extra: dict, language:
             on_cap(cap)
         deadline, why = None, ""
         if a.run_timeout:
-            deadline, why = loaded + a.run_timeout, f"run timeout: {a.run_timeout:g} s since the server loaded (--run-timeout)"
+            deadline = loaded + a.run_timeout
+            why = f"run timeout: {a.run_timeout:g} s since the server loaded (--run-timeout)"
         if stop_at is not None and (deadline is None or stop_at < deadline):
             deadline, why = stop_at, f"--stop-at: {a.stop_at:g} s since the benchmark started"
         timeout = httpx.Timeout(a.request_timeout, connect=10.0)
