@@ -863,7 +863,8 @@ def main(argv=None) -> int:
             for p in order:
                 elapsed = time.monotonic() - t_start
                 if a.budget is not None and elapsed > a.budget or stop_at is not None and time.monotonic() >= stop_at:
-                    limit = f"budget {a.budget:.0f} s" if a.budget is not None and elapsed > a.budget else f"--stop-at {a.stop_at:g} s"
+                    over_budget = a.budget is not None and elapsed > a.budget
+                    limit = f"budget {a.budget:.0f} s" if over_budget else f"--stop-at {a.stop_at:g} s"
                     skipped.append(f"round {k + 1}, {p} slot(s): {elapsed:.0f} s gone, {limit}")
                     print(f"== {skipped[-1]}", file=sys.stderr, flush=True)
                     continue

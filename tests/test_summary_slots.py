@@ -221,7 +221,8 @@ def test_abort_stops_a_streaming_request_at_its_next_event(ss, sse_server):
 
 def test_heartbeat_lines_say_what_the_server_and_the_client_do(ss):
     b = {"t_s": 45.2, "health": True, "slots_busy": 5, "slots_total": 8, "queue": 0, "decode_steps": 120,
-         "decode_tokens": 4000, "requests_done": 3, "sent": 6, "done": 1, "server_cpu_s": 40.5, "gpu": "97 %, 30000 MiB",
+         "decode_tokens": 4000, "requests_done": 3, "sent": 6, "done": 1, "server_cpu_s": 40.5,
+         "gpu": "97 %, 30000 MiB",
          "prompt_cache": {"used_mib": 315.0, "budget_mib": 2048.0, "checkpoints": 5, "parked": 0, "saved": 5,
                           "restored": 0, "parked_total": 0, "evicted": 0},
          "last": "summarizing part 5/5 (at 0 s)"}
