@@ -341,7 +341,7 @@ class TunePanel:
 
     def check_text(self) -> str:
         cfg, refusal, notes = self.check()
-        if refusal:
+        if refusal or cfg is None:
             return f"refused: {refusal}"
         return "\n".join(["ok: " + cfg.summary()] + [f"note: {n}" for n in notes])
 
@@ -350,9 +350,9 @@ class TunePanel:
 
     def _refresh_pending(self) -> None:
         cfg, refusal, notes = self.check()
-        if refusal:
+        if refusal or cfg is None:
             self.check_html.value = (f"<div style='color:#b00020'><b>refused:</b> "
-                                     f"{html.escape(refusal)}</div>")
+                                     f"{html.escape(refusal or '')}</div>")
             self.relaunch_button.disabled = True
             self.plan_html.value = ""
             return
@@ -387,18 +387,19 @@ class TunePanel:
             f"{gpu_td(_mib(r.gpu))}<td style='text-align:right'>{_mib(r.cpu)}</td></tr>"
             for r in p.rows)
         verdicts = []
-        if self.gpu and fm["gpu_free"] is None:
+        gpu_free, ram_available = fm["gpu_free"], fm["ram_available"]
+        if self.gpu and gpu_free is None:
             verdicts.append(f"<span style='color:#8a5a00'>GPU: plan {_mib(p.gpu_total)} MiB; llama.cpp sees no GPU "
                             "here, so its free memory is unknown</span>")
-        elif self.gpu:
-            room = fm["gpu_free"] + fm["gpu_held"]
+        elif self.gpu and gpu_free is not None:
+            room = gpu_free + (fm["gpu_held"] or 0)
             ok = p.gpu_total <= room
+            advice = " — does not fit: raise n_cpu_moe, lower n_ctx, or quantize the KV cache"
             verdicts.append(f"<span style='color:{'#137333' if ok else '#b00020'}'>GPU: plan {_mib(p.gpu_total)} MiB "
                             f"vs {_mib(fm['gpu_free'])} MiB free + {_mib(fm['gpu_held'])} MiB held by the live "
-                            f"model{'' if ok else ' — does not fit: raise n_cpu_moe, lower n_ctx, or quantize the KV cache'}"
-                            f"</span>")
-        if fm["ram_available"] is not None:
-            room = fm["ram_available"] + fm["ram_held"]
+                            f"model{'' if ok else advice}</span>")
+        if ram_available is not None:
+            room = ram_available + (fm["ram_held"] or 0)
             ok = p.cpu_total <= room
             verdicts.append(f"<span style='color:{'#137333' if ok else '#b00020'}'>RAM: plan {_mib(p.cpu_total)} MiB "
                             f"vs {_mib(fm['ram_available'])} MiB available + {_mib(fm['ram_held'])} MiB held by "
@@ -559,7 +560,8 @@ class TunePanel:
             self.result_html.value = ""
             return
         # a CPU-only build has no GPU columns: everything is in system RAM
-        cols = (("GPU estimate", 0, "e"), ("GPU llama.cpp", 0, "a")) if self.gpu else ()
+        gpu_cols = (("GPU estimate", 0, "e"), ("GPU llama.cpp", 0, "a"))
+        cols: tuple[tuple[str, int, str], ...] = gpu_cols if self.gpu else ()
         cols += (("RAM estimate", 1, "e"), ("RAM llama.cpp", 1, "a"))
 
         def cells(est: tuple[int, int], alo: tuple[int, int], bold: bool = False) -> str:
@@ -616,12 +618,14 @@ class TunePanel:
             self.history_html.value = ""
             return
         cols = [c for c in rows[0] if self.gpu or c != "n_gpu_layers"]   # no GPU layers on a CPU-only build
-        fmt = lambda v: "-" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))
+
+        def fmt(v: Any) -> str:
+            return "-" if v is None else (f"{v:,.2f}" if isinstance(v, float) else str(v))
         body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r[c]))}</td>" for c in cols) + "</tr>"
                        for r in rows[-50:])
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
         self.history_html.value = ("<details open><summary><b>history</b> (one row per relaunch)</summary>"
-                                   "<table style='font-size:85%'><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-                                   + f"</tr>{body}</table></details>")
+                                   f"<table style='font-size:85%'><tr>{head}</tr>{body}</table></details>")
         png = history_png(self.history)
         if png:
             self.plot.value = png
@@ -633,8 +637,9 @@ class TunePanel:
         cfg = self.pending_config()
         p = Path(path or self.save_path.value).expanduser()
         out = cfg.save(p)
-        self.save_html.value = (f"<div>saved {html.escape(str(out.resolve()))} ({html.escape(cfg.summary())}); serve it "
-                                f"with <code>python -m qwenkit serve --config {html.escape(str(out.resolve()))}</code></div>")
+        where = html.escape(str(out.resolve()))
+        self.save_html.value = (f"<div>saved {where} ({html.escape(cfg.summary())}); serve it "
+                                f"with <code>python -m qwenkit serve --config {where}</code></div>")
         return out
 
     def _save_clicked(self) -> None:
@@ -687,7 +692,7 @@ class _Ticker:
             with contextlib.suppress(Exception):   # display only
                 self.fn(time.perf_counter() - self._t0)
 
-    def __enter__(self) -> _Ticker:  # noqa: PYI034 - private, never subclassed
+    def __enter__(self) -> _Ticker:
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True, name="qwenkit-load-ticker")
         self._thread.start()

@@ -125,7 +125,7 @@ def test_table_with_ratio():
     t = bench.table(res, baseline=lambda r: lb.get(r.test))
     assert "type_k" in t.splitlines()[0]
     assert "105.00 ± 7.07" in t
-    row = next(l for l in t.splitlines() if "kit" in l and "tg128" in l)
+    row = next(line for line in t.splitlines() if "kit" in line and "tg128" in line)
     assert f"{51.0 / 55.0:.3f}" in row
 
 
@@ -241,10 +241,12 @@ def test_fastgen_stop_strings_match(llm):
     for stop in [full[10:14], [full[20:22], "zzz"], "never-there"]:
         fastgen.uninstall(llm)
         a = llm.create_completion(PROMPT, max_tokens=32, temperature=0, stop=stop)
-        sa = "".join(_text(c) for c in llm.create_completion(PROMPT, max_tokens=32, temperature=0, stop=stop, stream=True))
+        sa = "".join(_text(c) for c in llm.create_completion(PROMPT, max_tokens=32, temperature=0, stop=stop,
+                                                             stream=True))
         fastgen.install(llm)
         b = llm.create_completion(PROMPT, max_tokens=32, temperature=0, stop=stop)
-        sb = "".join(_text(c) for c in llm.create_completion(PROMPT, max_tokens=32, temperature=0, stop=stop, stream=True))
+        sb = "".join(_text(c) for c in llm.create_completion(PROMPT, max_tokens=32, temperature=0, stop=stop,
+                                                             stream=True))
         assert _text(a) == _text(b) == sa == sb, stop
         assert a["choices"][0]["finish_reason"] == b["choices"][0]["finish_reason"]
     fastgen.uninstall(llm)
@@ -347,7 +349,7 @@ def test_fast_server_streams_chat_and_survives_disconnects(default_model):
         c, r = post({"messages": msgs, "max_tokens": 24, "temperature": 0, "stream": True})
         raw = r.read().decode()
         c.close()
-        events = [l[6:] for l in raw.split("\n") if l.startswith("data: ")]
+        events = [line[6:] for line in raw.split("\n") if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
         text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
         assert text == full

@@ -223,7 +223,7 @@ def test_out_of_memory_restores_the_previous_model(default_model, tmp_path):
     script.write_text(OOM_SCRIPT.format(model=str(default_model)))
     r = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=300,
                        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT ")]
+    line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     assert r.returncode == 0 and line, f"child failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     out = json.loads(line[0][7:])
     assert not out["ok"]
@@ -270,8 +270,8 @@ def test_saved_config_starts_a_server(widgets_panel, tmp_path, monkeypatch):
     env = {**os.environ, "QWENKIT_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     cli = [sys.executable, "-m", "qwenkit", "serve"]
     try:
-        r = subprocess.run(cli + ["--config", str(path), "--port", "any", "--background",
-                                  "--ready-timeout", "120"], check=False, capture_output=True, text=True, timeout=180, env=env)
+        r = subprocess.run(cli + ["--config", str(path), "--port", "any", "--background", "--ready-timeout", "120"],
+                           check=False, capture_output=True, text=True, timeout=180, env=env)
         assert r.returncode == 0, r.stdout + r.stderr
         srv = server.background()
         assert srv is not None and srv.ping(timeout=10)
