@@ -150,6 +150,12 @@ class _SSE(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body.get("fail") == "status":
+            self.send_response(503)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"busy")
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
@@ -157,6 +163,9 @@ class _SSE(BaseHTTPRequestHandler):
             ev = {"choices": [{"text": f"t{i} ", "index": 0, "finish_reason": None}]}
             self.wfile.write(f"data: {json.dumps(ev)}\n\n".encode())
             self.wfile.flush()
+        if body.get("fail") == "event":
+            self.wfile.write(b'data: {"error": {"message": "slot lost"}}\n\n')
+            return
         self.wfile.write(b'data: {"choices": [{"text": "", "finish_reason": "length"}]}\n\n')
         self.wfile.write(b"data: [DONE]\n\n")
 
@@ -175,6 +184,20 @@ def test_stream_completion_parses_sse(sse_server):
     assert st.n_chunks == 5 and st.text == "t0 t1 t2 t3 t4 " and st.finish_reason == "length"
     assert st.ttft is not None and st.ttft >= 0
     assert st.decode_rate is None or st.decode_rate > 0
+
+
+def test_open_stream_events_in_order_and_its_errors(sse_server):
+    url = sse_server + "/completions"
+    with bench.open_stream(url, {"max_tokens": 3, "stream": True}) as (t_send, events):
+        got = list(events)
+    assert [ev["choices"][0]["text"] for _, ev in got] == ["t0 ", "t1 ", "t2 ", ""]
+    times = [t for t, _ in got]
+    assert t_send <= times[0] and times == sorted(times)
+    with pytest.raises(bench.BenchError, match=r"HTTP 503: b'busy'"):
+        with bench.open_stream(url, {"max_tokens": 1, "fail": "status"}):
+            pass
+    with pytest.raises(bench.BenchError, match="the stream reported an error: .*slot lost"):
+        bench.stream_completion(sse_server, "hi", 2, extra={"fail": "event"})
 
 
 def test_bench_server_against_fake(sse_server):

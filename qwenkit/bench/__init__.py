@@ -23,7 +23,7 @@ llama.cpp's tools (llama-bench, llama-server) built from the same sources: `find
 Modules, one job each:
   results    BenchResult, BenchError, test names, merging repetitions, the JSON result file
   runner     in-kernel measurement (bench, sweep, loaded)
-  sse        the streaming client (stream_completion, bench_server) and get_json
+  sse        the streaming client (stream_completion, bench_server, open_stream) and get_json
   tools      llama.cpp's built tools: find_tools, run_llama_bench
   processes  server processes: NativeServer (llama-server), StockServer (llama_cpp.server),
              kit_server, free_port
@@ -52,7 +52,14 @@ from qwenkit.bench.results import (
     test_name,
 )
 from qwenkit.bench.runner import MAX_REPS, PATHS, bench, loaded, sweep
-from qwenkit.bench.sse import DEFAULT_SERVER_PROMPT, StreamStats, bench_server, get_json, stream_completion
+from qwenkit.bench.sse import (
+    DEFAULT_SERVER_PROMPT,
+    StreamStats,
+    bench_server,
+    get_json,
+    open_stream,
+    stream_completion,
+)
 from qwenkit.bench.tables import fmt_rate, html, markdown_table, table
 from qwenkit.bench.tools import find_tools, run_llama_bench, tool_env, tool_path
 
@@ -61,7 +68,7 @@ __all__ = [
     "BenchError", "BenchResult", "NativeServer", "StockServer", "StreamStats",
     "bench", "bench_server", "config_fields", "cpu_seconds", "eog_bias", "find_tools", "fmt_rate", "free_port",
     "get_json", "gpu_slug", "html", "kit_server", "load_json", "loaded",
-    "machine_info", "markdown_table", "merge", "native_pair_args", "plot", "run_llama_bench",
+    "machine_info", "markdown_table", "merge", "native_pair_args", "open_stream", "plot", "run_llama_bench",
     "save_json", "server_pair", "start_llama_server", "stream_completion", "sweep", "synthetic_model",
     "table", "test_name", "tool_env", "tool_path",
 ]

@@ -1,19 +1,22 @@
 """A streaming client for OpenAI-style servers: time every SSE event of a /v1/completions
 request (time to first token, client-side decode rate), the kit's server, `python -m
 llama_cpp.server` and llama.cpp's `llama-server` alike. Plain http.client: no openai package
-needed (a device machine's carried wheels do not have it), one connection per request."""
+needed (a device machine's carried wheels do not have it), one connection per request.
+open_stream() is the transport for any streaming endpoint (/chat/completions too)."""
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from qwenkit.bench.results import BenchError, BenchResult
 
-__all__ = ["DEFAULT_SERVER_PROMPT", "StreamStats", "bench_server", "get_json", "stream_completion"]
+__all__ = ["DEFAULT_SERVER_PROMPT", "StreamStats", "bench_server", "get_json", "open_stream", "stream_completion"]
 
 DEFAULT_SERVER_PROMPT = (
     "The history of the city begins with a small settlement on the river, where traders met "
@@ -43,16 +46,15 @@ class StreamStats:
         return (self.n_chunks - 1) / (self.t_last - self.t_first)
 
 
-def stream_completion(base_url: str, prompt: str, max_tokens: int, *, headers: dict | None = None,
-                      model: str | None = None, temperature: float = 0.0, timeout: float = 600,
-                      extra: dict | None = None) -> StreamStats:
-    """POST {base_url}/completions with stream=true and time every SSE event that carries text.
-    base_url ends in /v1 (as an OpenAI client's). Plain http.client: no openai package needed."""
-    u = urllib.parse.urlsplit(base_url.rstrip("/") + "/completions")
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "stream": True}
-    if model:
-        body["model"] = model
-    body.update(extra or {})
+@contextlib.contextmanager
+def open_stream(url: str, body: dict[str, Any], *, headers: dict | None = None, timeout: float = 600,
+                source: str | None = None) -> Iterator[tuple[float, Iterator[tuple[float, dict[str, Any]]]]]:
+    """POST `body` as JSON to url (a streaming endpoint) on a connection of its own, closed on
+    exit. Yields (t_send, events): the perf_counter time just before the request went out and
+    the stream's JSON events up to [DONE], each as (arrival time, event). A status other than
+    200, or an event {"error": ...}, raises BenchError naming `source` (default: url)."""
+    source = source or url
+    u = urllib.parse.urlsplit(url)
     conn = _connection(u, 80, timeout)
     try:
         hdrs = {"Content-Type": "application/json", "Accept": "text/event-stream", **(headers or {})}
@@ -60,24 +62,48 @@ def stream_completion(base_url: str, prompt: str, max_tokens: int, *, headers: d
         conn.request("POST", u.path, body=json.dumps(body), headers=hdrs)
         resp = conn.getresponse()
         if resp.status != 200:
-            raise BenchError(f"{base_url}: HTTP {resp.status}: {resp.read()[:300]!r}")
-        n, t_first, t_last, parts, finish, info, times = 0, None, None, [], None, {}, []
-        while True:
-            line = resp.readline()
-            if not line:
-                break
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                break
-            now = time.perf_counter()
-            try:
-                ev = json.loads(data)
-            except ValueError:
-                continue
-            if "error" in ev:
-                raise BenchError(f"{base_url}: the stream reported an error: {ev['error']}")
+            raise BenchError(f"{source}: HTTP {resp.status}: {resp.read()[:300]!r}")
+        yield t_send, _events(resp, source)
+    finally:
+        conn.close()
+
+
+def _events(resp: http.client.HTTPResponse, source: str) -> Iterator[tuple[float, dict[str, Any]]]:
+    while True:
+        line = resp.readline()
+        if not line:
+            return
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        now = time.perf_counter()
+        try:
+            ev = json.loads(data)
+        except ValueError:
+            continue
+        if "error" in ev:
+            raise BenchError(f"{source}: the stream reported an error: {ev['error']}")
+        yield now, ev
+
+
+def stream_completion(base_url: str, prompt: str, max_tokens: int, *, headers: dict | None = None,
+                      model: str | None = None, temperature: float = 0.0, timeout: float = 600,
+                      extra: dict | None = None) -> StreamStats:
+    """POST {base_url}/completions with stream=true and time every SSE event that carries text.
+    base_url ends in /v1 (as an OpenAI client's). Plain http.client: no openai package needed."""
+    body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, "stream": True}
+    if model:
+        body["model"] = model
+    body.update(extra or {})
+    url = base_url.rstrip("/") + "/completions"
+    with open_stream(url, body, headers=headers, timeout=timeout, source=base_url) as (t_send, events):
+        n, t_first, t_last, finish = 0, None, None, None
+        parts: list[str] = []
+        times: list[float] = []
+        info: dict[str, Any] = {}
+        for now, ev in events:
             ch = (ev.get("choices") or [{}])[0]
             text = ch.get("text")
             if text is None:
@@ -93,9 +119,7 @@ def stream_completion(base_url: str, prompt: str, max_tokens: int, *, headers: d
             for k in ("usage", "timings"):
                 if ev.get(k):
                     info[k] = ev[k]
-        return StreamStats(n, t_send, t_first, t_last, "".join(parts), finish, info, times)
-    finally:
-        conn.close()
+    return StreamStats(n, t_send, t_first, t_last, "".join(parts), finish, info, times)
 
 
 def bench_server(base_url: str, n: int = 128, r: int = 5, *, label: str = "server",
