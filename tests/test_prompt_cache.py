@@ -200,3 +200,74 @@ def test_a_new_chat_takes_an_empty_slot_rather_than_displace_one(default_model):
     finally:
         s.close()
         m.close()
+
+
+def test_a_returning_chat_survives_the_eviction_its_own_swap_causes(hybrid_path):
+    """One slot, a budget that holds ONE parked conversation: when chat A comes back while B
+    holds the slot, B is parked to make room, and fitting the budget evicts the least recently
+    used entry: A itself. That killed the scheduler thread (list.remove in unpark) and left
+    the request hanging while /health said ok (helper-10's interleaved CPU run, turn C8)."""
+    def turn(s, m, hist):
+        p = m.chat_prompt(hist)
+        text, res, _ = _ask(s, m.chat_tokens(p), p.stop, max_tokens=4)
+        return text, res
+
+    def opening(c):
+        return [{"role": "user", "content": f"Conversation {c}: " + "tell me more about rivers. " * 6}]
+
+    m = _model(hybrid_path, 1)
+    s = Scheduler(m, cache_bytes=256 * 2**20)
+    try:
+        turn(s, m, opening("A"))
+        turn(s, m, opening("B"))
+        one_parked = s.cache.parked[0].size
+    finally:
+        s.close()
+        m.close()
+
+    m = _model(hybrid_path, 1)
+    s = Scheduler(m, cache_bytes=int(one_parked * 1.5))   # one parked conversation fits, two do not
+    try:
+        a = opening("A")
+        text, first = turn(s, m, a)
+        turn(s, m, opening("B"))                                # A is parked
+        assert len(s.cache.parked) == 1
+        a += [{"role": "assistant", "content": text}, {"role": "user", "content": "And the sea?"}]
+        _, second = turn(s, m, a)                               # B is parked, A comes back
+        assert s.failed is None
+        assert second.cached_tokens >= first.prompt_tokens - 8, (second.cached_tokens, first.prompt_tokens)
+        assert s.cache.stats()["unparked"] == 1 and s.cache.used <= s.cache.budget
+    finally:
+        s.close()
+        m.close()
+
+
+def test_a_request_taken_from_the_queue_learns_when_the_scheduler_dies(hybrid_path, monkeypatch):
+    """A fault between the queue and a slot (here injected into the prompt cache's lookup)
+    must reach that request as an error, not leave it waiting forever; later requests are
+    refused with the same cause."""
+    from qwenkit.errors import SchedulerError
+    m = _model(hybrid_path, 1)
+    s = Scheduler(m)
+    try:
+        def broken(prompt):
+            raise RuntimeError("injected fault")
+        monkeypatch.setattr(s.cache, "best_parked", broken)
+        done = threading.Event()
+        box: dict = {}
+
+        def sink(ev):
+            if ev[0] in ("end", "error"):
+                box["ev"] = ev
+                done.set()
+
+        toks = m.chat_tokens(m.chat_prompt([{"role": "user", "content": "hello"}]))
+        s.submit(Request(list(toks), 4, SamplingParams(temperature=0), [], sink))
+        assert done.wait(30), "the request was left waiting"
+        assert box["ev"][0] == "error" and "model failed" in str(box["ev"][1])
+        assert isinstance(s.failed, RuntimeError)
+        with pytest.raises(SchedulerError, match="model failed"):
+            s.submit(Request(list(toks), 4, SamplingParams(temperature=0), [], sink))
+    finally:
+        s.close()
+        m.close()

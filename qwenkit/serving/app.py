@@ -328,6 +328,10 @@ def create_app(state: AppState) -> FastAPI:
         if not state.ready:
             return JSONResponse({"status": "loading", "model": state.alias}, status_code=503,
                                 headers={"Retry-After": "5"})
+        if state.scheduler.failed is not None:  # nothing will be served: say so, for probes and routers
+            return JSONResponse({"status": "error", "model": state.alias,
+                                 "error": f"the model failed: {type(state.scheduler.failed).__name__}",
+                                 "fix": "restart the server; its log says why"}, status_code=500)
         return {"status": "ok", "model": state.alias, "model_id": state.model_id,
                 "n_ctx": state.model.n_ctx_slot, **state.scheduler.stats()}
 

@@ -205,10 +205,15 @@ class PromptCache:
                 best, best_keep = p, keep
         return best, best_keep
 
+    def take(self, p: Parked) -> None:
+        """Hold on to a parked sequence outside the budget's reach (it is about to be unparked)."""
+        if p in self.parked:
+            self.parked.remove(p)
+
     def unpark(self, p: Parked, seq: int) -> bool:
         """Put a parked sequence into slot `seq` (whatever it held is gone)."""
         self._lc.llama_memory_seq_rm(self.model.mem, seq, -1, -1)
-        self.parked.remove(p)
+        self.take(p)
         if not self._set(seq, p.blob, partial=False):
             self._lc.llama_memory_seq_rm(self.model.mem, seq, -1, -1)
             self.slot_ckpts[seq] = []

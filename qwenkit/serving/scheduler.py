@@ -122,6 +122,7 @@ class Scheduler:
         self.tokens_decoded = 0
         self.requests_done = 0
         self.failed: BaseException | None = None
+        self._starting: Request | None = None   # between the queue and a slot (for errors)
         self._thread = threading.Thread(target=self._run, name="qwenkit-scheduler", daemon=True)
         self._thread.start()
 
@@ -239,6 +240,8 @@ class Scheduler:
             traceback.print_exc()
             err = SchedulerError(f"the model failed: {type(e).__name__} (see the server log)", _MODEL_FAILED_FIX,
                                  status=500, code="model_failed")
+            if self._starting is not None:  # taken from the queue, not yet in a slot
+                self._emit(self._starting, ("error", err))
             for s in self.slots:
                 if s.req is not None:
                     self._emit(s.req, ("error", err))
@@ -281,7 +284,9 @@ class Scheduler:
                 if not self._waiting:
                     return
                 req = self._waiting.popleft()
+            self._starting = req
             self._start(free, req)
+            self._starting = None
 
     def _start(self, free: list[_Slot], req: Request) -> None:
         """Put req into the free slot that can reuse most of its prompt (its own state, a
@@ -298,6 +303,9 @@ class Scheduler:
         parked, parked_keep = cache.best_parked(prompt) if self.reuse else (None, 0)
         if parked is not None and parked_keep > keep:
             slot = min(free, key=lambda s: reuse[s.seq])   # the slot whose state helps least
+            # take it out of the cache first: parking the slot's own chat may evict to fit the
+            # budget, and the least recently used entry can be this one
+            cache.take(parked)
             self._park_if_other(slot, reuse[slot.seq])
             ok = cache.unpark(parked, slot.seq)
             slot.cached, slot.prefilled = (list(parked.tokens), parked.prefilled) if ok else ([], 0)
