@@ -614,6 +614,12 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
             if not _is_context_error(e):
                 raise
             real = _context_from_error(e)
+            if real is not None and real >= plan_ctx:
+                # the server holds what was planned: the plan itself made a prompt too long, and
+                # a smaller plan would only ask for every part again
+                raise ContextOverflowError(
+                    f"a prompt did not fit the server's context of {real} tokens although the plan was for "
+                    f"n_ctx={plan_ctx} ({e})", "use a smaller max_tokens, or report this") from None
             smaller = real if real and real < plan_ctx else int(plan_ctx * 0.7)
             say(f"the server's context is smaller than n_ctx={plan_ctx}: planning for {smaller}")
             plan_ctx = smaller
@@ -624,8 +630,9 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
 
 
 def _context_from_error(e: Exception) -> int | None:
-    m = re.search(r"maximum context length is (\d+)", str(e))
-    return int(m.group(1)) if m else None
+    """The server's context from its error: OpenAI's wording, or the kit's own server's."""
+    m = re.search(r"maximum context length is (\d+)|a slot's context holds (\d+)", str(e))
+    return int(m.group(1) or m.group(2)) if m else None
 
 
 def _summarize_once(text: str, run: "_Runner", language: str, n_ctx: int, max_tokens: int,
@@ -692,6 +699,10 @@ def _reduce(run: _Runner, partials: list[str], language: str, chunk_budget: int,
     while True:
         joined = _join(items)
         if run.count(joined) <= chunk_budget or len(items) == 1 or rounds >= MAX_ROUNDS:
+            if run.count(joined) > chunk_budget:  # the last round, or one partial too long: cut to fit
+                share = max(8, chunk_budget // len(items) - 8)
+                items = _clip_all(items, share, run.count, say)
+                joined = _join(items)
             rounds += 1
             say(f"combining {len(items)} partial summaries")
             user = template.format(text=joined)
@@ -700,11 +711,32 @@ def _reduce(run: _Runner, partials: list[str], language: str, chunk_budget: int,
         # too long to combine at once: combine groups, then go round again
         groups = _group(items, chunk_budget, run.count)
         if len(groups) >= len(items):  # no progress possible by grouping: halve instead
+            # every partial fills half the budget or more (an answer can count more tokens when
+            # tokenized again than were generated): cut each so that two fit one request
+            half = max(8, chunk_budget // 2 - 8)
+            items = _clip_all(items, half, run.count, say)
             groups = [items[k:k + 2] for k in range(0, len(items), 2)]
         rounds += 1
         say(f"round {rounds}: combining {len(items)} summaries in {len(groups)} groups")
         items = _ask_all(run, [template.format(text=_join(g)) for g in groups], answer, "reduce",
                          [f"combining group {k}/{len(groups)}" for k in range(1, len(groups) + 1)], say)
+
+
+def _clip_all(items: list[str], budget: int, count, say) -> list[str]:
+    """Each partial cut to `budget` tokens; says how many were cut (a summary loses their ends)."""
+    out = [_clip(t, budget, count) for t in items]
+    cut = sum(a != b for a, b in zip(items, out, strict=True))
+    if cut:
+        say(f"{cut} partial summar{'y' if cut == 1 else 'ies'} longer than {budget} tokens cut to fit the context")
+    return out
+
+
+def _clip(text: str, budget: int, count) -> str:
+    """`text` cut at its last paragraph, sentence or token boundary within `budget` tokens."""
+    if count(text) <= budget:
+        return text
+    s, e = split_spans(text, budget, count)[0]
+    return text[s:e].rstrip()
 
 
 def _join(items: Iterable[str]) -> str:

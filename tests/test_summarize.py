@@ -379,3 +379,28 @@ def test_map_requests_overlap_on_the_real_server_and_equal_the_sequential_summar
     wall = max(c.started + c.seconds for c in maps) - maps[0].started
     print(f"map step, {len(maps)} requests 2 at once: {wall:.1f} s wall for "
           f"{sum(c.seconds for c in maps):.1f} s of requests; summary {both.seconds:.1f} s")
+
+
+@pytest.fixture(scope="module")
+def tiny_two_slots():
+    """The kit's server on the tiny random qwen35moe: 2 slots of 1024 tokens."""
+    from qwenkit import server, synthetic
+    from qwenkit.config import RunConfig
+    path = synthetic.cached_model("qwen35moe", "tiny")
+    srv = server.start(RunConfig(model=str(path), n_ctx=1024, n_threads=1, parallel=2), port="any", quiet=True,
+                       access_log=False)
+    yield srv
+    srv.stop()
+
+
+def test_partials_longer_than_planned_are_cut_to_fit_not_replanned(tiny_two_slots):
+    # the random model answers in filler tokens (" w123") that count ~2 tokens each when tokenized
+    # again (the full-size vocabulary's " w123456": ~6.5): two 256-token partial summaries do not
+    # fit one 1024-token reduce prompt. Before: a 400, then the whole summary again at 0.7 x n_ctx,
+    # three times, then ContextOverflowError (130-180 s here)
+    said: list[str] = []
+    s = summarize.summarize(sample_text("en"), tiny_two_slots.client(), tiny_two_slots.alias, n_ctx=1024,
+                            language="en", temperature=0.0, max_tokens=256, loop_guard=False, on_progress=said.append)
+    assert not any("planning for" in m for m in said), said
+    assert s.chunks > 2 and s.text
+    assert max(c.prompt_tokens for c in s.calls) <= 1024 - 64
