@@ -231,9 +231,9 @@ def _load(cfg, slots: int, queue_limit: int | None, state, status: Status) -> No
         from qwenkit.units import MiB
         unified = cfg.kv_unified if cfg.kv_unified is not None else unified_default()
         model = ServedModel(cfg, slots, unified_kv=unified)
-        cache_mib = cfg.prompt_cache_mib if cfg.prompt_cache_mib is not None else (
-            2048 if unified_default() else 512)
-        sched = Scheduler(model, queue_limit=queue_limit, cache_bytes=cache_mib * MiB, reuse=cache_mib > 0)
+        cache_bytes = cfg.prompt_cache_bytes(gpu_build=unified_default())  # as the memory plan shows it
+        cache_mib = cache_bytes // MiB
+        sched = Scheduler(model, queue_limit=queue_limit, cache_bytes=cache_bytes, reuse=cache_bytes > 0)
     except BaseException as e:  # noqa: BLE001 - everything here is a load failure to report
         traceback.print_exc()
         fix = getattr(e, "fix", None) or ("check the path and that the file is complete (qwenkit.gguf_info), "
