@@ -62,22 +62,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qwenkit import bench
 from qwenkit.config import RunConfig, default_threads
+from qwenkit.data import sample_one_line
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SAMPLE = ROOT / "qwenkit" / "data" / "sample_en.txt"
 N_CTX = 4096
 
 
 # ---- prompts ---------------------------------------------------------------------------------
-def _text() -> str:
-    return " ".join(SAMPLE.read_text(encoding="utf-8").split())
-
-
 def prompt_for(kind: str, rnd: int, user: int, users: int, long_chars: int) -> str:
     """A distinct prompt per (round, user): a passage of the sample text starting at an
     offset that differs per user and round, with a label in front."""
-    text = _text()
+    text = sample_one_line("en")
     n = len(text)
     if kind == "short":
         off = ((rnd * 7 + user) * 977) % max(1, n - 400)
@@ -102,7 +98,7 @@ def chars_per_token(base_url: str, kit: bool, headers: dict) -> float:
     """The model's own tokenizer on the sample text (through the server that has it)."""
     import http.client
     import urllib.parse
-    text = _text()
+    text = sample_one_line("en")
     u = urllib.parse.urlsplit(base_url)
     path, body = (("/extras/tokenize", {"input": text}) if kit else ("/tokenize", {"content": text}))
     c = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=60)

@@ -22,3 +22,9 @@ def sample_path(language: str = "ja") -> Path:
 
 def sample_text(language: str = "ja") -> str:
     return sample_path(language).read_text(encoding="utf-8")
+
+
+def sample_one_line(language: str = "ja") -> str:
+    """The sample document with every run of whitespace as one space: a benchmark cuts passages
+    of it at any character offset and cycles through it."""
+    return " ".join(sample_text(language).split())
