@@ -17,7 +17,7 @@ import contextlib
 import ctypes
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from qwenkit.config import RunConfig
 from qwenkit.errors import ModelLoadError
@@ -91,7 +91,7 @@ class ServedModel:
         self.bos = int(lc.llama_vocab_bos(self.vocab))
         self.eos = int(lc.llama_vocab_eos(self.vocab))
         self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab))
-        self._formatter = None
+        self._formatter: Callable[..., Any] | None = None   # the chat template's renderer, made on first use
         self.chat_template = self.meta("tokenizer.chat_template")
 
     # ---- metadata and text ----
@@ -145,13 +145,14 @@ class ServedModel:
         """The GGUF's chat template rendered in jinja2's sandbox (llama-cpp-python's formatter)."""
         if not self.chat_template:
             raise ValueError("this model has no chat template: use /v1/completions")
-        if self._formatter is None:
+        fmt = self._formatter
+        if fmt is None:
             from qwenkit.llama_api import chat_formatter
-            self._formatter = chat_formatter(
+            fmt = self._formatter = chat_formatter(
                 template=self.chat_template,
                 eos_token=self.piece(self.eos, special=True).decode("utf-8", "replace") if self.eos >= 0 else "",
                 bos_token=self.piece(self.bos, special=True).decode("utf-8", "replace") if self.bos >= 0 else "")
-        r = self._formatter(messages=messages, tools=tools, tool_choice=tool_choice, **(template_kwargs or {}))
+        r = fmt(messages=messages, tools=tools, tool_choice=tool_choice, **(template_kwargs or {}))
         return ChatPrompt(text=r.prompt, stop=[s for s in (r.stop or []) if s] if isinstance(r.stop, list) else
                           ([r.stop] if r.stop else []))
 

@@ -71,16 +71,23 @@ class Request:
         self.cancelled = True
 
 
+@dataclass(eq=False)
+class _Run:
+    """The request a slot serves and what decodes it: made together in `_start`, dropped
+    together in `_release`, so one None check tells that all four are there."""
+    req: Request
+    sampler: SlotSampler
+    detok: Detokenizer
+    scan: StopScanner
+
+
 class _Slot:
     def __init__(self, seq: int):
         self.seq = seq
-        self.req: Request | None = None
+        self.run: _Run | None = None       # None while the slot is idle
         self.cached: list[int] = []        # tokens decoded into this sequence, in order
         self.todo: list[int] = []          # prompt tokens still to decode
         self.next_token: int | None = None  # sampled, to decode in the next step
-        self.sampler: SlotSampler | None = None
-        self.detok: Detokenizer | None = None
-        self.scan: StopScanner | None = None
         self.n_gen = 0
         self.gen: list[int] = []
         self.n_cached = 0
@@ -93,7 +100,7 @@ class _Slot:
 
     @property
     def busy(self) -> bool:
-        return self.req is not None
+        return self.run is not None
 
 
 class Scheduler:
@@ -243,8 +250,8 @@ class Scheduler:
             if self._starting is not None:  # taken from the queue, not yet in a slot
                 self._emit(self._starting, ("error", err))
             for s in self.slots:
-                if s.req is not None:
-                    self._emit(s.req, ("error", err))
+                if s.run is not None:
+                    self._emit(s.run.req, ("error", err))
                     self._release(s)
         finally:
             with self._cv:
@@ -255,8 +262,8 @@ class Scheduler:
             for r in pending:
                 self._emit(r, ("error", err))
             for s in self.slots:
-                if s.req is not None:
-                    self._emit(s.req, ("error", err))
+                if s.run is not None:
+                    self._emit(s.run.req, ("error", err))
                     self._release(s)
 
     @staticmethod
@@ -274,8 +281,8 @@ class Scheduler:
             if any(r.cancelled for r in self._waiting):
                 self._waiting = collections.deque(r for r in self._waiting if not r.cancelled)
         for s in self.slots:
-            if s.req is not None and s.req.cancelled:
-                self._finish(s, "cancelled")
+            if s.run is not None and s.run.req.cancelled:
+                self._finish(s, s.run, "cancelled")
 
     def _admit(self) -> None:
         free = [s for s in self.slots if not s.busy]
@@ -320,12 +327,10 @@ class Scheduler:
         slot.prefilled = len(prompt)  # once its prefill is done (a cancelled one is cut below)
         slot.todo = list(req.prompt[keep:])
         slot.n_cached = keep
-        slot.req = req
         slot.next_token = None
-        slot.sampler = SlotSampler(self.model.n_vocab, req.sampling, self.model.vocab)
-        slot.sampler.accept_prompt(req.prompt)
-        slot.detok = Detokenizer(self.model.vocab)
-        slot.scan = StopScanner(list(req.stop))
+        sampler = SlotSampler(self.model.n_vocab, req.sampling, self.model.vocab)
+        sampler.accept_prompt(req.prompt)
+        slot.run = _Run(req, sampler, Detokenizer(self.model.vocab), StopScanner(list(req.stop)))
         slot.n_gen = 0
         slot.gen = []
         slot.t_first = None
@@ -340,18 +345,18 @@ class Scheduler:
         lc, b = self._lc, self._batch
         n = 0
         seqs = 0
-        gen = [s for s in self.slots if s.req is not None and s.next_token is not None]
-        for s in gen:
-            self._put(n, s.next_token, len(s.cached), s.seq, True)
-            s.cached.append(s.next_token)
+        gen = [(s, s.run, s.next_token) for s in self.slots if s.run is not None and s.next_token is not None]
+        for s, _, tok in gen:
+            self._put(n, tok, len(s.cached), s.seq, True)
+            s.cached.append(tok)
             s.next_token = None
             s.batch_i = n
             n += 1
         seqs = len(gen)
         budget = min(self.chunk, self._n_batch - n)
-        filling = sorted((s for s in self.slots if s.req is not None and s.todo), key=lambda s: s.order)
-        sampled = list(gen)
-        for s in filling:
+        filling = sorted(((s, s.run) for s in self.slots if s.run is not None and s.todo), key=lambda sr: sr[0].order)
+        sampled = [(s, run) for s, run, _ in gen]
+        for s, run in filling:
             if budget <= 0:
                 break
             room = budget
@@ -370,7 +375,7 @@ class Scheduler:
             seqs += 1
             if last:
                 s.batch_i = n - 1
-                sampled.append(s)
+                sampled.append((s, run))
         if n == 0:
             return
         b.n_tokens = n
@@ -380,14 +385,14 @@ class Scheduler:
         self.max_seqs = max(self.max_seqs, seqs)
         self.tokens_decoded += n
         if rc != 0:
-            self._decode_failed(rc, {s for s in self.slots if s.req is not None})
+            self._decode_failed(rc, [(s, s.run) for s in self.slots if s.run is not None])
             return
-        for s in filling:
+        for s, _ in filling:
             if s.plan and len(s.cached) in s.plan:
                 self.cache.save(s.seq, len(s.cached))
                 s.plan = [p for p in s.plan if p > len(s.cached)]
-        for s in sampled:
-            self._sample(s)
+        for s, run in sampled:
+            self._sample(s, run)
 
     def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
         b = self._batch
@@ -397,37 +402,36 @@ class Scheduler:
         b.seq_id[i][0] = seq
         b.logits[i] = logits
 
-    def _decode_failed(self, rc: int, slots) -> None:
+    def _decode_failed(self, rc: int, busy: list[tuple[_Slot, _Run]]) -> None:
         err = SchedulerError(f"llama_decode returned {rc} (no room in the KV cache or a compute failure); "
                              "the request was stopped",
                              "send it again; if it fails again, serve with fewer slots or a smaller n_ctx "
                              "(the server's log has llama.cpp's reason)", status=500, code="decode_failed")
-        for s in slots:
-            req = s.req
+        for s, run in busy:
             self._release(s)
             self.cache.rewind(s.seq, s.cached, 0)
             s.cached = []
-            self._emit(req, ("error", err))
+            self._emit(run.req, ("error", err))
 
-    def _sample(self, s: _Slot) -> None:
-        req = s.req
-        tok = s.sampler.sample(self.model.ctx, s.batch_i)
+    def _sample(self, s: _Slot, run: _Run) -> None:
+        req, scan = run.req, run.scan
+        tok = run.sampler.sample(self.model.ctx, s.batch_i)
         if s.t_first is None:
             s.t_first = time.perf_counter()
         if self.model.is_eog(tok):
-            self._finish(s, "stop")
+            self._finish(s, run, "stop")
             return
         s.n_gen += 1
         s.gen.append(tok)
         if req.top_logprobs:
             self._emit(req, ("logprobs", self._logprobs(s.batch_i, tok, req.top_logprobs, req.sampling.logit_bias)))
-        text = s.scan.push(s.detok.text(tok))
+        text = scan.push(run.detok.text(tok))
         if text:
             self._emit(req, ("text", text))
-        if s.scan.hit:
-            self._finish(s, "stop")
+        if scan.hit:
+            self._finish(s, run, "stop")
         elif s.n_gen >= req.max_tokens or len(s.cached) + 1 >= self.model.n_ctx_slot:
-            self._finish(s, "length")
+            self._finish(s, run, "length")
         else:
             s.next_token = tok
 
@@ -448,12 +452,12 @@ class Scheduler:
         return {"token": tok, "logprob": float(row[tok]) - lse,
                 "top": [(int(t), float(row[t]) - lse) for t in top]}
 
-    def _finish(self, s: _Slot, reason: str) -> None:
-        req = s.req
-        if reason != "cancelled" and not s.scan.hit:
-            tail = s.scan.push(s.detok.flush())
-            tail += "" if s.scan.hit else s.scan.flush()
-            if s.scan.hit:
+    def _finish(self, s: _Slot, run: _Run, reason: str) -> None:
+        req, scan = run.req, run.scan
+        if reason != "cancelled" and not scan.hit:
+            tail = scan.push(run.detok.flush())
+            tail += "" if scan.hit else scan.flush()
+            if scan.hit:
                 reason = "stop"
             if tail:
                 self._emit(req, ("text", tail))
@@ -466,9 +470,9 @@ class Scheduler:
             self._emit(req, ("end", res))
 
     def _release(self, s: _Slot) -> None:
-        if s.sampler is not None:
-            s.sampler.close()
-        s.req, s.sampler, s.detok, s.scan = None, None, None, None
+        if s.run is not None:
+            s.run.sampler.close()
+        s.run = None
         s.todo = []
         s.next_token = None
         s.batch_i = -1
