@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qwenkit.serving import tools as tools_mod
 from qwenkit.serving.mailbox import Mailbox
+from qwenkit.serving.model import ServedModel
 from qwenkit.serving.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -49,7 +50,7 @@ from qwenkit.serving.protocol import (
     Unsupported,
     error_body,
 )
-from qwenkit.serving.scheduler import Request, Result, SchedulerError
+from qwenkit.serving.scheduler import Request, Result, Scheduler, SchedulerError
 from qwenkit.serving.structured import SchemaError, response_format_grammar
 from qwenkit.serving.tools import ToolStream
 from qwenkit.units import MiB
@@ -69,14 +70,14 @@ class AppState:
         self.max_tokens_cap = max_tokens_cap
         # True: the OpenAPI document says every route needs the Bearer key; None: it may
         self.api_key_required = api_key_required
-        self.model = None
-        self.scheduler = None
+        self.model: ServedModel | None = None
+        self.scheduler: Scheduler | None = None     # attach() sets both, close() clears both
         self.model_id: str | None = None
         self.stream_flush_s = max(0.0, float(stream_flush_ms)) / 1000.0
         self.max_body = int(max_body)
         self.started = int(time.time())
 
-    def attach(self, model, scheduler) -> None:
+    def attach(self, model: ServedModel, scheduler: Scheduler) -> None:
         self.model_id = Path(model.cfg.model).stem
         self.model = model
         self.scheduler = scheduler
@@ -212,8 +213,10 @@ class _Job:
 
 
 _ERR = {"model": ErrorResponse}
-_GUARD = {401: dict(_ERR, description="missing or wrong Bearer key (when the server has one)"),
-          403: dict(_ERR, description="a Host other than localhost, or a foreign Origin")}
+# typed as FastAPI's `responses` parameter, which the routes unpack these into
+_GUARD: dict[int | str, dict[str, Any]] = {
+    401: dict(_ERR, description="missing or wrong Bearer key (when the server has one)"),
+    403: dict(_ERR, description="a Host other than localhost, or a foreign Origin")}
 _BUSY = {503: dict(_ERR, description="the model is still loading, or the queue is full (Retry-After)")}
 _BODY = {400: dict(_ERR, description="a client mistake: malformed JSON, a missing or wrong field"),
          413: dict(_ERR, description="the body is larger than the server's limit")}
@@ -282,7 +285,7 @@ def _document(app: FastAPI, state: AppState) -> None:
         app.openapi_schema = doc
         return doc
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to replace the document
 
 
 def create_app(state: AppState) -> FastAPI:
@@ -316,24 +319,26 @@ def create_app(state: AppState) -> FastAPI:
         traceback.print_exception(e)
         return _error(500, "internal server error (the server's log has the details)", "internal_error")
 
-    def need_ready():
-        if not state.ready:
+    def need_ready() -> tuple[ServedModel, Scheduler]:
+        model, sched = state.model, state.scheduler
+        if model is None or sched is None:
             raise APIError(503, "the model is still loading", "model_loading", headers={"Retry-After": "5"})
-        return state.model, state.scheduler
+        return model, sched
 
     # ---- status ----
     @app.get("/health", responses={200: {"model": Health}, 503: {"model": Health, "description": "loading"},
                                    **_GUARD})
     async def health():
-        if not state.ready:
+        model, sched = state.model, state.scheduler
+        if model is None or sched is None:
             return JSONResponse({"status": "loading", "model": state.alias}, status_code=503,
                                 headers={"Retry-After": "5"})
-        if state.scheduler.failed is not None:  # nothing will be served: say so, for probes and routers
+        if sched.failed is not None:  # nothing will be served: say so, for probes and routers
             return JSONResponse({"status": "error", "model": state.alias,
-                                 "error": f"the model failed: {type(state.scheduler.failed).__name__}",
+                                 "error": f"the model failed: {type(sched.failed).__name__}",
                                  "fix": "restart the server; its log says why"}, status_code=500)
         return {"status": "ok", "model": state.alias, "model_id": state.model_id,
-                "n_ctx": state.model.n_ctx_slot, **state.scheduler.stats()}
+                "n_ctx": model.n_ctx_slot, **sched.stats()}
 
     @app.get("/v1/models", responses=_responses(ModelList, body=False))
     async def models():
@@ -642,9 +647,9 @@ def create_app(state: AppState) -> FastAPI:
         if isinstance(p, str):
             tokens = await run_in_threadpool(model.completion_tokens, p)
         else:
-            if any(not isinstance(t, int) or t < 0 or t >= model.n_vocab for t in p):
+            tokens = [t for t in p if isinstance(t, int) and 0 <= t < model.n_vocab]
+            if len(tokens) != len(p):
                 raise APIError(400, f"prompt token ids must be in 0..{model.n_vocab - 1}", "invalid_value", "prompt")
-            tokens = list(p)
         return await run(request, body, tokens, body.stops(), body.max_tokens, "completion")
 
     return app

@@ -4,6 +4,7 @@ Validation happens here, before anything reaches the scheduler, so a client mist
 400 with a message that names the field, never a 500 (which the openai client retries)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -91,19 +92,20 @@ class _Sampling(BaseModel):
                 raise ValueError(f"logit_bias key {k!r} is not a token id") from None
             if not -100.0 <= bias[int(k)] <= 100.0:
                 raise ValueError(f"logit_bias value for {k!r} must be from -100 to 100")
-        extra = {}
-        if self.dry_multiplier > 0:
-            extra = dict(dry_multiplier=self.dry_multiplier, dry_base=self.dry_base,
-                         dry_allowed_length=self.dry_allowed_length, dry_penalty_last_n=self.dry_penalty_last_n,
-                         dry_sequence_breakers=tuple(self.dry_sequence_breakers if self.dry_sequence_breakers
-                                                     is not None else DRY_BREAKERS))
-            if not dry_supported():
-                raise Unsupported("dry_multiplier", "llama.cpp's DRY sampler is not wired into this server's "
-                                  "sampler chain yet")
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              min_p=self.min_p, presence_penalty=self.presence_penalty,
-                              frequency_penalty=self.frequency_penalty, repeat_penalty=self.repeat_penalty,
-                              seed=self.seed, logit_bias=bias, grammar=self.grammar or None, **extra)
+        if self.dry_multiplier > 0 and not dry_supported():
+            raise Unsupported("dry_multiplier", "llama.cpp's DRY sampler is not wired into this server's "
+                              "sampler chain yet")
+        params = SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                min_p=self.min_p, presence_penalty=self.presence_penalty,
+                                frequency_penalty=self.frequency_penalty, repeat_penalty=self.repeat_penalty,
+                                seed=self.seed, logit_bias=bias, grammar=self.grammar or None)
+        if self.dry_multiplier <= 0:
+            return params   # DRY off: its settings keep their defaults
+        return dataclasses.replace(
+            params, dry_multiplier=self.dry_multiplier, dry_base=self.dry_base,
+            dry_allowed_length=self.dry_allowed_length, dry_penalty_last_n=self.dry_penalty_last_n,
+            dry_sequence_breakers=tuple(self.dry_sequence_breakers if self.dry_sequence_breakers is not None
+                                        else DRY_BREAKERS))
 
     @property
     def include_usage(self) -> bool:
