@@ -5,6 +5,8 @@ that raises one may re-export it under its old name (`from qwenkit.summarize imp
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "ConfigError", "ContextOverflowError", "DocumentError", "DownloadError", "GGUFError", "HubUnreachable",
     "LlamaCppError", "ModelLoadError", "QualityError", "QueueFull", "QwenkitError", "RoomError", "SchedulerError",
@@ -35,6 +37,10 @@ class ModelLoadError(QwenkitError, RuntimeError):
 
 class ServerError(QwenkitError, RuntimeError):
     """The OpenAI-compatible server could not start, died, or did not answer."""
+
+    # set by qwenkit.server when the server process failed or died: its pid and log, to look further
+    pid: int
+    log_path: Path
 
 
 class ContextOverflowError(QwenkitError, ValueError):

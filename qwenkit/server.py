@@ -364,7 +364,7 @@ def start(cfg: RunConfig, host: str = "127.0.0.1", port: int | str = DEFAULT_POR
             start_new_session=True,  # Ctrl-C in a terminal reaches the parent, which stops it cleanly
             cwd=str(run_dir),
         )
-    srv = ServerProcess(proc, host=host, port=port if port != "any" else 0, api_key=api_key,
+    srv = ServerProcess(proc, host=host, port=port if isinstance(port, int) else 0, api_key=api_key,
                         alias=cfg.alias, log_path=log_path, status_path=status_path, cfg=cfg,
                         owned=not background)
     try:
@@ -400,9 +400,10 @@ def _wait_ready(srv: ServerProcess, timeout: float) -> None:
         rc = srv.returncode()
         if phase == "error" or rc is not None:
             # let the child finish writing
-            if rc is None:
+            proc = srv._proc
+            if rc is None and proc is not None:
                 try:
-                    srv._proc.wait(5)
+                    proc.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
             problem = st.get("problem") or f"the server process exited with code {srv.returncode()}"
