@@ -9,7 +9,8 @@ model and flags.
     # expensive part: the committed run, --turns 5, took 471 s at load 3-4.9 (cache off 253 s of
     # it); 10 turns would be ~20 min at that load:
     python benchmarks/multiturn.py              # writes benchmarks/results/multiturn_cpu.json
-    python benchmarks/multiturn.py --model /path/qwen35moe-synthetic.gguf --out benchmarks/results/multiturn_cpu_qwen35moe.json
+    python benchmarks/multiturn.py --model /path/qwen35moe-synthetic.gguf \
+        --out benchmarks/results/multiturn_cpu_qwen35moe.json
 
     # GPU (H200), the full-size random synthetic Qwen3.5-35B-A3B (written once, ~15 s), 10 turns
     # x 1500 new tokens, 1 and 4 conversations, ~3-4 min (estimated; --budget 390 s stops it
@@ -59,16 +60,13 @@ What is measured:
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import contextlib
-import http.client
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +74,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qwenkit import bench
 from qwenkit.config import RunConfig, default_threads
+from qwenkit.data import sample_one_line
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SAMPLE = ROOT / "qwenkit" / "data" / "sample_en.txt"
 SERVERS = ("kit", "kit_cache_off", "llama_server")
 LABEL = {"kit": "kit", "kit_cache_off": "kit cache off", "llama_server": "llama-server"}
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
@@ -87,10 +85,6 @@ TARGET_NATIVE, TARGET_COLD = 1.2, 0.15
 
 
 # ---- the conversations --------------------------------------------------------------------------
-def _text() -> str:
-    return " ".join(SAMPLE.read_text(encoding="utf-8").split())
-
-
 @contextlib.contextmanager
 def quiet_stderr():
     """llama.cpp's loader log (file descriptor 2) goes nowhere while the vocabulary loads."""
@@ -135,7 +129,7 @@ class Vocab:
 def passage(conv: int, turn: int, chars: int) -> str:
     """~chars characters of the sample text from an offset that differs per (conv, turn),
     starting at a word, cycling through the text."""
-    text = _text()
+    text = sample_one_line("en")
     n = len(text)
     off = ((conv * 13 + turn) * 1657 + conv * 211) % n
     off = text.find(" ", off) + 1
@@ -157,7 +151,7 @@ def user_message(label: str, turn: int, turns: int, body: str) -> str:
 def build_conversations(vocab: Vocab, labels: list[str], turns: int, new_tokens: int) -> dict[str, list[str]]:
     """The user turns of each conversation, each ~new_tokens tokens (the passage's size is
     corrected once by its measured token count)."""
-    text = _text()
+    text = sample_one_line("en")
     cpt = len(text) / max(1, vocab.count(text))
     out = {}
     for c, lab in enumerate(labels):
@@ -179,35 +173,15 @@ def stream_chat(base_url: str, messages: list[dict], max_tokens: int, *, headers
     """POST {base_url}/chat/completions, stream=true, greedy; times the first event that
     carries text (content or reasoning_content). Returns the answer's content (what a client
     appends to its history), usage, llama-server's timings, finish_reason."""
-    u = urllib.parse.urlsplit(base_url.rstrip("/") + "/chat/completions")
     body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
             "stream_options": {"include_usage": True}, **NO_THINKING, **(extra or {})}
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
-    try:
-        t_send = time.perf_counter()
-        conn.request("POST", u.path, body=json.dumps(body),
-                     headers={"Content-Type": "application/json", "Accept": "text/event-stream", **(headers or {})})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise bench.BenchError(f"{base_url}: HTTP {resp.status}: {resp.read()[:300]!r}")
-        t_first = t_last = None
-        content, reasoning, events, finish, info = [], [], 0, None, {}
-        while True:
-            line = resp.readline()
-            if not line:
-                break
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                break
-            now = time.perf_counter()
-            try:
-                ev = json.loads(data)
-            except ValueError:
-                continue
-            if "error" in ev:
-                raise bench.BenchError(f"{base_url}: the stream reported an error: {ev['error']}")
+    url = base_url.rstrip("/") + "/chat/completions"
+    t_first = t_last = None
+    content: list[str] = []
+    reasoning: list[str] = []
+    events, finish, info = 0, None, {}
+    with bench.open_stream(url, body, headers=headers, timeout=timeout, source=base_url) as (t_send, stream):
+        for now, ev in stream:
             for k in ("usage", "timings"):
                 if ev.get(k):
                     info[k] = ev[k]
@@ -225,98 +199,30 @@ def stream_chat(base_url: str, messages: list[dict], max_tokens: int, *, headers
                 t_first = now if t_first is None else t_first
                 t_last = now
             finish = ch.get("finish_reason") or finish
-        usage, timings = info.get("usage") or {}, info.get("timings") or {}
-        return {"ttft_s": None if t_first is None else t_first - t_send,
-                "answer_s": None if t_last is None else t_last - t_send,
-                "content": "".join(content), "reasoning": "".join(reasoning), "events": events,
-                "finish_reason": finish, "prompt_tokens": usage.get("prompt_tokens", timings.get("prompt_n")),
-                "completion_tokens": usage.get("completion_tokens", timings.get("predicted_n")),
-                "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
-                "timings": {k: timings[k] for k in ("cache_n", "prompt_n", "prompt_ms", "predicted_n") if k in timings}}
-    finally:
-        conn.close()
+    usage, timings = info.get("usage") or {}, info.get("timings") or {}
+    return {"ttft_s": None if t_first is None else t_first - t_send,
+            "answer_s": None if t_last is None else t_last - t_send,
+            "content": "".join(content), "reasoning": "".join(reasoning), "events": events,
+            "finish_reason": finish, "prompt_tokens": usage.get("prompt_tokens", timings.get("prompt_n")),
+            "completion_tokens": usage.get("completion_tokens", timings.get("predicted_n")),
+            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            "timings": {k: timings[k] for k in ("cache_n", "prompt_n", "prompt_ms", "predicted_n") if k in timings}}
 
 
 # ---- servers --------------------------------------------------------------------------------------
-def eog_bias(model: str) -> dict[str, float]:
-    """logit_bias -100 for every end-of-generation token of the model's vocabulary."""
-    import llama_cpp as lc
-    lc.llama_backend_init()
-    mp = lc.llama_model_default_params()
-    mp.vocab_only = True
-    with quiet_stderr():
-        m = lc.llama_model_load_from_file(model.encode(), mp)
-    try:
-        v = lc.llama_model_get_vocab(m)
-        return {str(t): -100.0 for t in range(lc.llama_vocab_n_tokens(v)) if lc.llama_vocab_is_eog(v, t)}
-    finally:
-        lc.llama_model_free(m)
-
-
-class Kit:
-    """The kit's server for a RunConfig (qwenkit.server.start on a free port of our choosing,
-    so that two can load at once)."""
-
-    def __init__(self, cfg: RunConfig):
-        from qwenkit import server
-        self.srv = server.start(cfg, port=bench.free_port(), access_log=False, quiet=True, ready_timeout=600)
-        self.base_url = self.srv.base_url
-
-    def headers(self) -> dict:
-        return self.srv.headers()
-
-    def health(self) -> dict:
-        return self.srv.health()
-
-    def stop(self) -> None:
-        self.srv.stop()
-
-
 @contextlib.contextmanager
-def servers(cfg: RunConfig, parallel: int, bin_dir: Path, native_extra: list[str], together: bool):
+def servers(cfg: RunConfig, parallel: int, bin_dir: Path, native_extra: list[str],
+            together: bool) -> Iterator[dict[str, Any]]:
     """{"kit", "kit_cache_off", "llama_server"}: the kit's two (parallel slots of cfg.n_ctx
-    each) and llama-server (-c parallel x n_ctx: its total) loaded side by side."""
-    kcfg = cfg.replace(parallel=parallel)
-    ocfg = kcfg.replace(prompt_cache_mib=0)
-    ncfg = cfg.replace(n_ctx=cfg.n_ctx * parallel)
-    nargs = ["-np", str(parallel), "--kv-unified", *native_extra]
-    got: dict[str, Any] = {}
-    try:
-        if together:  # a GPU host: llama-server loads while the kit's two load one after the other
-            with cf.ThreadPoolExecutor(2) as ex:
-                fn = ex.submit(bench.NativeServer, ncfg, bin_dir=bin_dir, extra_args=nargs, ready_timeout=600)
-
-                def kits():
-                    got["kit"] = Kit(kcfg)
-                    got["kit_cache_off"] = Kit(ocfg)
-                fk = ex.submit(kits)
-                errs = [f.exception() for f in (fn, fk)]
-                if fn.exception() is None:
-                    got["llama_server"] = fn.result()
-                if any(errs):
-                    raise next(e for e in errs if e)
-        else:
-            got["kit"] = Kit(kcfg)
-            got["kit_cache_off"] = Kit(ocfg)
-            got["llama_server"] = bench.NativeServer(ncfg, bin_dir=bin_dir, extra_args=nargs, ready_timeout=600)
-        yield {k: got[k] for k in SERVERS}
-    finally:
-        for s in got.values():
-            with contextlib.suppress(Exception):
-                s.stop()
-
-
-def _get(url: str, timeout: float = 5) -> Any:
-    u = urllib.parse.urlsplit(url)
-    c = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        c.request("GET", u.path)
-        r = c.getresponse()
-        return json.loads(r.read()) if r.status == 200 else {"status": r.status}
-    except (OSError, ValueError) as e:
-        return {"error": str(e)}
-    finally:
-        c.close()
+    each) and llama-server (-c parallel x n_ctx: its total) loaded side by side, all stopped on
+    exit. together (a GPU host): the kit's server and llama-server load at once, then the
+    cache-off kit; else one after the other."""
+    with contextlib.ExitStack() as stack:
+        kit, nat = stack.enter_context(bench.server_pair(cfg, parallel, bin_dir, together=together,
+                                                         native_extra=native_extra, ready_timeout=600))
+        off = stack.enter_context(bench.kit_server(cfg.replace(parallel=parallel, prompt_cache_mib=0),
+                                                   port=bench.free_port(), ready_timeout=600))
+        yield {"kit": kit, "kit_cache_off": off, "llama_server": nat}
 
 
 # ---- a scenario -------------------------------------------------------------------------------------
@@ -326,8 +232,8 @@ def run_scenario(name: str, srvs: dict, convs: dict[str, list[str]], max_tokens:
     step sent to the three servers in a rotating order; every server keeps its own history."""
     labels = list(convs)
     turns = len(convs[labels[0]])
-    hist = {s: {lab: [] for lab in labels} for s in SERVERS}
-    prev_prompt = {s: {lab: None for lab in labels} for s in SERVERS}
+    hist: dict[str, dict[str, list[dict]]] = {s: {lab: [] for lab in labels} for s in SERVERS}
+    prev_prompt: dict[str, dict[str, int | None]] = {s: {lab: None for lab in labels} for s in SERVERS}
     recs: list[dict] = []
     scen = {"name": name, "conversations": labels, "turns": turns, "requests": recs, "status": "complete"}
     step = 0
@@ -358,12 +264,14 @@ def run_scenario(name: str, srvs: dict, convs: dict[str, list[str]], max_tokens:
                 prev_prompt[s][lab] = r.get("prompt_tokens")
                 hist[s][lab] = msgs + [{"role": "assistant", "content": answer}]
                 recs.append(r)
+                cache_n = r.get("timings", {}).get("cache_n")
                 line.append(f"{LABEL[s]} {_f(r.get('ttft_s'), '{:.3f}')} s"
                             + (f" (cached {r['cached_tokens']})" if r.get("cached_tokens") is not None else "")
-                            + (f" (cache_n {r['timings'].get('cache_n')})" if r.get("timings", {}).get("cache_n") is not None else "")
+                            + (f" (cache_n {cache_n})" if cache_n is not None else "")
                             + (f" ERROR {r['error'][:120]}" if "error" in r else ""))
             la1 = os.getloadavg()
-            loads.append({"scenario": name, "conversation": lab, "turn": t + 1, "before": list(la0), "after": list(la1)})
+            loads.append({"scenario": name, "conversation": lab, "turn": t + 1, "before": list(la0),
+                          "after": list(la1)})
             pt = next((r.get("prompt_tokens") for r in recs[-3:] if r["server"] == "kit"), None)
             print(f"  {name} {lab}{t + 1} ({pt} prompt tokens): " + "; ".join(line)
                   + f"; load {la0[0]:.2f}->{la1[0]:.2f}", file=sys.stderr, flush=True)
@@ -400,8 +308,7 @@ def summarize(scen: dict) -> dict:
     for t in turns:
         row: dict[str, Any] = {"turn": t, "new_share": _med([n / a for n, a in shares.get(t, [])])}
         for s in SERVERS:
-            rs = [by.get((s, c, t)) for c in convs]
-            rs = [r for r in rs if r is not None]
+            rs = [by[s, c, t] for c in convs if (s, c, t) in by]
             tt = [r.get("ttft_s") for r in rs if r.get("ttft_s") is not None]
             row[s] = {"ttft_s": _med(tt), "ttft_max_s": max(tt) if tt else None,
                       "prompt_tokens": _med([r.get("prompt_tokens") for r in rs]),
@@ -428,7 +335,8 @@ def summarize(scen: dict) -> dict:
     late = [t for t in turns if t >= 2]
     overall: dict[str, Any] = {"turns": f"2-{max(turns)}" if late else None}
     for s in SERVERS:
-        tt = [r["ttft_s"] for r in scen["requests"] if r["server"] == s and r["turn"] >= 2 and r.get("ttft_s") is not None]
+        tt = [r["ttft_s"] for r in scen["requests"]
+              if r["server"] == s and r["turn"] >= 2 and r.get("ttft_s") is not None]
         overall[s] = {"ttft_median_s": _med(tt), "ttft_max_s": max(tt) if tt else None,
                       "ttft_sum_s": sum(tt) if tt else None, "n": len(tt)}
     for ref, target in (("llama_server", TARGET_NATIVE), ("kit_cache_off", TARGET_COLD)):
@@ -466,29 +374,6 @@ def table(summaries: list[dict]) -> str:
 
 
 # ---- the run -------------------------------------------------------------------------------------------
-def gpu_slug() -> str:
-    try:
-        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False,
-                              capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "gpu"
-    words = [w for w in name.replace("-", " ").split() if w.lower() not in ("nvidia", "geforce", "tesla")]
-    return (words[0] if words else "gpu").lower()
-
-
-def synthetic_model(model_dir: str) -> str:
-    """The full-size random synthetic Qwen3.5-35B-A3B, written once (as concurrency.py does)."""
-    from qwenkit.synthetic import write_model
-    path = Path(model_dir) / "qwen35moe-full-random-q4_k_m.gguf"
-    if not path.is_file():
-        t = time.monotonic()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        print(f"writing the full-size random qwen35moe to {path} ...", file=sys.stderr, flush=True)
-        write_model(str(path), arch="qwen35moe", size="full", weights="random", progress=False)
-        print(f"  written in {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
-    return str(path)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="GPU mode: all layers on the GPU, 1500 new tokens per "
@@ -524,11 +409,11 @@ def main(argv=None) -> int:
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     budget = a.budget if a.budget is not None else (390 if a.gpu else None)
     if a.gpu:
-        model = a.model or synthetic_model(a.model_dir)
+        model = a.model or bench.synthetic_model(a.model_dir)
     else:
         from qwenkit.models import default_model_path
         model = a.model or str(default_model_path())
-    out = Path(a.out or HERE / "results" / (f"multiturn_{gpu_slug()}.json" if a.gpu else "multiturn_cpu.json"))
+    out = Path(a.out or HERE / "results" / (f"multiturn_{bench.gpu_slug()}.json" if a.gpu else "multiturn_cpu.json"))
     bin_dir = Path(a.bin_dir) if a.bin_dir else bench.find_tools(("llama-server",))
     if bin_dir is None or not (bin_dir / "llama-server").is_file():
         print("llama-server is not built: run scripts/build_tools.sh (or pass --bin-dir)", file=sys.stderr)
@@ -547,7 +432,7 @@ def main(argv=None) -> int:
         cfg = RunConfig(model=model, n_ctx=n_ctx, n_gpu_layers=-1, n_threads=threads)
     else:
         cfg = RunConfig(model=model, n_ctx=n_ctx, n_threads=threads)
-    extra = {} if a.no_eos_bias else {"logit_bias": eog_bias(model)}
+    extra = {} if a.no_eos_bias else {"logit_bias": bench.eog_bias(model)}
     native_extra = a.native_extra.split()
 
     meta = bench.machine_info()
@@ -564,8 +449,9 @@ def main(argv=None) -> int:
         "kit": f"qwenkit.server.start(RunConfig(n_ctx={n_ctx} per slot, parallel={a.parallel})): prompt cache on "
                "(the build's default budget)",
         "kit_cache_off": "the same with prompt_cache_mib=0: no reuse, every turn prefills the whole conversation",
-        "llama_server": f"{bench.NativeServer.__doc__.strip()} with -c {a.parallel * n_ctx} (its total) and "
-                        f"`-np {a.parallel} --kv-unified {' '.join(native_extra)}`".rstrip() + "; same -t/-tb/-ngl/-fa/-ctk/-ctv/-b/-ub"}
+        "llama_server": f"{(bench.NativeServer.__doc__ or '').strip()} with -c {a.parallel * n_ctx} (its total) "
+                        f"and `{' '.join(bench.native_pair_args(a.parallel, native_extra))}`; "
+                        "same -t/-tb/-ngl/-fa/-ctk/-ctv/-b/-ub"}
     loads: list = []
     doc: dict[str, Any] = {"meta": meta, "multiturn": [], "scenarios": [], "servers_info": {}}
 
@@ -583,10 +469,11 @@ def main(argv=None) -> int:
     t_load = time.monotonic()
     with servers(cfg, a.parallel, bin_dir, native_extra, together=a.gpu) as srvs:
         nat = srvs["llama_server"]
-        props = _get(f"http://127.0.0.1:{nat.port}/props")
+        props = bench.get_json(f"http://127.0.0.1:{nat.port}/props")
         doc["servers_info"] = {"load_s": round(time.monotonic() - t_load, 1),
                                "llama_server_args": nat.proc.args[1:],
-                               "llama_server_total_slots": props.get("total_slots") if isinstance(props, dict) else None,
+                               "llama_server_total_slots": (props.get("total_slots") if isinstance(props, dict)
+                                                            else None),
                                "kit_health_start": srvs["kit"].health(),
                                "kit_cache_off_health_start": srvs["kit_cache_off"].health()}
         print(f"servers loaded in {doc['servers_info']['load_s']} s", file=sys.stderr, flush=True)
