@@ -89,12 +89,10 @@ run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
 import re
-import resource
 import signal
 import statistics
 import sys
@@ -152,7 +150,8 @@ def build_document(count, language: str, tokens: int, seed: int = 0) -> tuple[st
         k += 1
         order = body[:]
         rng.shuffle(order)
-        head = f"Part {k}. {heads[(k - 1) % len(heads)]}" if language == "en" else f"第{k}部 {heads[(k - 1) % len(heads)]}"
+        title = heads[(k - 1) % len(heads)]
+        head = f"Part {k}. {title}" if language == "en" else f"第{k}部 {title}"
         out.append(head)
         total += count(head) + 1
         for p in order[:max(3, len(order) // 2)]:
@@ -211,8 +210,9 @@ class Capture(httpx.BaseTransport):
         if self.aborted:
             raise ClientTimeout(self.aborted)
         if sent is not None and self.request_deadline and time.perf_counter() - sent > self.request_deadline:
-            self.abort(f"a {role} request ran past its deadline of {self.request_deadline:g} s (--request-deadline)")
-            raise ClientTimeout(self.aborted)
+            reason = f"a {role} request ran past its deadline of {self.request_deadline:g} s (--request-deadline)"
+            self.abort(reason)
+            raise ClientTimeout(reason)
 
     def clear(self) -> None:
         with self._lock:
@@ -356,7 +356,7 @@ def gpu_now() -> str | None:
     import subprocess
     try:
         r = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=5)
+                           check=False, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if r.returncode != 0:
@@ -510,27 +510,13 @@ def replan_error(msg: str, re_tok: dict | None, n_ctx: int, answer: int) -> str:
 
 
 # ---- one run: a server, a summary ----------------------------------------------------------------
-@contextlib.contextmanager
-def kit_server(cfg: RunConfig):
-    from qwenkit import server
-    srv = server.start(cfg, port="any", access_log=False, quiet=True, ready_timeout=600)
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def _decode_delta(h0: dict, h1: dict) -> dict:
     """Sequences per llama_decode over the summary, from /health before and after it (its
     mean_sequences is rounded to 3 decimals: the difference is good to about that)."""
     d0, d1 = h0.get("decode") or {}, h1.get("decode") or {}
     steps = (d1.get("steps") or 0) - (d0.get("steps") or 0)
-    seqs = (d1.get("mean_sequences") or 0) * (d1.get("steps") or 0) - (d0.get("mean_sequences") or 0) * (d0.get("steps") or 0)
+    seqs = ((d1.get("mean_sequences") or 0) * (d1.get("steps") or 0)
+            - (d0.get("mean_sequences") or 0) * (d0.get("steps") or 0))
     return {"steps": steps, "mean_sequences": round(seqs / steps, 3) if steps > 0 else None,
             "max_sequences": d1.get("max_sequences"),
             "tokens": (d1.get("tokens") or 0) - (d0.get("tokens") or 0)}
@@ -565,6 +551,7 @@ def run_summary(cfg: RunConfig, slots: int, text: str, a, extra: dict, language:
     whole run after a.run_timeout seconds from the load, or at `stop_at` (time.monotonic()).
     `on_cap(capture)` hears of the run's Capture (a SIGTERM handler aborts it)."""
     import openai
+
     from qwenkit import summarize as S
     rec = {} if rec is None else rec
     rec.update(slots=slots, n_ctx_per_slot=cfg.n_ctx)
@@ -572,7 +559,7 @@ def run_summary(cfg: RunConfig, slots: int, text: str, a, extra: dict, language:
     progress: list[tuple[float, str]] = []
     rec["progress"] = progress
     t_load = time.monotonic()
-    with kit_server(cfg.replace(parallel=slots)) as srv:
+    with bench.kit_server(cfg.replace(parallel=slots), ready_timeout=600) as srv:
         loaded = time.monotonic()
         rec["load_s"] = round(loaded - t_load, 1)
         rec["server_log_path"] = str(srv.log_path)
@@ -593,8 +580,12 @@ def run_summary(cfg: RunConfig, slots: int, text: str, a, extra: dict, language:
         if stop_at is not None and (deadline is None or stop_at < deadline):
             deadline, why = stop_at, f"--stop-at: {a.stop_at:g} s since the benchmark started"
         timeout = httpx.Timeout(a.request_timeout, connect=10.0)
-        client = openai.OpenAI(base_url=srv.base_url, api_key=srv.api_key or "not-needed", timeout=timeout,
-                               max_retries=0, http_client=httpx.Client(transport=cap, timeout=timeout))
+        # an httpx (not httpx2) client: summarize() catches httpx's errors, ClientTimeout among them.
+        # openai 3.x runs on httpx2 and annotates these two as httpx2's, yet takes httpx's as well
+        # (its own check accepts "httpx.Client or httpx2.Client"); openai 1.x takes only httpx's.
+        over_httpx: dict[str, Any] = {"timeout": timeout, "http_client": httpx.Client(transport=cap, timeout=timeout)}
+        client = openai.OpenAI(base_url=srv.base_url, api_key=srv.api_key or "not-needed", max_retries=0,
+                               **over_httpx)
         hb = Heartbeat(srv, cap, rec["health_start"] or {}, progress, label=label, every=a.heartbeat,
                        deadline=deadline, deadline_reason=why, gpu=a.gpu)
         rec["heartbeats"] = hb.beats
@@ -617,13 +608,13 @@ def run_summary(cfg: RunConfig, slots: int, text: str, a, extra: dict, language:
                 rec["slots_seen_by_health"] = S.server_slots(client)
                 cap.clear()
                 h0 = srv.health(timeout=5.0)
-                la0, cpu0 = os.getloadavg(), _cpu()
+                la0, cpu0 = os.getloadavg(), bench.cpu_seconds()
                 t0 = time.perf_counter()
                 cap.t0 = t0
                 s = S.summarize(text, client, srv.alias, n_ctx=cfg.n_ctx, language=language, temperature=0.0,
                                 max_tokens=a.max_tokens, loop_guard=a.loop_guard, on_progress=on_progress)
                 outer = time.perf_counter() - t0
-                cpu1, la1 = _cpu(), os.getloadavg()
+                cpu1, la1 = bench.cpu_seconds(), os.getloadavg()
                 h1 = srv.health(timeout=5.0)
             rec["retokenized_map_answers"] = retokenized(srv, cap)
         except BaseException:
@@ -642,13 +633,16 @@ def run_summary(cfg: RunConfig, slots: int, text: str, a, extra: dict, language:
         finally:
             client.close()
     calls = [{"role": c.role, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-              "seconds": round(c.seconds, 4), "first_token_s": None if c.first_token_s is None else round(c.first_token_s, 4),
+              "seconds": round(c.seconds, 4),
+              "first_token_s": None if c.first_token_s is None else round(c.first_token_s, 4),
               "decode_s": round(c.decode_s, 4), "finish_reason": c.finish_reason,
               "started_s": round(c.started - t0, 4)} for c in s.calls]
     width = next((int(m.group(2)) for _, msg in progress
                   for m in [re.search(r"summarizing (\d+) parts, (\d+) at once", msg)] if m), 1)
     srv_calls = [r for r in cap.records if r["role"] != "overhead"]
-    by_role = lambda role: [r for r in srv_calls if r["role"] == role]
+
+    def by_role(role: str) -> list[dict]:
+        return [r for r in srv_calls if r["role"] == role]
     rec.update(
         wall_s=round(s.seconds, 3), wall_outer_s=round(outer, 3),
         map_s=_phase(calls, "map"), reduce_s=_phase(calls, "reduce"),
@@ -667,8 +661,8 @@ def run_summary(cfg: RunConfig, slots: int, text: str, a, extra: dict, language:
                       "map_completion_tokens": sorted({r.get("completion_tokens") for r in by_role("map")}, key=str),
                       "reduce_completion_tokens": [r.get("completion_tokens") for r in by_role("reduce")],
                       "finish_reasons": sorted({str(r.get("finish_reason")) for r in srv_calls}),
-                      "requests": len(srv_calls), "requests_missing_usage": sum(1 for r in srv_calls
-                                                                                 if r.get("completion_tokens") is None)},
+                      "requests": len(srv_calls),
+                      "requests_missing_usage": sum(1 for r in srv_calls if r.get("completion_tokens") is None)},
         decode=_decode_delta(h0, h1), health_before=h0, health_after=h1,
         client_cpu_s=round(cpu1 - cpu0, 3), load_before=list(la0), load_after=list(la1),
         calls=calls, requests=sorted(cap.records, key=lambda r: r["sent_s"]), progress=progress,
@@ -705,8 +699,7 @@ def compare(rows: list[dict], slots: int) -> dict:
         return {"rounds": 0, "target": TARGET}
     ratios = [n["wall_s"] / o["wall_s"] for n, o in per]
     wn, wo = sum(n["wall_s"] for n, _ in per), sum(o["wall_s"] for _, o in per)
-    same = all(n["chunks"] == o["chunks"] and n["map_calls"] == o["map_calls"] and n["reduce_calls"] == o["reduce_calls"]
-               and n["completion_tokens"] == o["completion_tokens"] for n, o in per)
+    same = all(n[k] == o[k] for n, o in per for k in ("chunks", "map_calls", "reduce_calls", "completion_tokens"))
     ratio = wn / wo
     return {"rounds": len(per), "slots": slots, "ratios": [round(x, 4) for x in ratios],
             "ratio": round(ratio, 4), "ratio_median": round(statistics.median(ratios), 4),
@@ -723,7 +716,7 @@ def table(doc: dict) -> str:
 
 # ---- the run -------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    from multiturn import Vocab, eog_bias, gpu_slug, synthetic_model
+    from multiturn import Vocab
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="GPU mode: all layers on the GPU, a ~30K-token document, "
                     "8 slots of 8192 tokens, 1000-token answers, the full-size synthetic Qwen3.5 unless --model")
@@ -736,8 +729,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-ctx", type=int, default=None, help="context PER SLOT, both servers, and the summarizer's "
                     "n_ctx (default 8192 with --gpu, the kit's default; 1024 on the CPU: 4 chunks of 3K tokens)")
     ap.add_argument("--max-tokens", type=int, default=None, help="summarize(max_tokens=): the final answer's limit; "
-                    "map answers get min(this, n_ctx/4) (default 1000 with --gpu, the summarizer's default; 96 on the CPU)")
-    ap.add_argument("--language", default="en", choices=["en", "ja"], help="the sample text and the summarizer's prompts")
+                    "map answers get min(this, n_ctx/4) (default 1000 with --gpu, the summarizer's default; 96 on the "
+                    "CPU)")
+    ap.add_argument("--language", default="en", choices=["en", "ja"],
+                    help="the sample text and the summarizer's prompts")
     ap.add_argument("--rounds", type=int, default=1, help="rounds (each: both servers, the order alternating)")
     ap.add_argument("--threads", type=int, default=None, help="default 1 on the CPU (a shared 2-core machine), "
                     "all cores with --gpu")
@@ -785,14 +780,15 @@ def main(argv=None) -> int:
         a.run_timeout = 600.0
     server_opts = {"kv_unified": a.kv_unified, "prompt_cache_mib": a.prompt_cache_mib}
     if a.gpu:
-        model = a.model or synthetic_model(a.model_dir)
+        model = a.model or bench.synthetic_model(a.model_dir)
         cfg = RunConfig(model=model, n_ctx=n_ctx, n_gpu_layers=-1, n_threads=threads, **server_opts)
     else:
         from qwenkit.models import default_model_path
         model = a.model or str(default_model_path())
         cfg = RunConfig(model=model, n_ctx=n_ctx, n_threads=threads, **server_opts)
-    out = Path(a.out or HERE / "results" / (f"summary_slots_{gpu_slug()}.json" if a.gpu else "summary_slots_cpu.json"))
-    extra = {} if a.no_eos_bias else {"logit_bias": eog_bias(model)}
+    out = Path(a.out or HERE / "results" / (f"summary_slots_{bench.gpu_slug()}.json" if a.gpu
+                                            else "summary_slots_cpu.json"))
+    extra = {} if a.no_eos_bias else {"logit_bias": bench.eog_bias(model)}
 
     vocab = Vocab(model)
     try:
@@ -809,7 +805,8 @@ def main(argv=None) -> int:
                        "run_timeout_s": a.run_timeout, "stop_at_s": a.stop_at, "heartbeat_s": a.heartbeat,
                        "allow_replan": a.allow_replan},
                 document={"tokens": doc_tokens, "chars": len(text), "parts": parts, "target_tokens": tokens,
-                          "source": f"qwenkit/data/sample_{a.language}.txt, paragraphs and their sentences shuffled per part (seed 0)"},
+                          "source": f"qwenkit/data/sample_{a.language}.txt, paragraphs and their sentences "
+                                    "shuffled per part (seed 0)"},
                 summarize={"n_ctx": n_ctx, "max_tokens": a.max_tokens, "map_answer_tokens": answer,
                            "temperature": 0.0, "loop_guard": a.loop_guard, "parallel": "None (the server's /health)",
                            "client": "openai.OpenAI, max_retries 0, an httpx transport adding logit_bias "

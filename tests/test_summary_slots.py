@@ -4,27 +4,20 @@ section of RESULTS.md."""
 from __future__ import annotations
 
 import http.server
-import importlib.util
 import json
 import os
 import re
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_scripts import load_script
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f"benchmarks/{name}.py")
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +107,20 @@ def test_results_md_renders_the_section(ss):
            "language": "en", "eos_bias": True, "rows": rows, "compare": ss.compare(rows, 4),
            "skipped": ["round 2, 1 slot(s): 300 s gone"], "errors": []}
     text = md.summary_slots_tables(sec)
-    lines = [l for l in text.splitlines() if l.startswith("| 1 ") and "ratio" not in l]
-    assert [l.split("|")[2].strip() for l in lines] == ["4", "1"]
-    assert [l.split("|")[3].strip() for l in lines] == ["6.0", "10.0"]
+    lines = [line for line in text.splitlines() if line.startswith("| 1 ") and "ratio" not in line]
+    assert [line.split("|")[2].strip() for line in lines] == ["4", "1"]
+    assert [line.split("|")[3].strip() for line in lines] == ["6.0", "10.0"]
     assert "0.600" in text and "met" in text and "Skipped: round 2" in text
 
 
 # ---- a run that cannot hang: timeouts, abort, heartbeat, the server's log ------------------------------
+class _SSEServer(http.server.ThreadingHTTPServer):
+    """Counts the POSTs it answered; `closing` ends a stalled stream."""
+    daemon_threads = True
+    posts = 0
+    closing = False
+
+
 class _SSE(http.server.BaseHTTPRequestHandler):
     """A chat endpoint that streams `events` events `gap` seconds apart, then (stall) waits
     for the client to go away without ending the stream."""
@@ -132,7 +132,9 @@ class _SSE(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.server.posts += 1
+        server = self.server
+        assert isinstance(server, _SSEServer)
+        server.posts += 1
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
@@ -144,7 +146,7 @@ class _SSE(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
                 time.sleep(self.gap)
-            while self.stall and not self.server.closing:
+            while self.stall and not server.closing:
                 time.sleep(0.05)
         except OSError:
             pass
@@ -156,9 +158,7 @@ def sse_server():
 
     def make(**kw):
         handler = type("H", (_SSE,), kw)
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        srv.daemon_threads = True
-        srv.posts, srv.closing = 0, False
+        srv = _SSEServer(("127.0.0.1", 0), handler)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         made.append(srv)
         return f"http://127.0.0.1:{srv.server_address[1]}"
@@ -258,6 +258,7 @@ def test_replan_error_names_the_ratio_and_a_max_tokens_that_fits(ss):
     assert "--allow-replan" in ss.replan_error(msg, None, 8192, 1000)
     # the guard matches the line summarize() says before it starts the whole summary again
     import inspect
+
     from qwenkit import summarize
     assert ss.REPLAN in inspect.getsource(summarize.summarize)
 
