@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import qwenkit  # noqa: F401  first: it loads llama.cpp before numpy (see qwenkit/__init__.py)
 
+# isort: split
 import argparse
 import ctypes
 import json
@@ -80,12 +81,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from qwenkit import bench, synthetic
 from qwenkit.config import RunConfig
+from qwenkit.data import sample_one_line
 from qwenkit.engine import context_params
 from qwenkit.llamalog import capture_log
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SAMPLE = ROOT / "qwenkit" / "data" / "sample_en.txt"
 RS_SEQS = (0, 4, 8)
 CUTS = (1, 2, 3, 4, 5, 8, 9)            # k tokens cut back after a prefill; plus N // 2
 STEP_CUTS = (1, 2, 4)                   # after 4 single-token decodes
@@ -113,7 +114,7 @@ class Ctx:
         with capture_log(echo=False) as log:
             self.ctx = lc.llama_init_from_model(model, cp)
         if not self.ctx:
-            raise bench.BenchError(f"cannot create a context with n_rs_seq={n_rs_seq}: {log.text()[-500:]}")
+            raise bench.BenchError(f"cannot create a context with n_rs_seq={n_rs_seq}: {log.text[-500:]}")
         self.n_rs_seq = int(lc.llama_n_rs_seq(self.ctx))   # what llama.cpp kept (clamped to 0 if unsupported)
         rs = log.recurrent()
         self.recurrent = [vars(r) for r in rs]
@@ -133,7 +134,8 @@ class Ctx:
         """One llama_decode call: `tokens` at positions pos0.., logits for the last one."""
         lc, b = _lc(), self.batch
         n = len(tokens)
-        assert 0 < n <= N_BATCH
+        if not 0 < n <= N_BATCH:
+            raise bench.BenchError(f"one llama_decode call takes 1 to {N_BATCH} tokens, not {n}")
         for i, t in enumerate(tokens):
             b.token[i] = t
             b.pos[i] = pos0 + i
@@ -195,7 +197,9 @@ def rollback_after_prefill(c: Ctx, toks: list[int], alt: list[int], base_full: n
             row["diff_vs_one_call_prefill"] = _diff(got, full)
             row["split_noise"] = _diff(ref, full)        # what a different split alone changes
             c.run([toks])
-            assert c.seq_rm(n - k)
+            if not c.seq_rm(n - k):  # it took this cut a moment ago, on the same prefill
+                raise bench.BenchError(f"the same rollback by {k} tokens was refused the second time "
+                                       f"(n_rs_seq={c.n_rs_seq})")
             c.decode(alt[:k], n - k)
             got = c.logits()
             ref = c.run([toks[:n - k], alt[:k]])
@@ -299,7 +303,7 @@ def full_size_memory(n_seq_maxes=(1, 4)) -> list[dict[str, Any]]:
 def _tokens(model, n: int, offset: int) -> list[int]:
     lc = _lc()
     vocab = lc.llama_model_get_vocab(model)
-    text = " ".join(SAMPLE.read_text(encoding="utf-8").split())
+    text = sample_one_line("en")
     b = text.encode()
     buf = (lc.llama_token * (len(b) + 8))()
     m = lc.llama_tokenize(vocab, b, len(b), buf, len(buf), False, False)
@@ -470,8 +474,8 @@ def table(m: dict[str, Any]) -> str:
     lines.append(f"{'n_rs_seq':>8} {'after':>6} {'k':>3} {'seq_rm':>6} {'diff other':>10} {'correct':>7}")
     for rs, r in m["per_n_rs_seq"].items():
         for row in r["snapshots_cover"]:
-            d = f"{row['diff_other_tokens']:.2e}" if "diff_other_tokens" in row else "-"
-            lines.append(f"{rs:>8} {row['after']:>6} {row['k']:>3} {_yn(row['ok']):>6} {d:>10} "
+            other = f"{row['diff_other_tokens']:.2e}" if "diff_other_tokens" in row else "-"
+            lines.append(f"{rs:>8} {row['after']:>6} {row['k']:>3} {_yn(row['ok']):>6} {other:>10} "
                          f"{_yn(row.get('correct')):>7}")
     lines.append(f"{'n_rs_seq':>8} {'RS MiB':>8} {'ckpt KiB':>9} {'prefill t/s':>12} {'decode t/s':>11}")
     for rs, r in m["per_n_rs_seq"].items():
