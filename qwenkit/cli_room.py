@@ -75,7 +75,6 @@ def cmd_start(args) -> int:
 
 def cmd_keys(args) -> int:
     from qwenkit.room import keys as keyfile
-    from qwenkit.room.room import Room  # noqa: F401  (same default folder)
 
     path = Path(args.keys_file) if args.keys_file else _dir(args) / "keys.txt"
     new = []
@@ -112,7 +111,8 @@ def add_cli(sub) -> None:
     rs = p.add_subparsers(dest="room_verb", metavar="ROOM_VERB")
 
     def common(q):
-        q.add_argument("--dir", help="the room's folder (keys, config, logs); default ~/.qwenkit/room or $QWENKIT_ROOM_DIR")
+        q.add_argument("--dir",
+                       help="the room's folder (keys, config, logs); default ~/.qwenkit/room or $QWENKIT_ROOM_DIR")
 
     q = rs.add_parser("server-key", help="print the key every server of the room must be started with")
     common(q)
@@ -120,7 +120,8 @@ def add_cli(sub) -> None:
 
     q = rs.add_parser("start", help="start the router (nginx) in front of the servers; Ctrl-C stops it")
     common(q)
-    q.add_argument("--server", action="append", metavar="URL", help="a kit server, http://HOST:PORT (repeat per server)")
+    q.add_argument("--server", action="append", metavar="URL",
+                   help="a kit server, http://HOST:PORT (repeat per server)")
     q.add_argument("--config", metavar="FILE", help='JSON: {"servers": ["http://gpu1:8000", ...]}')
     q.add_argument("--participants", type=int, default=0, metavar="N", help="make keys for p01..pN (those missing)")
     q.add_argument("--name", action="append", metavar="NAME", help="make a key for this participant (repeat)")
@@ -130,7 +131,8 @@ def add_cli(sub) -> None:
     q.add_argument("--tls", choices=["auto"], help="auto: the kit makes a certificate for this machine's addresses")
     q.add_argument("--tls-cert", metavar="FILE", help="your own certificate (PEM) ...")
     q.add_argument("--tls-key", metavar="FILE", help="... and its key")
-    q.add_argument("--every", type=float, default=30, metavar="S", help="print the load table every S seconds (0: never)")
+    q.add_argument("--every", type=float, default=30, metavar="S",
+                   help="print the load table every S seconds (0: never)")
     q.set_defaults(func=cmd_start)
 
     q = rs.add_parser("keys", help="list, add or revoke participants' keys")

@@ -16,6 +16,8 @@ from typing import Any
 
 from qwenkit.units import GiB, MiB
 
+__all__ = ["Table", "compare_table", "fit_table"]
+
 
 def _cell(v: Any) -> str:
     if v is None:
@@ -31,6 +33,10 @@ class Table(str):
 
     columns: list[str]
     rows: list[list[str]]
+    caption: str | None         # the title line (not `title`: that is str.title())
+    notes: list[str]
+    align: str
+    bold_last: bool
 
     def __new__(cls, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None,
                 notes: Sequence[str] = (), align: str | None = None, bold_last: bool = False) -> Table:
@@ -42,12 +48,13 @@ class Table(str):
         widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
 
         def line(xs: Sequence[str]) -> str:
-            return "  ".join(x.rjust(w) if a == "r" else x.ljust(w) for x, w, a in zip(xs, widths, align)).rstrip()
+            return "  ".join(x.rjust(w) if a == "r" else x.ljust(w)
+                             for x, w, a in zip(xs, widths, align, strict=True)).rstrip()
 
         text = "\n".join(([title] if title else []) + [line(cols)] + [line(r) for r in cells]
                          + [f"note: {n}" for n in notes])
         obj = super().__new__(cls, text)
-        obj.columns, obj.rows, obj.title, obj.notes = cols, cells, title, list(notes)
+        obj.columns, obj.rows, obj.caption, obj.notes = cols, cells, title, list(notes)
         obj.align, obj.bold_last = align, bold_last
         return obj
 
@@ -56,18 +63,18 @@ class Table(str):
 
     def _repr_html_(self) -> str:
         if not self.columns:
-            return f"<div>{html.escape(self.title or '')}</div>"
+            return f"<div>{html.escape(self.caption or '')}</div>"
 
         def td(x: str, a: str, tag: str = "td", bold: bool = False) -> str:
             style = "text-align:right" if a == "r" else "text-align:left"
             x = html.escape(x)
             return f"<{tag} style='{style}'>{'<b>' + x + '</b>' if bold else x}</{tag}>"
 
-        head = "".join(td(c, a, "th") for c, a in zip(self.columns, self.align))
+        head = "".join(td(c, a, "th") for c, a in zip(self.columns, self.align, strict=True))
         body = "".join("<tr>" + "".join(td(x, a, bold=self.bold_last and i == len(self.rows) - 1)
-                                        for x, a in zip(r, self.align)) + "</tr>"
+                                        for x, a in zip(r, self.align, strict=True)) + "</tr>"
                        for i, r in enumerate(self.rows))
-        title = f"<div><b>{html.escape(self.title)}</b></div>" if self.title else ""
+        title = f"<div><b>{html.escape(self.caption)}</b></div>" if self.caption else ""
         notes = "".join(f"<div style='font-size:90%'><i>note: {html.escape(n)}</i></div>" for n in self.notes)
         return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 

@@ -39,7 +39,7 @@ def local_quant_list(repo: str, vram_gb, ram_gb) -> QuantList:
     ql = QuantList()
     for m in local_models(include_incomplete=False):
         if m.repo == repo and m.state in (STATE_VERIFIED, STATE_HF_CACHE):
-            files = tuple(RemoteFile(p.name, p.stat().st_size, s) for p, s in zip(m.files, m.sha256))
+            files = tuple(RemoteFile(p.name, p.stat().st_size, s) for p, s in zip(m.files, m.sha256, strict=True))
             q = Quant(m.name, files, repo, m.revision)
             with contextlib.suppress(GGUFError, OSError):   # the local header: the verdict can use the plan
                 q.info = read_model_info(m.path)

@@ -49,8 +49,7 @@ def free_bytes(path: Path) -> int:
 @contextlib.contextmanager
 def repo_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+")
-    try:
+    with open(path, "a+") as f:     # the lock lasts as long as the file is open
         try:
             import fcntl
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -60,5 +59,3 @@ def repo_lock(path: Path):
             raise DownloadError(f"another download into {path.parent} is running",
                                 "wait for it to finish (or stop it); this one would write the same files") from None
         yield
-    finally:
-        f.close()

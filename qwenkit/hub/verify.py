@@ -39,7 +39,9 @@ class Digests:
     def restart(self) -> None:
         f = self.file
         self.sha256 = hashlib.sha256()
-        self.blob = hashlib.sha1(f"blob {f.size}\0".encode()) if f.sha256 is None and f.blob_id else None
+        # the git blob id names the content (the hub's own id for a non-LFS file): not a security check
+        self.blob = (hashlib.sha1(f"blob {f.size}\0".encode(), usedforsecurity=False)
+                     if f.sha256 is None and f.blob_id else None)
 
     def update(self, chunk: bytes) -> None:
         self.sha256.update(chunk)

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from qwenkit.errors import RoomError
 
+__all__ = ["KEY_PREFIX", "Participant", "RoomError", "add_participants", "check_private", "new_key", "numbered_names",
+           "read_keys", "render", "revoke", "table", "write_private"]
+
 KEY_PREFIX = "qkr-"  # "qwenkit room": easy to tell apart from a server's "qk-" key
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _KEY = re.compile(r"^[A-Za-z0-9_-]{16,128}$")  # no quotes, spaces or ';': safe in nginx's map file
@@ -71,7 +74,8 @@ def read_keys(path: Path) -> list[Participant]:
         if parts[0] in names or parts[1].lower() in keys:  # the router compares keys case-blind
             raise RoomError(f"{path}, line {n}: {'name' if parts[0] in names else 'key'} used twice",
                             "give every participant a name and key of their own")
-        names.add(parts[0]); keys.add(parts[1].lower())
+        names.add(parts[0])
+        keys.add(parts[1].lower())
         out.append(Participant(parts[0], parts[1]))
     return out
 

@@ -19,6 +19,7 @@ is one apt package, and it needs nothing from the internet at run time. What the
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -32,6 +33,9 @@ from urllib.parse import urlsplit
 from qwenkit.errors import RoomError
 from qwenkit.room.keys import Participant, write_private
 from qwenkit.room.probe import Probe
+
+__all__ = ["ALL_DOWN", "BAD_KEY", "CONNECT_TIMEOUT_S", "FAIL_TIMEOUT_S", "GENERATION_TIMEOUT_S", "MAX_BODY",
+           "ONE_FAILED", "Nginx", "RouterSpec", "binds_every_interface", "find_nginx", "render_config", "render_map"]
 
 MAX_BODY = "8m"        # a request body this size stays in memory (8 MB of text is far past any context)
 FAIL_TIMEOUT_S = 10    # a server whose connection failed rests this long before nginx tries it again
@@ -58,6 +62,16 @@ def find_nginx() -> str:
                     "or set QWENKIT_NGINX=/path/to/nginx")
 
 
+def binds_every_interface(host: str) -> bool:
+    """`host` is the any-address ("", 0.0.0.0, ::): a socket bound to it listens on every interface."""
+    if not host:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name
+        return False
+
+
 @dataclass
 class RouterSpec:
     """Everything the router's config depends on."""
@@ -73,6 +87,19 @@ class RouterSpec:
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
 
+    @property
+    def local_host(self) -> str:
+        """The address this machine reaches the router on: loopback when it listens on every interface."""
+        if not binds_every_interface(self.host):
+            return self.host
+        return "::1" if ":" in self.host else "127.0.0.1"
+
+    @property
+    def local_root(self) -> str:
+        """scheme://host:port of the router as this machine reaches it."""
+        h = self.local_host
+        return f"{self.scheme}://{f'[{h}]' if ':' in h else h}:{self.port}"
+
 
 def _upstream_addr(url: str) -> str:
     parts = urlsplit(url)
@@ -85,7 +112,8 @@ def _upstream_addr(url: str) -> str:
 
 def _quote(s: str) -> str:
     if any(c in s for c in "\"\\\n\r;{}'$"):
-        raise RoomError(f"unexpected character in {s[:20]!r}...", "keys and paths may not hold quotes, ';', '{', '}' or '$'")
+        raise RoomError(f"unexpected character in {s[:20]!r}...",
+                        "keys and paths may not hold quotes, ';', '{', '}' or '$'")
     return f'"{s}"'
 
 
@@ -230,22 +258,21 @@ class Nginx:
         write_private(self.conf, config)
 
     def test(self) -> None:
-        r = subprocess.run(self._args("-t", "-q"), capture_output=True, text=True, timeout=30)
-        if r.returncode != 0:
+        r = subprocess.run(self._args("-t", "-q"), capture_output=True, text=True, timeout=30, check=False)
+        if r.returncode != 0:   # nginx's own words say what is wrong: raised with them below
             raise RoomError(f"nginx refused the room's config {self.conf}:\n{(r.stderr or r.stdout).strip()[-1500:]}",
                             "check the server URLs, the port and the certificate files named above")
 
     def start(self, timeout: float = 10.0) -> None:
         self.test()
-        log = open(self.spec.dir / "logs" / "nginx.out", "ab")
-        self.proc = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
-        host = "127.0.0.1" if self.spec.host in ("0.0.0.0", "") else ("::1" if self.spec.host == "::" else self.spec.host)
+        with open(self.spec.dir / "logs" / "nginx.out", "ab") as log:   # nginx keeps its own copy of the fd
+            proc = self.proc = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, stdout=log,
+                                                stderr=subprocess.STDOUT, start_new_session=True)
+        host = self.spec.local_host
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RoomError(f"nginx exited with code {self.proc.returncode} while starting:\n{self.error_tail()}",
+            if proc.poll() is not None:
+                raise RoomError(f"nginx exited with code {proc.returncode} while starting:\n{self.error_tail()}",
                                 f"is port {self.spec.port} free? (another router or program on it?)")
             try:
                 with socket.create_connection((host, self.spec.port), timeout=0.5):
@@ -260,23 +287,25 @@ class Nginx:
         """Re-read config and key map; requests in flight finish on the old workers. With a
         generation, return once new connections are served by the new config."""
         self.test()
-        if not self.alive():
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
             return
-        os.kill(self.proc.pid, signal.SIGHUP)
+        os.kill(proc.pid, signal.SIGHUP)
         if generation is None:
             return
         import ssl
+
         import httpx
-        host = "127.0.0.1" if self.spec.host in ("0.0.0.0", "") else ("::1" if self.spec.host == "::" else self.spec.host)
-        host = f"[{host}]" if ":" in host else host
-        url = f"{self.spec.scheme}://{host}:{self.spec.port}/.room/generation"
-        ctx = ssl.create_default_context(cafile=str(self.spec.tls_cert)) if self.spec.tls_cert else False
-        if ctx:
+        url = f"{self.spec.local_root}/.room/generation"
+        verify: ssl.SSLContext | bool = False
+        if self.spec.tls_cert:
+            ctx = ssl.create_default_context(cafile=str(self.spec.tls_cert))
             ctx.check_hostname = False  # this machine's own router, reached by loopback
+            verify = ctx
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if httpx.get(url, verify=ctx, timeout=1).text == str(generation):
+                if httpx.get(url, verify=verify, timeout=1).text == str(generation):
                     return
             except httpx.HTTPError:
                 pass
@@ -288,18 +317,19 @@ class Nginx:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
-        if not self.alive():
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGQUIT)  # graceful: finish what runs, then exit
+        proc.send_signal(signal.SIGQUIT)  # graceful: finish what runs, then exit
         try:
-            self.proc.wait(timeout)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.terminate()
+            proc.terminate()
             try:
-                self.proc.wait(3)
+                proc.wait(3)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(3)
+                proc.kill()
+                proc.wait(3)
 
     def error_tail(self, n: int = 15) -> str:
         try:

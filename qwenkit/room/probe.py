@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 from qwenkit.errors import RoomError
 
+__all__ = ["PROBE_TIMEOUT_S", "Probe", "probe", "probe_all", "root_url"]
+
 PROBE_TIMEOUT_S = 2.0  # a server that takes longer to say "ok" is treated as down
 
 

@@ -15,18 +15,19 @@ but does not answer /health is out after two slow probes in a row (at most about
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from qwenkit.errors import RoomError
 from qwenkit.room import keys as keyfile
-from qwenkit.room.nginx import Nginx, RouterSpec, render_config, render_map
+from qwenkit.room.nginx import Nginx, RouterSpec, binds_every_interface, render_config, render_map
 from qwenkit.room.probe import Probe, probe_all, root_url
+
+__all__ = ["DEFAULT_PORT", "LOOPBACK", "POLL_S", "Room", "default_dir", "format_load", "read_state", "server_key",
+           "start"]
 
 POLL_S = 2.0
 DEFAULT_PORT = 4000
@@ -60,7 +61,8 @@ class Room:
                  tls: str | None = None, tls_cert: Path | str | None = None, tls_key: Path | str | None = None,
                  poll_s: float = POLL_S):
         if not servers:
-            raise RoomError("a room needs at least one kit server", "name them: --server http://HOST:PORT (one per server)")
+            raise RoomError("a room needs at least one kit server",
+                            "name them: --server http://HOST:PORT (one per server)")
         roots = [root_url(u) for u in servers]
         if len(set(roots)) != len(roots):
             raise RoomError("the same server is named twice", "name each server once")
@@ -70,18 +72,21 @@ class Room:
         self.keys_file = Path(keys_file) if keys_file else self.dir / "keys.txt"
         self.poll_s = poll_s
         exposed = host not in LOOPBACK
+        cert: Path | None
+        key: Path | None
         if tls_cert or tls_key:
             if not (tls_cert and tls_key):
                 raise RoomError("a certificate needs its key file too", "give both --tls-cert FILE and --tls-key FILE")
             cert, key = Path(tls_cert).resolve(), Path(tls_key).resolve()
         elif tls == "auto":
             from qwenkit.room.tls import lan_addresses, make_self_signed
-            names = ([host] if host not in ("0.0.0.0", "::") else []) + lan_addresses()
+            names = ([] if binds_every_interface(host) else [host]) + lan_addresses()
             cert, key = make_self_signed(self.dir, names)
         else:
             cert = key = None
         if exposed and not cert:
-            raise RoomError(f"listening on {host} without TLS would send every key and prompt in clear over the network",
+            raise RoomError(f"listening on {host} without TLS would send every key and prompt in clear over the "
+                            "network",
                             "add --tls auto (the kit makes a certificate) or --tls-cert FILE --tls-key FILE")
         if int(port) == 0:  # any free port (tests, notebooks); the CLI's default is 4000
             import socket
@@ -110,10 +115,7 @@ class Room:
     # ---- addresses ----
     @property
     def root_url(self) -> str:
-        h = self.spec.host
-        h = "127.0.0.1" if h in ("0.0.0.0", "") else ("::1" if h == "::" else h)
-        h = f"[{h}]" if ":" in h else h
-        return f"{self.spec.scheme}://{h}:{self.spec.port}"
+        return self.spec.local_root
 
     @property
     def base_url(self) -> str:
@@ -223,7 +225,7 @@ class Room:
                 self.refresh()
                 self._count_requests()
                 self._write_state()
-            except Exception as e:  # keep watching: the router keeps serving with its last config
+            except Exception as e:  # noqa: BLE001 - any fault: keep watching; the router serves its last config
                 self.last_error = f"{type(e).__name__}: {e}"
 
     # ---- load ----
@@ -244,10 +246,10 @@ class Room:
         self._log_pos += end
         addr_to_url = {u.split("://", 1)[1]: u for u in self.spec.servers}
         for line in data[:end].decode("utf-8", "replace").splitlines():
-            f = line.split("\t")
-            if len(f) < 4 or f[3] in ("", "-"):
+            fields = line.split("\t")
+            if len(fields) < 4 or fields[3] in ("", "-"):
                 continue
-            tried = [a.strip() for a in f[3].replace(" : ", ", ").split(",")]
+            tried = [a.strip() for a in fields[3].replace(" : ", ", ").split(",")]
             for a in tried[:-1]:
                 u = addr_to_url.get(a)
                 if u:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from qwenkit.errors import RoomError
 
+__all__ = ["DAYS", "fingerprint", "lan_addresses", "make_self_signed"]
+
 DAYS = 30
 
 
@@ -55,8 +57,9 @@ def make_self_signed(dir: Path, names: list[str]) -> tuple[Path, Path]:
     r = subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                         "-nodes", "-days", str(DAYS), "-subj", "/CN=qwenkit room",
                         "-addext", "subjectAltName=" + ",".join(sans),
-                        "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
+                        "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True, timeout=60,
+                       check=False)
+    if r.returncode != 0:   # openssl's stderr says why: raised with it below
         raise RoomError(f"openssl could not make the certificate: {r.stderr.strip()[-400:]}",
                         "give your own: --tls-cert FILE --tls-key FILE")
     key.chmod(0o600)
