@@ -80,8 +80,9 @@ def cmd_serve(args) -> int:
     if args.allow_remote and not key:
         key = server.new_api_key()
         print("a server reachable from the network needs a key; generated one (shown below)")
-    if args.background and server.background() is not None:
-        raise ServerError(f"a background server already runs ({server.background().base_url})",
+    running = server.background() if args.background else None
+    if running is not None:
+        raise ServerError(f"a background server already runs ({running.base_url})",
                           "stop it first: python -m qwenkit serve --stop")
     port = args.port if args.port == "any" else int(args.port)
     print(cfg.summary())
@@ -99,9 +100,13 @@ def cmd_serve(args) -> int:
         server.save_background(srv)
         print("running in the background: python -m qwenkit serve --status | --stop")
         return 0
+    proc = srv._proc
+    if proc is None:  # server.start without background= always hands back the child it started
+        raise ServerError("the server started without a process to wait for",
+                          "a bug in qwenkit: report it with the command you ran")
     print("Ctrl-C stops it")
     try:
-        rc = srv._proc.wait()
+        rc = proc.wait()
         print(f"the server exited with code {rc}\n{srv.log_tail(20)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -13,16 +13,26 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TypedDict
 
 from qwenkit.config import RunConfig
 from qwenkit.models import default_model_path
+
+__all__ = ["SMALL_MODEL_MAX_TOKENS", "SMALL_MODEL_SAMPLING", "add_cli", "run_demo"]
+
+
+class _Sampling(TypedDict, total=False):
+    """Sampling arguments of summarize.summarize that the demo sets for the small model."""
+    temperature: float
+    frequency_penalty: float
+
 
 # Measured on the English sample with SmolLM2-135M (2-core CPU): with the summarizer's defaults
 # (temperature 0.2, presence_penalty 1.5) the answer repeated one sentence until max_tokens (28-31 %
 # distinct words over 340 words); greedy decoding with frequency_penalty 1.0 gave 71-74 % distinct
 # words, no repeated sentence. The longer a 135M model writes, the more it repeats itself, so
 # the demo asks it for about 200 tokens (roughly 150 words).
-SMALL_MODEL_SAMPLING = {"temperature": 0.0, "frequency_penalty": 1.0}
+SMALL_MODEL_SAMPLING: _Sampling = {"temperature": 0.0, "frequency_penalty": 1.0}
 SMALL_MODEL_MAX_TOKENS = 200
 
 
@@ -36,7 +46,7 @@ def run_demo(model: str | Path | None = None, language: str | None = None, n_ctx
     is_default = model is None
     if max_tokens is None:
         max_tokens = SMALL_MODEL_MAX_TOKENS if is_default else 1000
-    sampling = SMALL_MODEL_SAMPLING if is_default else {}
+    sampling: _Sampling = SMALL_MODEL_SAMPLING if is_default else {}
     model = Path(model) if model else default_model_path()
     # SmolLM2-135M only writes English; the real model handles the recipe's Japanese too.
     language = language or ("en" if is_default else "ja")
@@ -87,7 +97,8 @@ def add_cli(sub) -> None:
     p.add_argument("--file", help="summarize this document instead of the bundled sample")
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--max-tokens", type=int, default=None,
-                   help=f"summary length (default: {SMALL_MODEL_MAX_TOKENS} for the small default model, 1000 otherwise)")
+                   help=f"summary length (default: {SMALL_MODEL_MAX_TOKENS} for the small default model, "
+                        "1000 otherwise)")
 
     def _run(args) -> int:
         run_demo(model=args.model, language=args.lang, n_ctx=args.n_ctx, document=args.file,

@@ -15,9 +15,13 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from qwenkit.units import MiB
+
+__all__ = ["GPU", "LLAMA_CPP_VERSION", "VERDICT_CPU_BUILD_WITH_GPU", "VERDICT_CUDA_NO_GPU", "VERDICT_NO_GPU",
+           "VERDICT_NO_NVCC", "VERDICT_OK", "BuildInfo", "Report", "add_cli", "build_info", "diagnose", "load_check",
+           "nvcc_version", "nvml_gpus", "reinstall_command", "run"]
 
 LLAMA_CPP_VERSION = "0.3.36"
 
@@ -113,8 +117,11 @@ def nvml_gpus() -> list[GPU]:
     """GPUs as NVML sees them; [] when there is no NVIDIA driver (a valid answer)."""
     try:
         import pynvml
+    except ImportError:
+        return []
+    try:
         pynvml.nvmlInit()
-    except Exception:
+    except (pynvml.NVMLError, OSError):   # no driver, no libnvidia-ml: no GPU to report
         return []
     try:
         out = []
@@ -137,7 +144,8 @@ def nvcc_version() -> str | None:
     if not exe:
         return None
     try:
-        text = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20).stdout
+        # a failing nvcc still names itself: its path is the answer then (no release found below)
+        text = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return exe
     m = re.search(r"release ([\d.]+)", text)
@@ -154,7 +162,7 @@ def reinstall_command(arch: str) -> str:
 
 
 def diagnose(build: BuildInfo | None = None, gpus: list[GPU] | None = None,
-             nvcc: str | None | bool = False) -> Report:
+             nvcc: str | None | Literal[False] = False) -> Report:
     """One verdict from the build, the GPUs and the toolchain.
 
     Each fact may be handed in (the test seam for machines this one is not); missing ones
@@ -201,8 +209,8 @@ def diagnose(build: BuildInfo | None = None, gpus: list[GPU] | None = None,
 def load_check(model: str | Path | None = None, n_tokens: int = 32, n_ctx: int = 512) -> dict[str, Any]:
     """Load a model once with every layer asked for the GPU; report what llama.cpp did and
     a short greedy decode speed. Uses the default model, or a tiny synthetic one."""
-    from qwenkit.llamalog import capture_log, load_llama
     from qwenkit.config import default_threads
+    from qwenkit.llamalog import capture_log, load_llama
 
     if model is None:
         model = _check_model()

@@ -33,6 +33,12 @@ from typing import Any
 from qwenkit.errors import GGUFError
 from qwenkit.units import format_bytes
 
+__all__ = ["DEFAULT_ALIGNMENT", "GGML_MAX_DIMS", "GGUF_MAGIC", "HYBRID_ARCHS", "INTERVAL_ARCHS", "KEEP_ARRAY",
+           "MAX_ARRAY", "MAX_HEADER_BYTES", "MAX_KV", "MAX_STRING", "MAX_TENSORS", "RECURRENT_ARCHS",
+           "SUPPORTED_VERSIONS", "ArrayValue", "GGUFFile", "ModelInfo", "TensorInfo", "check_file", "check_split_set",
+           "is_expert_tensor", "layer_of", "main_json", "model_info", "parse_gguf", "read_gguf", "read_model_info",
+           "split_parts", "split_siblings"]
+
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
@@ -553,7 +559,8 @@ def read_gguf(path: str | os.PathLike, **kw) -> GGUFFile:
     try:
         fd = os.open(p, os.O_RDONLY)
     except FileNotFoundError:
-        raise GGUFError(f"{p}: no such file", "check the path, or list local models: python -m qwenkit models") from None
+        raise GGUFError(f"{p}: no such file",
+                        "check the path, or list local models: python -m qwenkit models") from None
     except IsADirectoryError:
         raise GGUFError(f"{p} is a folder, not a GGUF file", "pass the .gguf file inside it") from None
     except OSError as e:

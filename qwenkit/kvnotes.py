@@ -17,6 +17,9 @@ from pathlib import Path
 
 from qwenkit.units import format_bytes
 
+__all__ = ["DEFAULT_MODEL_CPU_D4096", "DEFAULT_MODEL_CPU_WHERE", "MATCHED_FA_PAIRS", "QWEN35_GPU", "QWEN35_GPU_WHERE",
+           "UNQUANTIZED", "gpu_build", "memory_note", "notes", "speed_note"]
+
 # K-V pairs a default CUDA build compiles flash-attention kernels for (its build log prints
 # "FlashAttention K-V type combinations: f16-f16;q4_0-q4_0;q8_0-q8_0;bf16-bf16").
 MATCHED_FA_PAIRS = {("f16", "f16"), ("q4_0", "q4_0"), ("q8_0", "q8_0"), ("bf16", "bf16")}

@@ -399,7 +399,7 @@ def load_llama(llama_cls: Any = None, *, echo: bool = True, **kwargs: Any):
         from qwenkit.llama_api import Llama as llama_cls
     path = kwargs.get("model_path")
     failure: ValueError | None = None
-    llm = None
+    llm: Any = None     # set unless the load failed (then raised below)
     with capture_log(echo=echo) as log:
         try:
             llm = llama_cls(**kwargs)

@@ -29,6 +29,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+__all__ = ["MAX_HELD", "N_FOR_LANGUAGE", "LoopGuard", "LoopInfo", "TextStats", "text_stats"]
+
 # A unit is a word (letters/digits) or one CJK character; punctuation is not a unit, so
 # "model." and "model," count as the same word and punctuation changes do not hide a loop.
 _UNIT = re.compile(r"[^\W_]+", re.UNICODE)
@@ -216,7 +218,8 @@ class TextStats:
 
     def __str__(self) -> str:
         rep = f"; repeated: {self.repeated_sentences[0][:60]!r}" if self.repeated_sentences else ""
-        return f"{self.words} words, {self.distinct:.0%} distinct, {len(self.repeated_sentences)} repeated sentences{rep}"
+        return (f"{self.words} words, {self.distinct:.0%} distinct, "
+                f"{len(self.repeated_sentences)} repeated sentences{rep}")
 
 
 def text_stats(text: str) -> TextStats:

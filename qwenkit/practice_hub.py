@@ -45,6 +45,10 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from qwenkit.units import MiB, format_bytes
 
+__all__ = ["GET_FILE", "GET_QUANT", "GET_REPO", "HEADER_READ_LIMIT", "LOOK_FILES", "LOOK_REPO", "PRACTICE_RATE",
+           "HubChoice", "HubFile", "HubRepo", "PracticeHub", "add_cli", "connect", "file_sha256", "populate",
+           "practice_dir", "practice_files", "start"]
+
 LOOK_REPO = "qwenkit-practice/Qwen3.5-35B-A3B-GGUF"   # full-size headers: look, do not download
 GET_REPO = "qwenkit-practice/Qwen3.5-tiny-GGUF"       # a 6 MB model that really downloads
 GET_QUANT = "Q4_K_M"
@@ -86,9 +90,15 @@ class HubFile:
     fail_status: int = 503
     fail_after_cut: int = 0       # after a drop_at cut, answer the next N GETs with fail_status
 
+    def _source(self) -> Path:
+        """The file on disk behind a HubFile without `data` (add_file gives one or the other)."""
+        if self.source is None:
+            raise ValueError(f"practice hub file {self.path}: neither data nor a source file")
+        return self.source
+
     @property
     def size(self) -> int:
-        return len(self.data) if self.data is not None else self.source.stat().st_size
+        return len(self.data) if self.data is not None else self._source().stat().st_size
 
     @property
     def sha256(self) -> str:
@@ -96,14 +106,15 @@ class HubFile:
             return self.sha256_override
         if self.data is not None:
             return hashlib.sha256(self.data).hexdigest()
-        return file_sha256(self.source)
+        return file_sha256(self._source())
 
     @property
     def blob_id(self) -> str:
+        # git ids (SHA-1) name content, as on the hub; nothing here is a security check
         if self.lfs:
-            return hashlib.sha1(self.path.encode()).hexdigest()
-        content = self.data if self.data is not None else self.source.read_bytes()
-        return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+            return hashlib.sha1(self.path.encode(), usedforsecurity=False).hexdigest()
+        content = self.data if self.data is not None else self._source().read_bytes()
+        return hashlib.sha1(b"blob %d\0" % len(content) + content, usedforsecurity=False).hexdigest()
 
     def etag(self) -> str:
         return self.sha256 if self.lfs else self.blob_id
@@ -111,7 +122,7 @@ class HubFile:
     def read(self, offset: int, n: int) -> bytes:
         if self.data is not None:
             return self.data[offset:offset + n]
-        with open(self.source, "rb") as f:
+        with open(self._source(), "rb") as f:
             f.seek(offset)
             return f.read(n)
 
@@ -149,7 +160,8 @@ class PracticeHub:
                  sha256: str | None = None, lfs: bool | None = None, listed_only: bool = False) -> HubFile:
         repo = self.repos.get(repo_id)
         if repo is None:
-            repo = self.repos[repo_id] = HubRepo(repo_id, hashlib.sha1(repo_id.encode()).hexdigest())
+            commit = hashlib.sha1(repo_id.encode(), usedforsecurity=False).hexdigest()   # a stable fake commit id
+            repo = self.repos[repo_id] = HubRepo(repo_id, commit)
         f = HubFile(path, Path(source) if source is not None else None, data, sha256,
                     lfs if lfs is not None else path.endswith(".gguf"), listed_only)
         repo.files[path] = f
@@ -197,7 +209,7 @@ class PracticeHub:
     def endpoint(self) -> str:
         if self._server is None:
             raise RuntimeError("the practice hub is not running: call start() first")
-        host, port = self._server.server_address[:2]
+        host, port = self._server.socket.getsockname()[:2]
         return f"http://{host}:{port}"
 
     @property
@@ -377,8 +389,8 @@ class _Handler(BaseHTTPRequestHandler):
                 parts = f.path[len(prefix):].split("/")[:-1] if f.path.startswith(prefix) else []
                 for i in range(1, len(parts) + 1):
                     dirs.add(prefix + "/".join(parts[:i]))
-        entries += [{"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
-                    for d in sorted(dirs)]
+        entries += [{"type": "directory", "oid": hashlib.sha1(d.encode(), usedforsecurity=False).hexdigest(),
+                     "size": 0, "path": d} for d in sorted(dirs)]
         self._json(entries)
 
     def _resolve(self, repo_id: str, rev: str, fpath: str, cdn: bool = False) -> None:
@@ -619,7 +631,7 @@ def connect(mode: str = "auto", *, endpoint: str | None = None, repo: str | None
             return HubChoice(probe.endpoint, repo, quant, repo, quant, None,
                              f"answered in {probe.seconds:.2f} s", probe.seconds, models_dir, revision)
         if mode == "real":
-            raise hub.HubUnreachable(probe.problem, probe.fix)
+            raise hub.HubUnreachable(probe.problem or f"cannot reach {probe.endpoint}", probe.fix)
         reason = f"{probe.problem} (asked for {probe.seconds:.2f} s)"
     else:
         reason = "HUB = 'practice': the real hub was not asked"

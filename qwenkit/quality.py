@@ -180,9 +180,9 @@ def evaluate(llm, kv: Sequence[tuple[str, str]] = DEFAULT_KV, text: str | None =
     try:
         for pair in [base] + [p for p in pairs if p != base]:
             ctxs[pair] = KVContext(llm.model, n_ctx, *pair, flash_attn=flash_attn, n_threads=threads)
-        nll = {p: [] for p in ctxs}
-        kld = {p: [] for p in ctxs}
-        same = {p: [] for p in ctxs}
+        nll: dict[tuple[str, str], list[np.ndarray]] = {p: [] for p in ctxs}
+        kld: dict[tuple[str, str], list[np.ndarray]] = {p: [] for p in ctxs}
+        same: dict[tuple[str, str], list[np.ndarray]] = {p: [] for p in ctxs}
         it: Iterable[int] = range(n_chunk)
         if progress:
             from tqdm.auto import tqdm

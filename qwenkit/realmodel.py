@@ -13,6 +13,8 @@ from pathlib import Path
 from qwenkit.config import RunConfig
 from qwenkit.errors import ConfigError, GGUFError
 
+__all__ = ["fit_config", "gpu_budget", "is_hub_spec", "resolve_model"]
+
 
 def is_hub_spec(spec: str) -> bool:
     """'owner/repo:QUANT' (not an existing file, not a Windows drive path)."""

@@ -26,6 +26,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+__all__ = ["MAX_BUSY", "MAX_SPREAD", "MIN_EFFECT", "SIGNIFICANCE", "Conclusion", "Figure", "Probe", "Verdict",
+           "busy_reason", "check", "claim_line", "compare", "cores", "judge", "within"]
+
 MAX_SPREAD = 0.10        # relative sd of repeated runs above which a figure is too noisy
 MAX_BUSY = 0.15          # share of all cores other programs may use before the machine is "busy"
 SIGNIFICANCE = 3.0       # a difference counts when it exceeds this many standard errors (more
@@ -76,7 +79,8 @@ class Probe:
     def __init__(self, pids: Sequence[int] = (), own_threads: int | None = None):
         self.pids = [os.getpid(), *[p for p in pids if p != os.getpid()]]
         self.own_threads = own_threads
-        self.wall = self.others_cores = None
+        self.wall: float | None = None
+        self.others_cores: float | None = None
         self.load1: float | None = None
 
     def _own(self) -> float:
@@ -147,8 +151,8 @@ class Figure:
         if isinstance(x, Figure):
             return x
         if isinstance(x, dict):
-            return cls(label or x.get("label") or x.get("test", "figure"),
-                       list(x.get("values", x.get("rates", []))), x.get("unit", "tok/s"),
+            values = x["values"] if "values" in x else x.get("rates", [])
+            return cls(label or x.get("label") or x.get("test", "figure"), list(values), x.get("unit", "tok/s"),
                        dict(x.get("machine") or (x.get("extra") or {}).get("machine") or {}))
         if hasattr(x, "rates"):  # bench.BenchResult
             name = label or f"{x.extra.get('setting') or x.path} {x.test}"

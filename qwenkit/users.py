@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from qwenkit.htmltable import Table
 
+__all__ = ["TOPICS", "Crowd", "UserRun", "at_once"]
+
 TOPICS = ["the water cycle", "how a bicycle works", "why leaves change colour", "what a compiler does",
           "how bread rises", "the phases of the moon", "how vaccines work", "what a GPU is for"]
 
