@@ -26,10 +26,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from qwenkit.errors import ContextOverflowError, DocumentError, ServerError
 from qwenkit.loopguard import LoopGuard
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["MAP_PROMPTS", "MARGIN", "MAX_ROUNDS", "NO_THINKING", "PRESENCE_PENALTY", "REDUCE_PROMPTS",
+           "RETRY_BELOW_WORDS", "RETRY_TEMPERATURE", "SYSTEM_PROMPTS", "WHOLE_PROMPTS", "Call", "DocumentError",
+           "Summary", "ThinkFilter", "TokenCounter", "read_document", "server_slots", "split_spans", "strip_thinking",
+           "summarize"]
 
 SYSTEM_PROMPTS = {
     "ja": ("あなたは技術文書の要約を担当するアシスタントです。与えられた文書を日本語で簡潔に要約してください。"
@@ -40,8 +48,10 @@ SYSTEM_PROMPTS = {
 # The chunk comes before "part i of n": every map request starts with the same system prompt and
 # instructions, a prefix the server's prompt cache prefills once for all of them.
 MAP_PROMPTS = {
-    "ja": "次の文書は長い文書の一部です。この部分を要約してください。\n\n{text}\n\n（以上は全{n}部のうち第{i}部です。）",
-    "en": "The following is one part of a longer document. Summarize this part.\n\n{text}\n\n(This was part {i} of {n}.)",
+    "ja": ("次の文書は長い文書の一部です。この部分を要約してください。\n\n{text}\n\n"
+           "（以上は全{n}部のうち第{i}部です。）"),
+    "en": ("The following is one part of a longer document. Summarize this part.\n\n{text}\n\n"
+           "(This was part {i} of {n}.)"),
 }
 REDUCE_PROMPTS = {
     "ja": "次は一つの文書の各部分の要約です。これらを一つの要約にまとめてください。\n\n{text}",
@@ -125,7 +135,7 @@ class TokenCounter:
         key = getattr(client, "api_key", None)
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.exact = True
-        self._http = None
+        self._http: httpx.Client | None = None
         self._bos: int | None = None
         self._count = lru_cache(maxsize=4096)(self._count_uncached)
 
@@ -214,17 +224,18 @@ def split_spans(text: str, budget: int, count: Callable[[str], int]) -> list[tup
         add(s, e, 0)
     # pack consecutive units while the real count of the packed text stays within the budget
     chunks: list[tuple[int, int]] = []
-    cur_s, cur_e, cur_n = None, None, 0
+    cur: tuple[int, int] | None = None     # the chunk being packed, (start, end), and its count
+    cur_n = 0
     for s, e in units:
         n = count(text[s:e])
-        if cur_s is not None and cur_n + n + 1 <= budget and count(text[cur_s:e]) <= budget:
-            cur_e, cur_n = e, count(text[cur_s:e])
+        if cur is not None and cur_n + n + 1 <= budget and count(text[cur[0]:e]) <= budget:
+            cur, cur_n = (cur[0], e), count(text[cur[0]:e])
         else:
-            if cur_s is not None:
-                chunks.append((cur_s, cur_e))
-            cur_s, cur_e, cur_n = s, e, n
-    if cur_s is not None:
-        chunks.append((cur_s, cur_e))
+            if cur is not None:
+                chunks.append(cur)
+            cur, cur_n = (s, e), n
+    if cur is not None:
+        chunks.append(cur)
     return chunks
 
 
@@ -325,6 +336,7 @@ class _Runner:
         self.language, self.loop_guard = language, loop_guard
         # sent only when set, so a server without them is asked exactly what it was before
         self.extra = {k: v for k, v in (("frequency_penalty", frequency_penalty), ("seed", seed)) if v}
+        self.seed = seed
         self.on_progress = on_progress
         self.calls: list[Call] = []
         self.parallel = 1           # requests sent at once by _ask_all
@@ -343,7 +355,7 @@ class _Runner:
         if on_token:
             on_token("\n\n")
         text2, call2, first2 = self._ask_stream(user, max_tokens, role, on_token, RETRY_TEMPERATURE,
-                                                self.extra.get("seed", 0) + 1)
+                                                (self.seed or 0) + 1)
         return (text2, call2, first2) if len(text2.split()) > len(text.split()) else (text, call, first)
 
     def _ask_stream(self, user: str, max_tokens: int, role: str, on_token, temperature: float,
@@ -413,7 +425,7 @@ class _Runner:
             return self._ask_plain(user, max_tokens, role, on_token, t0)
         text = "".join(raw)
         notice = ""
-        if finish == "loop":
+        if finish == "loop" and guard is not None:
             answer = guard.text
             notice = guard.notice
             self.on_progress(notice)
@@ -456,7 +468,7 @@ class _Runner:
             guard = LoopGuard.for_language(self.language)
             guard.feed(text)
             guard.flush()
-            if guard.looped:
+            if guard.loop is not None:   # it looped
                 text = guard.text
                 looped = (f"loop guard: the answer repeated itself (\"{guard.loop.ngram[:60]}\" again); "
                           f"the repeat is left out")
@@ -500,7 +512,7 @@ def _ask_all(run: "_Runner", users: list[str], max_tokens: int, role: str, start
     width = min(run.parallel, len(users))
     if width <= 1:
         out = []
-        for line, user in zip(starting, users):
+        for line, user in zip(starting, users, strict=True):
             say(line)
             out.append(run.ask(user, max_tokens, role)[0])
         return out
@@ -537,7 +549,7 @@ def _ask_all(run: "_Runner", users: list[str], max_tokens: int, role: str, start
             raise
     for c in calls:
         run.calls.extend(c)
-    errors = [f.exception() for f in futures if not isinstance(f.exception(), (_Skipped, type(None)))]
+    errors = [e for f in futures if (e := f.exception()) is not None and not isinstance(e, _Skipped)]
     if errors:
         raise errors[0]
     return [f.result() for f in futures]
@@ -610,7 +622,7 @@ def summarize(text: str, client, model: str, *, n_ctx: int, language: str = "ja"
     for _attempt in range(5):
         try:
             return _summarize_once(text, run, language, plan_ctx, max_tokens, on_token, say, t0)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if not _is_context_error(e):
                 raise
             real = _context_from_error(e)
