@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,8 +23,8 @@ from qwenkit.gguf_info import model_info, parse_gguf, read_gguf
 
 pytestmark = pytest.mark.faults
 MiB = 1 << 20
-FUZZ = {"deadline": None, "derandomize": True, "database": None,
-        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+FUZZ: dict[str, Any] = {"deadline": None, "derandomize": True, "database": None,
+                        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 N = {"bit_flips": 1000, "truncation": 500, "inflated_field": 1000, "overwrite": 500}
 
 _state: dict = {}

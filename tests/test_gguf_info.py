@@ -1,13 +1,13 @@
 """gguf_info: ModelInfo from headers (real and synthetic GGUFs) and integrity errors for broken files."""
 from __future__ import annotations
 
+import contextlib
 import random
 import struct
 import time
 from pathlib import Path
 
 import pytest
-from fixtures_hub import hub_write_gguf
 
 from qwenkit.errors import GGUFError
 from qwenkit.gguf_info import (
@@ -20,19 +20,22 @@ from qwenkit.gguf_info import (
 )
 from qwenkit.units import GiB, MiB
 
+from fixtures_hub import hub_write_gguf
 
+
+@contextlib.contextmanager
 def _counting_reader(path: Path):
+    """(read, counts): a parse_gguf reader of `path` that counts its calls and bytes."""
     data = {"bytes": 0, "calls": 0, "max": 0}
-    fh = open(path, "rb")
-
-    def read(off, n):
-        data["calls"] += 1
-        data["max"] = max(data["max"], n)
-        fh.seek(off)
-        b = fh.read(n)
-        data["bytes"] += len(b)
-        return b
-    return read, data, fh
+    with open(path, "rb") as fh:
+        def read(off, n):
+            data["calls"] += 1
+            data["max"] = max(data["max"], n)
+            fh.seek(off)
+            b = fh.read(n)
+            data["bytes"] += len(b)
+            return b
+        yield read, data
 
 
 # ------------------------------------------------------------------------------ facts
@@ -56,8 +59,7 @@ def test_default_model_matches_gguf_package(default_model):
 def test_full_size_qwen35moe_header(hub_files):
     """The full-size synthetic Qwen3.5-35B-A3B: every number docs/facts.md lists, from ~5 MB of header."""
     path = hub_files["full"]
-    read, seen, fh = _counting_reader(path)
-    with fh:
+    with _counting_reader(path) as (read, seen):
         part = parse_gguf(read, path.stat().st_size, str(path))
     from qwenkit.gguf_info import model_info
     info = model_info([part])
@@ -160,7 +162,7 @@ def test_truncated_download_names_expected_and_actual_size(tiny_bytes, tmp_path)
         read_gguf(p)
     msg = str(e.value)
     assert str(p) in msg and "truncated" in msg and f"{cut:,}" in msg
-    assert "tensor data ends at byte" in msg and "download" in e.value.fix
+    assert "tensor data ends at byte" in msg and "download" in (e.value.fix or "")
 
 
 def test_truncated_default_model(default_model, tmp_path):
@@ -232,9 +234,8 @@ def test_absurd_counts_fail_fast_without_big_reads(tmp_path, case):
     else:
         data = _header(0, _s("a") + struct.pack("<I", 77), 1)
     p = _write(tmp_path, f"{case}.gguf", data + filler)
-    read, seen, fh = _counting_reader(p)
     t = time.monotonic()
-    with fh, pytest.raises(GGUFError) as e:
+    with _counting_reader(p) as (read, seen), pytest.raises(GGUFError) as e:
         parse_gguf(read, p.stat().st_size, str(p))
     assert time.monotonic() - t < 1
     assert seen["bytes"] <= 2 * MiB, seen
@@ -243,7 +244,8 @@ def test_absurd_counts_fail_fast_without_big_reads(tmp_path, case):
 
 def test_bad_tensor_infos(tmp_path):
     def one_tensor(n_dims=2, dims=(32, 4), gtype=0, offset=0):
-        t = _s("w") + struct.pack("<I", n_dims) + struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", gtype, offset)
+        t = (_s("w") + struct.pack("<I", n_dims) + struct.pack(f"<{len(dims)}Q", *dims)
+             + struct.pack("<IQ", gtype, offset))
         return _header(1, b"", 0, t) + bytes(1024)
     cases = {
         "dims": (one_tensor(n_dims=7, dims=(1,) * 7), "dimensions"),
@@ -280,7 +282,9 @@ def test_random_header_corruption_never_crashes(tiny_bytes):
             b[i] = rng.randrange(256)
         data = bytes(b)
         try:
-            parse_gguf(lambda off, n, data=data: data[off:off + n], size, "fuzz.gguf")
+            def read(off: int, n: int, data: bytes = data) -> bytes:
+                return data[off:off + n]
+            parse_gguf(read, size, "fuzz.gguf")
             outcomes["ok"] += 1
         except GGUFError:
             outcomes["error"] += 1

@@ -7,13 +7,14 @@ import subprocess
 import sys
 
 import pytest
-from fixtures_hub import REPO_TINY
 
 from qwenkit import plan, realmodel
 from qwenkit.config import RunConfig
 from qwenkit.errors import ConfigError, GGUFError
 from qwenkit.gguf_info import read_model_info
 from qwenkit.units import GiB
+
+from fixtures_hub import REPO_TINY
 
 
 def test_specs():
@@ -47,7 +48,7 @@ def test_fit_config_matches_the_planner_for_the_full_size_model(hub_files):
 def test_fit_without_a_gpu_says_how_to_plan_for_one(default_model):
     with pytest.raises(ConfigError, match="--fit needs a GPU") as e:
         realmodel.fit_config(RunConfig(model=str(default_model)))
-    assert "--vram 16GiB" in e.value.fix
+    assert "--vram 16GiB" in (e.value.fix or "")
 
 
 @pytest.mark.slow
@@ -58,7 +59,7 @@ def test_serve_repo_quant_fit_downloads_plans_and_serves(fake_hub, hub_files, tm
     env = {**os.environ, "QWENKIT_CACHE": str(tmp_path / "cache")}
     p = subprocess.run([sys.executable, "-m", "qwenkit", "serve", "--model", f"{REPO_TINY}:Q4_K_M", "--fit",
                         "--vram", str(budget), "--n_ctx", "512", "--n_threads", "1", "--port", "any", "--background"],
-                       capture_output=True, text=True, timeout=300, env=env)
+                       capture_output=True, text=True, timeout=300, env=env, check=False)
     try:
         assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
         out = p.stdout
@@ -66,4 +67,4 @@ def test_serve_repo_quant_fit_downloads_plans_and_serves(fake_hub, hub_files, tm
         assert "total" in out and "GPU MiB" in out
         assert "http://127.0.0.1:" in out
     finally:
-        subprocess.run([sys.executable, "-m", "qwenkit", "serve", "--stop"], env=env, timeout=60)
+        subprocess.run([sys.executable, "-m", "qwenkit", "serve", "--stop"], env=env, timeout=60, check=False)

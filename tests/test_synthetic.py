@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import io
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from qwenkit import synthetic
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
 
 gguf = pytest.importorskip("gguf")
 
@@ -124,9 +128,10 @@ def test_thinking_template_honours_enable_thinking():
 
     fmt = Jinja2ChatFormatter(synthetic.THINKING_CHAT_TEMPLATE, eos_token="<|im_end|>",
                               bos_token="<|endoftext|>")
-    msgs = [{"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nHello"},
-            {"role": "user", "content": [{"type": "text", "text": "Again"}]}]
+    msgs: list[ChatCompletionRequestMessage] = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nHello"},
+        {"role": "user", "content": [{"type": "text", "text": "Again"}]}]
     open_ = fmt(messages=msgs).prompt
     closed = fmt(messages=msgs, enable_thinking=False).prompt
     assert open_.endswith("<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n")
