@@ -48,6 +48,12 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["ARCHS", "CACHED_SIZES", "DEFAULT_CHAT_TEMPLATE", "F16", "F32", "GENERATOR_VERSION", "GGML_TYPES",
+           "GGUF_ALIGNMENT", "MIXES", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "QUANTIZED", "SIZES",
+           "SPECIAL_TOKENS", "THINKING_CHAT_TEMPLATE", "WEIGHTS", "HParams", "TensorSpec", "cached_model", "hparams",
+           "main", "model_nbytes", "random_blocks", "small_model", "summary", "tensor_nbytes", "tensor_table",
+           "tiny_model", "type_name", "write_model"]
+
 # Bump when the bytes a given (arch, size, weights, mix, seed) produces change:
 # tiny_model() rewrites its cached files when this changes.
 GENERATOR_VERSION = 1
@@ -477,7 +483,7 @@ def tensor_table(arch: str = "qwen35moe", size: str = "tiny", mix: str = "q4_k_m
     _check_choice("mix", mix, MIXES)
     hp = hparams(arch, size)
     E, V = hp.n_embd, hp.n_vocab
-    raw = [("token_embd.weight", (E, V), "weight")]
+    raw: list[tuple[str, tuple[int, ...], str]] = [("token_embd.weight", (E, V), "weight")]
     for il in range(hp.n_layer):
         raw += _layer_tensors(hp, il)
     raw += [("output_norm.weight", (E,), "norm"), ("output.weight", (E, V), "weight")]
@@ -515,7 +521,7 @@ def _bytes_to_unicode() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    table = dict(zip(bs, cs))
+    table = dict(zip(bs, cs, strict=True))
     return [chr(table[b]) for b in range(256)]
 
 
@@ -538,7 +544,8 @@ def _vocab(n_vocab: int) -> tuple[list[str], list[int], list[str], dict[str, int
     tokens = _bytes_to_unicode()
     types = [1] * 256
     for a, b in _MERGES:
-        assert a in tokens and b in tokens, (a, b)
+        if a not in tokens or b not in tokens:   # _MERGES lists a merge before the ones making its parts
+            raise RuntimeError(f"synthetic vocabulary: merge {a!r} + {b!r} has a part that is not a token yet")
         tokens.append(a + b)
         types.append(1)
     special = {}
@@ -551,7 +558,9 @@ def _vocab(n_vocab: int) -> tuple[list[str], list[int], list[str], dict[str, int
     n_fill = n_vocab - len(tokens)
     tokens += [f"Ġw{i}" for i in range(n_fill)]
     types += [1] * n_fill
-    assert len(set(tokens)) == len(tokens) == n_vocab
+    if not len(set(tokens)) == len(tokens) == n_vocab:
+        raise RuntimeError(f"synthetic vocabulary: {len(tokens)} tokens, {len(set(tokens))} distinct, "
+                           f"for n_vocab {n_vocab}")
     merges = [f"{a} {b}" for a, b in _MERGES]
     return tokens, types, merges, special
 
@@ -626,7 +635,8 @@ def _gguf_header(path: Path, hp: HParams, specs: list[TensorSpec], mix: str, wei
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    assert w.fout is not None
+    if w.fout is None:
+        raise RuntimeError("gguf.GGUFWriter closed its file before the tensor data could be written")
     f = w.fout[0]
     end = f.tell()
     data_start = _pad(end, w.data_alignment)
@@ -681,7 +691,7 @@ class _Pools:
             n = self.TARGET_BYTES // bsize | 1
             while any(n % p == 0 for p in (3, 5, 7, 11, 13)):
                 n += 2
-            self.pools[key] = memoryview(random_blocks(ggml_type, n, self.rng, sigma))
+            self.pools[key] = random_blocks(ggml_type, n, self.rng, sigma).data   # flat uint8: a byte view
         return self.pools[key]
 
 
@@ -691,10 +701,12 @@ def _write_random_data(f, specs: list[TensorSpec], hp: HParams, seed: int, bar) 
     chunk = 32 << 20
     pos = 0
     for t in specs:
-        assert pos == t.offset
+        if pos != t.offset:
+            raise RuntimeError(f"synthetic model: {t.name} would start at byte {pos}, its table says {t.offset}")
         if t.nbytes <= (4 << 20) or t.ggml_type not in QUANTIZED:
             data = _small_tensor(t, hp, rng)
-            assert data.nbytes == t.nbytes, (t.name, data.nbytes, t.nbytes)
+            if data.nbytes != t.nbytes:
+                raise RuntimeError(f"synthetic model: {t.name} has {data.nbytes} bytes, its table says {t.nbytes}")
             f.write(data.data)
             if bar is not None:
                 bar.update(t.nbytes)
@@ -758,7 +770,9 @@ def write_model(path, arch: str = "qwen35moe", size: str = "tiny", weights: str 
                 finally:
                     if bar is not None:
                         bar.close()
-            assert f.seek(0, os.SEEK_END) == total
+            end = f.seek(0, os.SEEK_END)
+            if end != total:
+                raise RuntimeError(f"synthetic model: wrote {end} bytes, the tensor table adds up to {total}")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
