@@ -5,6 +5,7 @@ Every notebook step is one call of this package and one `python -m qwenkit` comm
 import sys as _sys
 
 __version__ = "0.1.0"
+__all__ = ["__version__"]   # the package's API lives in its modules (qwenkit.server, qwenkit.hub, ...)
 
 # Load llama.cpp's shared libraries before numpy. Measured on an H200 (CUDA build of
 # llama-cpp-python 0.3.36, numpy 2.5 with scipy-openblas): when numpy is imported first,

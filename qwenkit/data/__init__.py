@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = ["SAMPLES", "sample_one_line", "sample_path", "sample_text"]
+
 _HERE = Path(__file__).resolve().parent
 SAMPLES = {"ja": "sample_ja.txt", "en": "sample_en.txt"}
 
