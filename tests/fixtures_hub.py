@@ -9,6 +9,7 @@ Repos the tests put on it (plain HTTP, no Xet):
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,12 @@ def hub_write_gguf(path: Path, arch: str = "qwen35moe", kv: dict | None = None, 
     w.write_tensors_to_file()
     w.close()
     return sorted(Path(path).parent.glob(Path(path).stem + "*.gguf")) if split_max_tensors else names
+
+
+def _found(pattern: str, text: str) -> re.Match[str]:
+    m = re.search(pattern, text)
+    assert m, f"{pattern!r} is not in the output:\n{text[:3000]}"
+    return m
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +158,6 @@ def notebook02_check(tmp_path):
     """check(nb, text) after notebook 02 ran under notebook02_params: the real hub was asked and
     refused within 3 s, the practice hub answered on 127.0.0.1, the download was cut, kept and
     resumed with one Range request from the cut, and verified."""
-    import re
 
     def check(nb, text: str) -> None:
         from qwenkit import practice_hub
@@ -162,11 +168,11 @@ def notebook02_check(tmp_path):
         assert m and float(m.group(1)) < 3.0, text[:3000]
         assert re.search(r"using the practice hub at http://127\.0\.0\.1:\d+", text)
         assert re.search(r"\| Q4_K_M \| 19\.7\d GiB \|", text) and "--n-cpu-moe" in text   # table, verdict
-        cut = int(re.search(r"interrupted at byte ([0-9,]+)", text).group(1).replace(",", ""))
+        cut = int(_found(r"interrupted at byte ([0-9,]+)", text).group(1).replace(",", ""))
         assert re.search(rf"{cut:,} of [0-9,]+ bytes are kept", text), text
         assert "incomplete" in text                                         # the kept part, listed
         assert f"byte requests since the cut: ['bytes={cut}-']" in text      # one Range request
-        sent, total = (int(x.replace(",", "")) for x in re.search(r"([0-9,]+) bytes sent of ([0-9,]+)", text).groups())
+        sent, total = (int(x.replace(",", "")) for x in _found(r"([0-9,]+) bytes sent of ([0-9,]+)", text).groups())
         assert sent == total - cut                                          # only the missing bytes
         assert "verified - " in text and practice_hub.GET_FILE in text
         errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]

@@ -8,16 +8,18 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from fixtures_hub import BIG_FILE, REPO_BIG, REPO_SMOL, REPO_TINY, SMOL_FILE, TINY_FILE
 
 from qwenkit import hub
 from qwenkit.errors import DownloadError, QwenkitError
 from qwenkit.gguf_info import read_model_info
 
+from fixtures_hub import BIG_FILE, REPO_BIG, REPO_SMOL, REPO_TINY, SMOL_FILE, TINY_FILE
+
 GiB = 1 << 30
-FAST = dict(progress=False, stall_timeout=5.0, retry_wait=0.01)
+FAST: dict[str, Any] = dict(progress=False, stall_timeout=5.0, retry_wait=0.01)
 
 
 def _sha(p: Path) -> str:
@@ -31,10 +33,11 @@ def _no_partials(models: Path) -> list[Path]:
 # ------------------------------------------------------------------------------ protocol
 def test_fake_hub_speaks_the_real_clients_protocol(fake_hub, hub_files):
     """huggingface_hub's own calls work against it, and it never offers Xet."""
-    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub import HfApi, RepoFile, get_hf_file_metadata, hf_hub_url
     api = HfApi(endpoint=fake_hub.endpoint)
-    tree = {f.path: f for f in api.list_repo_tree(REPO_TINY, recursive=True, expand=True) if hasattr(f, "lfs")}
-    assert tree[TINY_FILE].lfs.sha256 == _sha(hub_files["tiny"]) and tree[TINY_FILE].xet_hash is None
+    tree = {f.path: f for f in api.list_repo_tree(REPO_TINY, recursive=True, expand=True) if isinstance(f, RepoFile)}
+    tiny = tree[TINY_FILE]
+    assert tiny.lfs is not None and tiny.lfs.sha256 == _sha(hub_files["tiny"]) and tiny.xet_hash is None
     meta = get_hf_file_metadata(hf_hub_url(REPO_TINY, TINY_FILE, endpoint=fake_hub.endpoint))
     assert meta.xet_file_data is None and meta.size == hub_files["tiny"].stat().st_size
     assert meta.etag == _sha(hub_files["tiny"]) and meta.commit_hash == fake_hub.repos[REPO_TINY].commit
@@ -76,12 +79,13 @@ def test_fit_verdict_from_header_comes_from_the_memory_planner(fake_hub):
 
     info = hub.read_remote_info(REPO_BIG, "Q4_K_M")
     v = hub.fit_verdict(info, 16 * GiB, 64 * GiB)
-    assert v.kind == "offload" and v.source == "memory plan" and 5 <= v.n_cpu_moe <= 40
+    assert v.kind == "offload" and v.source == "memory plan" and v.n_cpu_moe is not None and 5 <= v.n_cpu_moe <= 40
     assert v.n_cpu_moe == plan.fit(info, 16 * GiB, 8192).n_cpu_moe  # the planner decides
     assert f"--n-cpu-moe {v.n_cpu_moe}" in v.text
     assert hub.fit_verdict(info, 24 * GiB, 64 * GiB).kind == "gpu"
     # a bigger context or a wider KV type never needs fewer expert layers in RAM
-    assert hub.fit_verdict(info, 16 * GiB, 64 * GiB, n_ctx=65536).n_cpu_moe >= v.n_cpu_moe
+    wider = hub.fit_verdict(info, 16 * GiB, 64 * GiB, n_ctx=65536).n_cpu_moe
+    assert wider is not None and wider >= v.n_cpu_moe
     # too little RAM for the experts that must leave the GPU
     assert hub.fit_verdict(info, 16 * GiB, 6 * GiB).kind == "no"
     # less than the CUDA context and compute buffers: nothing helps
@@ -104,16 +108,17 @@ def test_remote_header_of_full_size_model_reads_under_one_percent(fake_hub, hub_
 
 def test_remote_header_of_split_model_and_quants_with_headers(fake_hub):
     ql = hub.list_quants(REPO_TINY, vram_gb=8, ram_gb=16, headers=True)
-    split = ql.get("UD-Q2_K_XL")
+    split, q4 = ql.get("UD-Q2_K_XL"), ql.get("Q4_K_M")
+    assert split.info is not None and split.verdict is not None and q4.info is not None  # headers=True reads them
     assert split.n_parts == 3 and split.info.n_parts == 3 and split.info.kv_layers == (3, 7)
     assert split.verdict.source == "memory plan"
-    assert ql.get("Q4_K_M").info.arch == "qwen35moe"
+    assert q4.info.arch == "qwen35moe"
 
 
 def test_unknown_repo_quant_and_revision(fake_hub):
     with pytest.raises(DownloadError, match="has no quant 'Q5_K_M'") as e:
         hub.download(REPO_TINY, "Q5_K_M", **FAST)
-    assert "Q4_K_M" in e.value.fix
+    assert "Q4_K_M" in (e.value.fix or "")
     with pytest.raises(DownloadError, match="repo not found"):
         hub.list_quants("nobody/nothing")
     with pytest.raises(DownloadError, match="revision not found"):
@@ -125,7 +130,7 @@ def test_unreachable_hub_is_a_clear_error(fake_hub, monkeypatch):
     fake_hub.stop()
     with pytest.raises(DownloadError, match="cannot reach") as e:
         hub.list_quants(REPO_TINY)
-    assert "HF_HUB_OFFLINE" in e.value.fix
+    assert "HF_HUB_OFFLINE" in (e.value.fix or "")
     with pytest.warns(UserWarning, match="using the local copy"):  # a verified copy still answers
         assert hub.download(REPO_TINY, "Q4_K_M", **FAST).path == m.path
     with pytest.raises(DownloadError, match="cannot reach"):
@@ -179,7 +184,7 @@ def test_interrupted_download_resumes_across_runs(fake_hub, hub_files, tmp_path)
     # first run: cut at half, then the server keeps failing: the run gives up, keeping the part
     with pytest.raises(DownloadError) as e:
         hub.download(REPO_TINY, "Q4_K_M", retries=1, **FAST)
-    assert f"{cut:,} of {size:,} bytes are kept" in str(e.value) and "again to resume" in e.value.fix
+    assert f"{cut:,} of {size:,} bytes are kept" in str(e.value) and "again to resume" in (e.value.fix or "")
     part = tmp_path / "models" / REPO_TINY.replace("/", "--") / ".incomplete" / (TINY_FILE + ".part")
     assert part.stat().st_size == cut
     assert not (part.parent.parent / TINY_FILE).exists()  # nothing that looks complete
@@ -276,7 +281,7 @@ def test_existing_unverified_file_is_not_overwritten(fake_hub, tmp_path):
     fake_hub.file(REPO_TINY, TINY_FILE).sha256_override = "7" * 64
     with pytest.raises(DownloadError, match="verified copy of another version") as e:
         hub.download(REPO_TINY, "Q4_K_M", **FAST)
-    assert "--revision" in e.value.fix
+    assert "--revision" in (e.value.fix or "")
 
 
 # ------------------------------------------------------------------------------ offline
@@ -366,10 +371,11 @@ def test_practice_hub_teaches_the_whole_flow(tmp_path, monkeypatch):
     where = ph_mod.connect("practice", models_dir=str(tmp_path / "m"))
     try:
         ph = where.practice
-        assert where.is_practice and ph.endpoint.startswith("http://127.0.0.1:")
+        assert ph is not None and where.is_practice and ph.endpoint.startswith("http://127.0.0.1:")
         assert "was not asked" in where.reason
         ql = hub.list_quants(where.repo, vram_gb=16, ram_gb=64, endpoint=where.endpoint, headers=[where.quant])
         q4 = ql.get("Q4_K_M")
+        assert q4.info is not None and q4.verdict is not None
         assert q4.info.arch == "qwen35moe" and q4.info.n_layer == 40 and q4.verdict.source == "memory plan"
         assert q4.verdict.kind == "offload" and "--n-cpu-moe" in q4.verdict.text
         assert q4.info.header_bytes_read < 16 << 20
@@ -378,7 +384,8 @@ def test_practice_hub_teaches_the_whole_flow(tmp_path, monkeypatch):
             hub.download(where.download_repo, where.download_quant, dest=where.models_dir, endpoint=where.endpoint,
                          retries=1, **{k: v for k, v in FAST.items() if k != "retries"})
         where.network_back()
-        m = hub.download(where.download_repo, where.download_quant, dest=where.models_dir, endpoint=where.endpoint, **FAST)
+        m = hub.download(where.download_repo, where.download_quant, dest=where.models_dir,
+                         endpoint=where.endpoint, **FAST)
         assert m.state == hub.STATE_VERIFIED and ph.gets(ph_mod.GET_FILE) == [f"bytes={cut}-"]
         assert ph.served(ph_mod.GET_FILE) == m.size - cut
         monkeypatch.setattr(hub.downloader, "free_bytes", lambda path: 1 << 50)   # past the disk check
@@ -403,7 +410,7 @@ def test_connect_uses_the_real_hub_when_it_answers(fake_hub, tmp_path):
         where.close()
     with pytest.raises(hub.HubUnreachable, match="cannot reach") as e:   # "real" never falls back
         ph_mod.connect("real", endpoint=gone, timeout=3)
-    assert "practice-hub" in e.value.fix
+    assert "practice-hub" in (e.value.fix or "")
 
 
 def test_probe_gives_up_on_a_silent_hub():
@@ -424,10 +431,12 @@ def test_cli_practice_hub_serves_until_stopped(tmp_path):
     import subprocess
     import sys
     import urllib.request
+
     from qwenkit import practice_hub as ph_mod
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     proc = subprocess.Popen([sys.executable, "-m", "qwenkit", "practice-hub", "--rate", "0"], stdout=subprocess.PIPE,
                             text=True, env=env)
+    assert proc.stdout is not None
     try:
         line = proc.stdout.readline()
         assert line.startswith("practice hub on http://127.0.0.1:"), line
