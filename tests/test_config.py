@@ -1,6 +1,7 @@
 """RunConfig: validation, notes, renderings, and the recipe's flags turned into a server that starts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -28,7 +30,7 @@ def test_kv_types_by_name_and_id():
 def test_unknown_type_lists_valid_names():
     with pytest.raises(ConfigError) as e:
         RunConfig(model="m.gguf", type_k="q9_9")
-    assert "q9_9" in str(e.value) and all(n in e.value.fix for n in KV_TYPES)
+    assert "q9_9" in str(e.value) and all(n in (e.value.fix or "") for n in KV_TYPES)
 
 
 def test_quantized_v_needs_flash_attention():
@@ -48,7 +50,8 @@ def test_unmatched_pair_is_allowed_with_measured_note():
 
 
 def test_bad_values_are_errors_with_fixes():
-    for kw in ({"n_ctx": -1}, {"n_cpu_moe": -2}, {"n_threads": 0}, {"n_batch": 256, "n_ubatch": 512}):
+    bad: list[dict[str, Any]] = [{"n_ctx": -1}, {"n_cpu_moe": -2}, {"n_threads": 0}, {"n_batch": 256, "n_ubatch": 512}]
+    for kw in bad:
         with pytest.raises(ConfigError) as e:
             RunConfig(model="m.gguf", **kw)
         assert e.value.fix
@@ -58,14 +61,14 @@ def test_bad_values_are_errors_with_fixes():
 
 def test_frozen_and_replace():
     cfg = RunConfig(model="m.gguf")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_ctx = 1  # type: ignore[misc]
     assert cfg.replace(n_ctx=1024).n_ctx == 1024 and cfg.n_ctx == 8192
 
 
 def test_server_args_fix_the_servers_defaults():
     args = RunConfig(model="m.gguf", type_k="q8_0", type_v="q8_0").server_args()
-    pairs = dict(zip(args[::2], args[1::2]))
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
     assert pairs["--type_k"] == "8" and pairs["--type_v"] == "8"
     assert pairs["--logits_all"] == "false" and pairs["--interrupt_requests"] == "false"
     assert pairs["--flash_attn"] == "true" and pairs["--n_gpu_layers"] == "-1"
@@ -180,7 +183,7 @@ def _server_env() -> dict:
 def test_recipe_flags_as_written_do_not_exist(default_model):
     """The blog's `--cache_type_k q8_0` is refused by llama_cpp.server's own parser."""
     proc = subprocess.run([sys.executable, "-m", "llama_cpp.server", "--model", str(default_model),
-                           "--cache_type_k", "q8_0"], capture_output=True, text=True, timeout=120,
+                           "--cache_type_k", "q8_0"], capture_output=True, text=True, timeout=120, check=False,
                           env=_server_env())
     assert proc.returncode != 0
     assert "cache_type_k" in proc.stderr
@@ -194,6 +197,7 @@ def test_translated_recipe_command_really_starts(default_model):
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *cfg.server_args(),
                              "--host", "127.0.0.1", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_server_env())
+    assert proc.stderr is not None
     try:
         deadline = time.time() + 120
         while True:

@@ -27,7 +27,7 @@ MiB = 2**20
 
 def _expected_cpu_experts(path, n: int) -> set[str]:
     info = read_model_info(path)
-    return {t.name for t in info.tensors if t.is_expert and t.layer < n}
+    return {t.name for t in info.tensors if t.is_expert and t.layer is not None and t.layer < n}
 
 
 def _cfg(path, **kw) -> RunConfig:
@@ -42,7 +42,8 @@ def test_override_array_is_null_terminated_and_owns_its_strings():
     ov = TensorOverrides.cpu_moe(3)
     assert len(ov) == 3 and ov.rules[0] == (r"blk\.0\.ffn_(up|down|gate|gate_up)_(ch|)exps", cpu_buffer_type())
     raw = ctypes.cast(ov.address, ctypes.POINTER(ctypes.c_void_p * 8)).contents
-    assert ctypes.string_at(raw[4]) == rb"blk\.2\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+    third = raw[4]
+    assert third is not None and ctypes.string_at(third) == rb"blk\.2\.ffn_(up|down|gate|gate_up)_(ch|)exps"
     assert raw[6] is None and raw[7] is None  # terminator {NULL, NULL}
     assert cpu_moe_patterns(0) == [] and TensorOverrides.cpu_moe(0).rules == []
     assert any(d.kind == "cpu" for d in devices())

@@ -1,6 +1,8 @@
 """qwenkit.plan against llama.cpp's own no-alloc figures, placement rules, and the fit."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from qwenkit.config import RunConfig
@@ -13,7 +15,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 # llama.cpp prints sizes in MiB with 2 decimals: allow that rounding on top of the bounds
 ROUND = 0.006 * MiB
 
-CONFIGS = [
+CONFIGS: list[dict[str, Any]] = [
     dict(n_ctx=512),
     dict(n_ctx=4096, type_k="q8_0", type_v="q8_0"),
     dict(n_ctx=2048, flash_attn=False, n_ubatch=256),
