@@ -62,7 +62,8 @@ def open_stream(url: str, body: dict[str, Any], *, headers: dict | None = None, 
         conn.request("POST", u.path, body=json.dumps(body), headers=hdrs)
         resp = conn.getresponse()
         if resp.status != 200:
-            raise BenchError(f"{source}: HTTP {resp.status}: {resp.read()[:300]!r}")
+            raise BenchError(f"{source}: HTTP {resp.status}: {resp.read()[:300]!r}",
+                             "check the server's log and that the URL and key are right")
         yield t_send, _events(resp, source)
     finally:
         conn.close()
@@ -84,7 +85,8 @@ def _events(resp: http.client.HTTPResponse, source: str) -> Iterator[tuple[float
         except ValueError:
             continue
         if "error" in ev:
-            raise BenchError(f"{source}: the stream reported an error: {ev['error']}")
+            raise BenchError(f"{source}: the stream reported an error: {ev['error']}",
+                             "read the error and the server's log; a benchmark needs every answer complete")
         yield now, ev
 
 
