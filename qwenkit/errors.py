@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
-    "ConfigError", "ContextOverflowError", "DocumentError", "DownloadError", "GGUFError", "HubUnreachable",
+    "BenchError", "ConfigError", "ContextOverflowError", "DocumentError", "DownloadError", "GGUFError",
+    "HubUnreachable",
     "LlamaCppError", "ModelLoadError", "QualityError", "QueueFull", "QwenkitError", "RoomError", "SchedulerError",
     "ServerError",
 ]
@@ -66,6 +67,10 @@ class DocumentError(QwenkitError, ValueError):
 
 class RoomError(QwenkitError, RuntimeError):
     """The room's router could not be set up, started or reached."""
+
+
+class BenchError(QwenkitError, RuntimeError):
+    """A benchmark that could not run (a tool missing, a server that did not answer)."""
 
 
 class QualityError(QwenkitError, RuntimeError):

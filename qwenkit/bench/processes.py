@@ -48,7 +48,8 @@ class _ServerRun:
         t0 = time.monotonic()
         while True:
             if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited ({self.proc.returncode}): {self.log_tail()}")
+                raise BenchError(f"{self.name} exited ({self.proc.returncode}): {self.log_tail()}",
+                                 "the log lines above say why (a port in use, a model that does not load)")
             try:
                 c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 c.request("GET", self.ready_path)
@@ -60,7 +61,8 @@ class _ServerRun:
                 pass
             if time.monotonic() - t0 > ready_timeout:
                 self.stop()
-                raise BenchError(f"{self.name} did not become ready in {ready_timeout:.0f} s: {self.log_tail()}")
+                raise BenchError(f"{self.name} did not become ready in {ready_timeout:.0f} s: {self.log_tail()}",
+                                 "give it a longer ready_timeout (a large model loads slowly), or read its log")
             time.sleep(0.2)
 
     def headers(self) -> dict[str, str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from qwenkit.bench.machine import machine_info
 from qwenkit.config import RunConfig
-from qwenkit.errors import QwenkitError
+from qwenkit.errors import BenchError
 
 __all__ = ["CONFIG_FIELDS", "BenchError", "BenchResult", "config_fields", "load_json", "merge",
            "save_json", "test_name"]
@@ -21,10 +21,6 @@ __all__ = ["CONFIG_FIELDS", "BenchError", "BenchResult", "config_fields", "load_
 # the RunConfig fields a result records (and a table shows when they vary)
 CONFIG_FIELDS = ("n_ctx", "type_k", "type_v", "flash_attn", "n_gpu_layers", "n_cpu_moe", "n_threads",
                  "n_batch", "n_ubatch")
-
-
-class BenchError(QwenkitError, RuntimeError):
-    """A benchmark that could not run (a tool missing, a server that did not answer)."""
 
 
 @dataclass

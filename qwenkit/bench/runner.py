@@ -103,7 +103,8 @@ class _Runner:
             for _ in range(n):
                 one[0] = tok
                 if decode(ctx, get_one(one, 1)) != 0:
-                    raise BenchError("llama_decode failed during tg")
+                    raise BenchError("llama_decode failed during tg",
+                                     "use a smaller n_gen or a larger n_ctx (the KV cache may be full)")
                 sync(ctx)
                 tok = int(randint(self.n_vocab))
             self.api.set_evaluated(self.llm, self.api.n_evaluated(self.llm) + n)
