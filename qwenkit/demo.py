@@ -38,11 +38,15 @@ SMALL_MODEL_MAX_TOKENS = 200
 
 def run_demo(model: str | Path | None = None, language: str | None = None, n_ctx: int = 4096,
              document: str | Path | None = None, max_tokens: int | None = None, out=sys.stdout,
-             check_build: bool = True):
+             check_build: bool = True, cfg: RunConfig | None = None):
     """Returns the Summary. Streams the summary to `out` as it is generated.
-    max_tokens: None means SMALL_MODEL_MAX_TOKENS for the small default model, 1000 otherwise."""
+    max_tokens: None means SMALL_MODEL_MAX_TOKENS for the small default model, 1000 otherwise.
+    cfg: a whole RunConfig (the CLI's options or --config); then `model` and `n_ctx` are its own."""
     from qwenkit import data, doctor, server, summarize
 
+    if cfg is not None:
+        model = None if Path(cfg.model) == default_model_path() else cfg.model
+        n_ctx = cfg.n_ctx
     is_default = model is None
     if max_tokens is None:
         max_tokens = SMALL_MODEL_MAX_TOKENS if is_default else 1000
@@ -61,7 +65,7 @@ def run_demo(model: str | Path | None = None, language: str | None = None, n_ctx
             f" -> {report.verdict}")
         if report.fix_command:
             say(f"      fix: {report.fix_command}")
-    cfg = RunConfig(model=str(model), n_ctx=n_ctx)
+    cfg = cfg.replace(model=str(model), n_ctx=n_ctx) if cfg is not None else RunConfig(model=str(model), n_ctx=n_ctx)
     say(f"[2/4] serving {cfg.summary()}")
     with server.start(cfg, port="any", quiet=True) as srv:
         say(f"      OpenAI-compatible API at {srv.base_url} (model name {srv.alias!r})")
@@ -91,18 +95,21 @@ def run_demo(model: str | Path | None = None, language: str | None = None, n_ctx
 def add_cli(sub) -> None:
     p = sub.add_parser("demo", help="the whole path on the small default model: build check, "
                                     "serve, summarize a sample document, stop")
-    p.add_argument("--model", help="GGUF path (default: the small default model)")
+    from qwenkit import cli_options
+    cli_options.add_model_options(p, defaults={"n_ctx": 4096})
     p.add_argument("--lang", choices=["en", "ja"], help="sample and summary language "
                    "(default: en for the small default model, ja otherwise)")
     p.add_argument("--file", help="summarize this document instead of the bundled sample")
-    p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--max-tokens", type=int, default=None,
                    help=f"summary length (default: {SMALL_MODEL_MAX_TOKENS} for the small default model, "
                         "1000 otherwise)")
 
     def _run(args) -> int:
-        run_demo(model=args.model, language=args.lang, n_ctx=args.n_ctx, document=args.file,
-                 max_tokens=args.max_tokens)
+        from qwenkit import cli_options
+        cfg, notes = cli_options.config_from_args(args)
+        for note in notes:
+            print(f"note: {note}")
+        run_demo(cfg=cfg, language=args.lang, document=args.file, max_tokens=args.max_tokens)
         return 0
 
     p.set_defaults(func=_run)

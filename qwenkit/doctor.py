@@ -261,10 +261,14 @@ def add_cli(sub) -> None:
     p = sub.add_parser("doctor", help="check that llama-cpp-python uses your GPU, and how to fix it")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-load", action="store_true", help="skip loading a model")
-    p.add_argument("--model", help="GGUF to load for the check (default: the small default model)")
+    p.add_argument("--model", help="GGUF to load for the check (default: --config's model, or the small "
+                                   "default model)")
+    p.add_argument("--config", metavar="FILE", help="a saved RunConfig: its model is the one loaded for the check")
 
     def _run(args) -> int:
-        report = run(load=not args.no_load, model=args.model)
+        from qwenkit.config import RunConfig
+        model = args.model or (RunConfig.load(args.config).model if args.config else None)
+        report = run(load=not args.no_load, model=model)
         print(report.to_json() if args.json else report)
         return 0 if report.ok else 1
 

@@ -12,10 +12,10 @@ from qwenkit.cli import build_parser, main
 from qwenkit.cli_options import config_from_args
 from qwenkit.config import RunConfig, settings
 
-# the verbs that take model settings; every other verb's --model (demo, doctor) is a file to
-# check or demo, not a RunConfig
-MODEL_VERBS = ("serve", "summarize", "fit", "bench")
-OTHER_MODEL_FLAGS = {"demo", "doctor"}
+# the verbs that take model settings; doctor's --model is only a file to load for its check
+# (it takes --config too, for that file)
+MODEL_VERBS = ("serve", "summarize", "fit", "bench", "demo")
+OTHER_MODEL_FLAGS = {"doctor"}
 # positional arguments a verb needs before its options parse
 POSITIONALS = {"summarize": ["doc.txt"]}
 
@@ -179,3 +179,21 @@ def test_cli_args_round_trip_through_the_parser():
         assert config_from_args(_parse(verb, *cfg.cli_args(every)))[0] == cfg
     assert cfg.cli_args()[:6] == ["--model", "m.gguf", "--n-ctx", "2048", "--type-k", "q8_0"]
     assert "--n-threads" not in cfg.cli_args()         # only what differs from the defaults
+
+
+def test_every_verb_with_a_model_takes_config(tmp_path, default_model, capsys):
+    """Issue 16: every verb that takes a model reads --config FILE (doctor: the file's model)."""
+    cfg_file = RunConfig(model=str(default_model), n_ctx=1024).save(tmp_path / "run.json")
+    verbs = _verbs()
+    with_model = {v for v, p in verbs.items() if "--model" in p._option_string_actions}
+    assert with_model >= set(MODEL_VERBS) | OTHER_MODEL_FLAGS
+    for verb in sorted(with_model):
+        assert "--config" in verbs[verb]._option_string_actions, verb
+    args = _parse("demo", "--config", str(cfg_file))
+    assert config_from_args(args)[0].n_ctx == 1024
+    copy = tmp_path / "copy.gguf"   # a model only the config names: doctor must load that one
+    copy.write_bytes(default_model.read_bytes())
+    RunConfig(model=str(copy)).save(cfg_file)
+    capsys.readouterr()
+    main(["doctor", "--config", str(cfg_file), "--json"])
+    assert json.loads(capsys.readouterr().out)["load"]["model"] == str(copy)
