@@ -11,26 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from typing import Any
 
 from qwenkit import cli_options
 from qwenkit.errors import ConfigError
+from qwenkit.units import parse_bytes  # re-exported: callers import it from here
 
 __all__ = ["parse_bytes", "add_cli", "run", "main"]
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
-          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """'16GiB' -> 17179869184, '15.5 GB' -> 15500000000, '800MiB', plain bytes."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"cannot read a memory size from {text!r}", "write e.g. 16GiB, 15.5GB or 12000MiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
 
 def add_cli(sub) -> None:
     p = sub.add_parser("fit", help="memory plan and the config that fits your GPU",

@@ -32,14 +32,13 @@ from typing import Any
 
 from qwenkit.config import KV_BYTES_PER_ELEMENT, RunConfig
 from qwenkit.errors import ConfigError
+from qwenkit.units import GiB, MiB
 
 __all__ = ["MiB", "GiB", "GPU_RUNTIME_BYTES", "DEFAULT_MARGIN_BYTES", "MARGIN_FRACTION",
            "batch_sizes", "slots_of", "compute_phases", "Row", "MemoryPlan", "plan", "FitResult",
            "fit_report", "fit", "compare", "target_model_info", "offload_sweep", "fit_table",
            "compare_table", "max_parallel"]
 
-MiB = 1024 ** 2
-GiB = 1024 ** 3
 
 # CUDA context, cuBLAS handles and kernel images that a CUDA process holds on the card beyond
 # the buffers llama.cpp reports (an estimate: benchmarks/fit_gpu.py measures it with NVML).

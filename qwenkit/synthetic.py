@@ -48,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qwenkit.units import format_bytes
+
 __all__ = ["ARCHS", "CACHED_SIZES", "DEFAULT_CHAT_TEMPLATE", "F16", "F32", "GENERATOR_VERSION", "GGML_TYPES",
            "GGUF_ALIGNMENT", "MIXES", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "QUANTIZED", "SIZES",
            "SPECIAL_TOKENS", "THINKING_CHAT_TEMPLATE", "WEIGHTS", "HParams", "TensorSpec", "cached_model", "hparams",
@@ -820,7 +822,7 @@ def summary(arch: str = "qwen35moe", size: str = "full", mix: str = "q4_k_m") ->
     total = sum(by_type.values())
 
     def fmt(n: int) -> str:
-        return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+        return format_bytes(n, ("MiB", "GiB"))
 
     lines = [f"{arch} {size} {mix}: {len(specs)} tensors, {fmt(total)} ({total / 1e9:.3f} GB) of weights"]
     for name, n in sorted(by_type.items(), key=lambda kv: -kv[1]):

@@ -30,8 +30,8 @@ from typing import Any
 from qwenkit.config import KV_TYPES, RunConfig
 from qwenkit.engine import Engine, gpu_free_bytes, rss_bytes
 from qwenkit.errors import ConfigError, QwenkitError
+from qwenkit.units import MiB
 
-MiB = 1024 * 1024
 MIN_CTX = 256          # llama.cpp pads the KV cache to 256 cells: smaller sizes buy nothing
 DEFAULT_SAVE_NAME = "tuned.json"   # in the kit's cache folder unless a save_path is given
 
