@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import openai
@@ -50,7 +51,7 @@ def test_recipe_client_plain_and_streamed(served):
     assert ids == ["qwen3.5-35b", "SmolLM2-135M-Instruct.Q4_1"]  # the alias, then the file's stem
     r = client.chat.completions.create(model="qwen3.5-35b", max_tokens=16, temperature=0,
                                        messages=[{"role": "user", "content": "Name a colour."}])
-    assert r.choices[0].message.content and r.usage.completion_tokens <= 16
+    assert r.choices[0].message.content and r.usage is not None and r.usage.completion_tokens <= 16
     pieces, finish = [], None
     for chunk in client.chat.completions.create(model="qwen3.5-35b", max_tokens=16, stream=True,
                                                 messages=[{"role": "user", "content": "Count to five."}]):
@@ -239,7 +240,8 @@ def test_internal_errors_do_not_echo_the_exception(default_model, capsys):
             raise RuntimeError("secret /internal/path")
 
     state = AppState("m")
-    state.model, state.scheduler = BrokenTokenizer(), object()
+    # stand-ins for the model and its scheduler: the request fails at the tokenizer, before either is used further
+    state.model, state.scheduler = cast(Any, BrokenTokenizer()), cast(Any, object())
     with TestClient(create_app(state), raise_server_exceptions=False) as c:
         r = c.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
     assert r.status_code == 500
@@ -281,6 +283,7 @@ def test_no_orphan_when_the_parent_goes(default_model, how):
     code = textwrap.dedent(_CHILD.format(model=str(default_model)))
     p = subprocess.Popen([sys.executable, "-c", code, "hang" if how == "killed" else "exit"],
                          stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert p.stdout is not None
     try:
         line = p.stdout.readline()
         pid = int(line.split()[-1])
