@@ -24,6 +24,8 @@ ORDER = ("cpu_compare.json", "gpu_h200_final.json", "gpu_h200_flags.json", "gpu_
          "kv_quality.json", "gpu_suite.json", "gpu_h200_server_ab.json")
 TITLES = {
     "cpu_compare": "2-core CPU: the kit vs llama-bench and llama-server",
+    "cpu_compare_restructured": ("2-core CPU: the same comparison re-run after the issue-16 restructuring "
+                                 "(7 rounds, quiet machine)"),
     "gpu_h200_final": "H200: the kit vs llama-bench and llama-server (defaults, server variants, experts in RAM)",
     "gpu_h200_flags": "H200: the kit's defaults vs llama-cpp-python's defaults and the recipe's flags",
     "gpu_h200_switches": "H200: llama.cpp's speed switches (GGML_CUDA_GRAPH_OPT, n_ubatch)",
