@@ -8,13 +8,13 @@ llama.cpp's own `llama-server` built from the same sources and flags, side by si
 
     # GPU (H200), the full-size random synthetic Qwen3.5-35B-A3B (written once, ~15 s), users
     # 8 and 16, under ~6 min; the tools and the CUDA wheel from scripts/device_build.sh first
-    # (a separate command of the same lease: ~4.6 min), then the ONE benchmark command:
+    # (~4.6 min, its own command), then the ONE benchmark command:
     bash scripts/device_build.sh .carry /tmp/llbuild
     PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 benchmarks/concurrency.py --gpu \
-        --bin-dir /tmp/llbuild/bin --out $OUT/concurrency_h200.json
+        --bin-dir /tmp/llbuild/bin --out $OUT_DIR/concurrency_h200.json
     # (--quick: 2 rounds and 128-token long answers, ~3.5 min; --native-extra "--ctx-checkpoints 0"
     # re-runs it with llama-server's hybrid-model checkpoints off, an A/B of its defaults). Then, here:
-    # cp <files_at>/concurrency_h200.json benchmarks/results/ && python benchmarks/results_md.py
+    # cp <OUT_DIR copied back>/concurrency_h200.json benchmarks/results/ && python benchmarks/results_md.py
 
 What is measured, for each number of users U (1, then the --users list):
 - a pair of servers, both loaded with the same model, build and flags: the kit's server with

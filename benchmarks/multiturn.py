@@ -15,14 +15,14 @@ model and flags.
     # GPU (H200), the full-size random synthetic Qwen3.5-35B-A3B (written once, ~15 s), 10 turns
     # x 1500 new tokens, 1 and 4 conversations, ~3-4 min (estimated; --budget 390 s stops it
     # between requests, the scenario marked as stopped); the tools and the CUDA wheel from
-    # scripts/device_build.sh first (a separate command of the same lease: ~4.6 min), then the
+    # scripts/device_build.sh first (~4.6 min, its own command), then the
     # ONE benchmark command:
     bash scripts/device_build.sh .carry /tmp/llbuild
     PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 benchmarks/multiturn.py --gpu \
-        --bin-dir /tmp/llbuild/bin --out $OUT/multiturn_h200.json
+        --bin-dir /tmp/llbuild/bin --out $OUT_DIR/multiturn_h200.json
     # (--quick: 6 turns; --native-extra "--ctx-checkpoints 0 --cache-ram 0" re-runs it with
     # llama-server's prompt reuse for hybrid models off). Then, here:
-    # cp <files_at>/multiturn_h200.json benchmarks/results/ && python benchmarks/results_md.py
+    # cp <OUT_DIR copied back>/multiturn_h200.json benchmarks/results/ && python benchmarks/results_md.py
 
 What is measured:
 - three servers, loaded once and kept for the whole run: "kit" = the kit's server with
@@ -50,7 +50,7 @@ What is measured:
   the previous turn's prompt - 8, the issue's criterion), for llama-server its `timings`
   (cache_n: tokens it reused, prompt_n: tokens it computed), the answer's length and finish.
   Streamed `/v1/chat/completions` through http.client (as qwenkit.bench.stream_completion:
-  the openai package is not among the device's carried wheels), one connection per request.
+  a CUDA machine without internet may lack the openai package), one connection per request.
 - figures: TTFT of turns 2-T, median and max, per server; per turn (matched by conversation
   and turn) the ratios kit / llama-server and kit / cache off, and overall: the median and max
   of the per-turn ratios and the ratio of the summed TTFTs (targets of issue 14: <= 1.2 and

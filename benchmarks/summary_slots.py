@@ -17,8 +17,9 @@ one-slot wall time.
     # a round, estimated):
     PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 timeout 420 python3 benchmarks/summary_slots.py --gpu \
         --model /tmp/qwenkit-models/qwen35moe-full-q4_k_m-random.gguf --max-tokens 512 --rounds 2 \
-        --budget 300 --run-timeout 240 --stop-at 390 --out $OUT/summary_slots_h200.json
-    # Then, here: cp <files_at>/summary_slots_h200.json benchmarks/results/ && python benchmarks/results_md.py
+        --budget 300 --run-timeout 240 --stop-at 390 --out $OUT_DIR/summary_slots_h200.json
+    # Then, here: cp <OUT_DIR copied back>/summary_slots_h200.json benchmarks/results/
+    # && python benchmarks/results_md.py
 
 What is measured:
 - the document: ~--tokens tokens (30000 with --gpu, 3000 on the CPU) of qwenkit/data's sample
@@ -768,8 +769,8 @@ def main(argv=None) -> int:
     try:
         import openai  # noqa: F401 - the summarizer's client
     except ImportError:
-        print("the openai package is missing (on the device: install .carry_extra/*.whl into /tmp/site)",
-              file=sys.stderr)
+        print("the openai package is missing (on a machine without internet: install its wheel and "
+              "httpx2, httpcore2, jiter, distro, sniffio, truststore into /tmp/site)", file=sys.stderr)
         return 2
     tokens = a.tokens or (30000 if a.gpu else 3000)
     slots = a.slots or (8 if a.gpu else 4)
