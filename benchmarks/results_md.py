@@ -40,6 +40,8 @@ TITLES = {
     "multiturn_cpu": "2-core CPU: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
     "multiturn_cpu_qwen35moe": "2-core CPU: multi-turn chats on the small synthetic Qwen3.5 (hybrid DeltaNet + "
                                "attention, MoE), the kit's prompt cache vs cache off and llama-server",
+    "multiturn_cpu_qwen35moe_interleaved": ("2-core CPU, synthetic qwen35moe (small): four chats interleaved "
+                                             "over four slots, run to the end after the unpark fix"),
     "multiturn_h200": "H200: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
     "multiturn_h200_interleaved": "H200: four chats interleaved turn by turn over four slots, the kit's prompt "
                                   "cache vs cache off and llama-server",
