@@ -174,7 +174,6 @@ class MemoryPlan:
     output_buffer: int = 0             # host
     runtime: int = 0                   # CUDA context estimate (GPU)
     margin: int = 0                    # safety margin (GPU)
-    prompt_cache: int = 0              # host RAM the kit's server may fill with its prompt cache
     notes: list[str] = field(default_factory=list)
 
     # ---- totals
@@ -275,6 +274,13 @@ class MemoryPlan:
             lines.append("(planned for a build without GPU offload: everything is in system RAM)")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    @property
+    def prompt_cache(self) -> int:
+        """Host RAM the kit's server may fill with its prompt cache: a ceiling it reaches only as
+        chats come back; not in cpu_total, which is what llama.cpp itself allocates (the
+        in-kernel engine and the tuning panel have no cache)."""
+        return self.cfg.prompt_cache_bytes(self.gpu)
 
     @property
     def _cache_detail(self) -> str:
@@ -404,9 +410,6 @@ def plan(info, cfg: RunConfig, *, gpu: bool = True, margin: int | None = None,
         p.compute = (0, peak)
     p.compute_phases = phases
     p.output_buffer = d.V * 4 * slots_of(cfg)  # one logits row per sequence of a decode
-    # a ceiling the server fills only as chats come back; not in cpu_total, which is what
-    # llama.cpp itself allocates (the in-kernel engine and the tuning panel have no cache)
-    p.prompt_cache = cfg.prompt_cache_bytes(gpu)
     if gpu:
         sub = p.weights_gpu + kg + vg + rg + p.compute[0] + p.runtime
         p.margin = (max(DEFAULT_MARGIN_BYTES, int(MARGIN_FRACTION * sub)) if margin is None else int(margin))
