@@ -499,7 +499,3 @@ def uninstall(llm) -> None:
     if f is not None and hasattr(f, "__qwenkit_fast__"):
         del llm.__dict__["create_completion"]
         llm.__dict__.pop("_qwenkit_fastgen", None)
-
-
-# the names the server's scheduler and qwenkit.bench imported before they were public
-_Detok, _StopScan = Detokenizer, StopScanner

@@ -337,13 +337,13 @@ def test_fastgen_hybrid_model_repeatable(tiny_hybrid):
 
 
 def test_stop_scan_holds_partial_matches():
-    from qwenkit.fastgen import _StopScan
-    s = _StopScan(["END"])
+    from qwenkit.fastgen import StopScanner
+    s = StopScanner(["END"])
     assert s.push("abc E") == "abc " and s.push("N") == "" and s.push("x") == "ENx"
     assert s.push("yyEND zz") == "yy" and s.hit
-    s = _StopScan([])
+    s = StopScanner([])
     assert s.push("anything") == "anything"
-    s = _StopScan(["ab", "b"])
+    s = StopScanner(["ab", "b"])
     assert s.push("xab") == "x" and s.hit
 
 

@@ -109,8 +109,8 @@ class _Runner:
                 tok = int(randint(self.n_vocab))
             self.api.set_evaluated(self.llm, self.api.n_evaluated(self.llm) + n)
         elif path == "kit":  # the fast generation loop: decode, argmax, detokenize
-            from qwenkit.fastgen import Sampler, _Detok
-            sampler, det, fg = Sampler(self.llm), _Detok(self.fg.vocab), self.fg
+            from qwenkit.fastgen import Detokenizer, Sampler
+            sampler, det, fg = Sampler(self.llm), Detokenizer(self.fg.vocab), self.fg
             for _ in range(n):
                 fg._decode((tok,))
                 tok = sampler.sample(ctx)
