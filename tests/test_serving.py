@@ -200,6 +200,49 @@ def test_full_queue_answers_503_with_retry_after(default_model):
         assert after.choices[0].finish_reason
 
 
+def test_the_n_choices_of_one_call_queue_together_all_or_none(default_model):
+    """n choices are queued in one step (so they start side by side, whatever the timing) and
+    a full queue refuses all of them, leaving nothing half-queued."""
+    from qwenkit.errors import QueueFull
+    from qwenkit.serving import Request, SamplingParams, Scheduler, ServedModel
+
+    m = ServedModel(RunConfig(model=str(default_model), n_ctx=512, n_threads=1), 2, verbose=False)
+    s = Scheduler(m, queue_limit=2)
+    first_at: dict[int, int] = {}
+    done = threading.Semaphore(0)
+
+    def sink_for(k):
+        def sink(ev):
+            if ev[0] == "text":
+                first_at.setdefault(k, s.steps)   # the scheduler thread calls sinks: steps is exact
+            elif ev[0] == "end":
+                done.release()
+        return sink
+    try:
+        prompt = m.tokenize("Once upon a time")
+        greedy = SamplingParams(temperature=0)
+        s.submit_all([Request(prompt, 6, greedy, (), sink_for(k)) for k in (0, 1)])
+        for _ in (0, 1):
+            assert done.acquire(timeout=60)
+        assert first_at[0] == first_at[1], first_at
+        assert s.max_seqs == 2
+        # both slots busy for a while; the queue (limit 2) takes two, refuses a pair beyond that
+        long = [Request(prompt, 400, greedy, (), None) for _ in range(4)]
+        s.submit_all(long[:2])
+        deadline = time.time() + 10
+        while s.busy < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        s.submit_all(long[2:])
+        with pytest.raises(QueueFull):
+            s.submit_all([Request(prompt, 4, greedy, (), None), Request(prompt, 4, greedy, (), None)])
+        assert s.waiting == 2   # neither of the refused pair was queued
+        for r in long:
+            s.cancel(r)
+    finally:
+        s.close()
+        m.close()
+
+
 # ---- the HTTP contract: client mistakes are 400s (never 500s, which clients retry) -------------------
 @pytest.mark.parametrize("body, code", [
     (b'{"messages": [', "invalid_json"),

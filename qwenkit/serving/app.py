@@ -424,11 +424,8 @@ def create_app(state: AppState) -> FastAPI:
             reqs.append(Request(prompt, max_tokens, sp, stops, job.sink_for(i), top_logprobs=n_lp,
                                 conversation=kind == "chat" and i == 0))
         try:
-            for r in reqs:
-                sched.submit(r)
+            sched.submit_all(reqs)
         except SchedulerError as e:
-            for r in reqs:
-                sched.cancel(r)
             raise _from_scheduler(e) from None
         g = _Gen(model, kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex, int(time.time()),
                  body.model or state.alias, n, tool_fmt, funcs)

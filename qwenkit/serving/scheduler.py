@@ -135,6 +135,29 @@ class Scheduler:
 
     # ---- public ----
     def submit(self, req: Request) -> Request:
+        self.submit_all([req])
+        return req
+
+    def submit_all(self, reqs: Sequence[Request]) -> None:
+        """Queue requests together (the n choices of one call): all or none, and the loop takes
+        them in one step, so they start side by side whatever the timing."""
+        for req in reqs:
+            self._check(req)
+        with self._cv:
+            if self._closing:
+                raise SchedulerError("the server is shutting down", _SHUTTING_DOWN_FIX, status=503,
+                                     code="shutting_down", retry_after=5)
+            if self.failed is not None:
+                raise SchedulerError("the model failed (see the server log)", _MODEL_FAILED_FIX, status=500,
+                                     code="model_failed")
+            if len(self._waiting) + len(reqs) > max(self.queue_limit, len(reqs)):  # n > limit: alone
+                raise QueueFull(f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests "
+                                "wait already", "retry in a few seconds, or serve with more slots (parallel) "
+                                "or a longer queue (queue_limit)", status=503, code="queue_full", retry_after=5)
+            self._waiting.extend(reqs)
+            self._cv.notify()
+
+    def _check(self, req: Request) -> None:
         n = len(req.prompt)
         if n == 0:
             raise SchedulerError("the prompt is empty", "send at least one token", status=400, code="empty_prompt")
@@ -147,20 +170,6 @@ class Scheduler:
         if req.max_tokens < 1:
             raise SchedulerError(f"max_tokens={req.max_tokens} must be at least 1", "ask for 1 or more tokens",
                                  status=400, code="invalid_value")
-        with self._cv:
-            if self._closing:
-                raise SchedulerError("the server is shutting down", _SHUTTING_DOWN_FIX, status=503,
-                                     code="shutting_down", retry_after=5)
-            if self.failed is not None:
-                raise SchedulerError("the model failed (see the server log)", _MODEL_FAILED_FIX, status=500,
-                                     code="model_failed")
-            if len(self._waiting) >= self.queue_limit:
-                raise QueueFull(f"all {len(self.slots)} slots are busy and {len(self._waiting)} requests "
-                                "wait already", "retry in a few seconds, or serve with more slots (parallel) "
-                                "or a longer queue (queue_limit)", status=503, code="queue_full", retry_after=5)
-            self._waiting.append(req)
-            self._cv.notify()
-        return req
 
     def cancel(self, req: Request) -> None:
         req.cancel()
