@@ -19,6 +19,7 @@ import pytest
 
 from qwenkit.config import RunConfig
 from qwenkit.serving import Request, SamplingParams, Scheduler, ServedModel
+from qwenkit.serving.prompt_cache import common_prefix
 
 TURNS = 10
 HYBRID_GAP = 1.0
@@ -37,23 +38,44 @@ def _model(path, slots):
                        unified_kv=False, verbose=False)
 
 
-def _ask(sched, tokens, stop, max_tokens=12):
-    done = threading.Event()
+def _send(sched, tokens, stop, max_tokens=12, marks=()):
+    """Submit a greedy request; returns (wait, first): wait() -> (text, Result, top-2 gaps),
+    `first` is set when the first token arrives."""
+    done, first = threading.Event(), threading.Event()
     box: dict = {"text": [], "gaps": []}
 
     def sink(ev):
         if ev[0] == "text":
             box["text"].append(ev[1])
+            first.set()
         elif ev[0] == "logprobs":
             box["gaps"].append(ev[1]["top"][0][1] - ev[1]["top"][1][1])
         else:
             box["end"] = ev[1]
+            first.set()
             done.set()
 
-    sched.submit(Request(list(tokens), max_tokens, SamplingParams(temperature=0), stop, sink, top_logprobs=2))
-    assert done.wait(120)
-    assert not isinstance(box["end"], Exception), box["end"]
-    return "".join(box["text"]), box["end"], box["gaps"]
+    sched.submit(Request(list(tokens), max_tokens, SamplingParams(temperature=0), stop, sink, top_logprobs=2,
+                         marks=marks))
+
+    def wait():
+        assert done.wait(120)
+        assert not isinstance(box["end"], Exception), box["end"]
+        return "".join(box["text"]), box["end"], box["gaps"]
+    return wait, first
+
+
+def _ask(sched, tokens, stop, max_tokens=12, marks=()):
+    return _send(sched, tokens, stop, max_tokens, marks)[0]()
+
+
+def _same_answer(res, ref, gaps, gap, what):
+    """Greedy answers equal, or the first difference falls where the reference's top-2 gap < gap."""
+    if res.tokens != ref.tokens:
+        k = next((i for i, (a, b) in enumerate(zip(res.tokens, ref.tokens, strict=False)) if a != b),
+                 min(len(res.tokens), len(ref.tokens)))
+        assert k < len(gaps) and gaps[k] < gap, \
+            f"{what}: answer left the reference at token {k} (gap {gaps[k] if k < len(gaps) else '-'})"
 
 
 class Chats:
@@ -71,13 +93,9 @@ class Chats:
         msgs.append({"role": "user", "content": text})
         p = self.m.chat_prompt(msgs)
         toks = self.m.chat_tokens(p)
-        got, res, _ = _ask(self.s, toks, p.stop)
+        got, res, _ = _ask(self.s, toks, p.stop, marks=self.m.turn_starts(msgs, toks))
         want, ref, gaps = _ask(self.ref, toks, p.stop)
-        if res.tokens != ref.tokens:
-            k = next((i for i, (a, b) in enumerate(zip(res.tokens, ref.tokens, strict=False)) if a != b),
-                     min(len(res.tokens), len(ref.tokens)))
-            assert k < len(gaps) and gaps[k] < self.gap, \
-                f"conv {conv}: answer left the reference at token {k} (gap {gaps[k] if k < len(gaps) else '-'})"
+        _same_answer(res, ref, gaps, self.gap, f"conv {conv}")
         msgs.append({"role": "assistant", "content": want})  # both continue from the reference
         self.last_len[conv], prev = len(toks), self.last_len.get(conv)
         if prev is not None:
@@ -134,6 +152,78 @@ def test_an_early_edit_reuses_no_more_than_the_edit(default_model):
         edited[pos] = (edited[pos] + 1) % m.n_vocab
         _, res, _ = _ask(s, edited, [])
         assert res.cached_tokens <= pos
+    finally:
+        s.close()
+        m.close()
+
+
+SYSTEM = ("You are the assistant of a workshop on serving language models locally. Answer in plain words, "
+          "name the setting a student should change, and say why it helps. ") * 3
+
+
+@pytest.mark.parametrize("kind", ["default", "qwen35moe"])
+def test_a_shared_system_prompt_is_copied_from_another_slot(kind, default_model, hybrid_path):
+    """Three slots, chats that share only a long system prompt. Chat 1 arrives while chat 0
+    generates: it takes an empty slot and copies the prefix from chat 0's BUSY slot; chat 2,
+    after both, copies it from an idle one. Nothing prefills the system prompt twice, and
+    every answer equals the reference's (the gap rule)."""
+    path, gap = (default_model, 1e-3) if kind == "default" else (hybrid_path, HYBRID_GAP)
+    m, ref_m = _model(path, 3), _model(path, 1)
+    s, ref = Scheduler(m), Scheduler(ref_m, reuse=False)
+    try:
+        def prompt(k):
+            msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Chat {k}: what is n_ctx?"}]
+            p = m.chat_prompt(msgs)
+            toks = m.chat_tokens(p)
+            return toks, p.stop, m.turn_starts(msgs, toks)
+
+        toks0, stop, marks0 = prompt(0)
+        shared = common_prefix(toks0, prompt(1)[0])
+        assert shared > 100
+        if kind == "qwen35moe":   # the first user message's start: where the chats part
+            assert len(marks0) == 1 and shared - 8 <= marks0[0] <= shared, (marks0, shared)
+        wait0, first0 = _send(s, toks0, stop, max_tokens=40, marks=marks0)
+        assert first0.wait(120)
+        toks1, _, marks1 = prompt(1)
+        _, res1, _ = _ask(s, toks1, stop, marks=marks1)          # chat 0 still generates
+        _, res0, _ = wait0()
+        toks2, _, marks2 = prompt(2)
+        _, res2, _ = _ask(s, toks2, stop, marks=marks2)
+        for k, (res, toks, n) in enumerate([(res0, toks0, 40), (res1, toks1, 12), (res2, toks2, 12)]):
+            _, want, gaps = _ask(ref, toks, stop, max_tokens=n)
+            _same_answer(res, want, gaps, gap, f"chat {k}")
+        assert res0.cached_tokens == 0
+        low = marks0[0] if kind == "qwen35moe" else shared
+        assert res1.cached_tokens >= low and res2.cached_tokens >= low, (res1.cached_tokens, res2.cached_tokens, low)
+        assert s.cache.stats()["copied"] >= 2, s.cache.stats()
+        assert s.max_seqs >= 2     # chat 1 shared decode steps with chat 0
+    finally:
+        s.close()
+        ref.close()
+        m.close()
+        ref_m.close()
+
+
+def test_an_edited_last_message_restarts_at_its_start(hybrid_path):
+    """The hybrid model cannot cut its state back, so the checkpoint at the start of the last
+    user message is what an edited (or regenerated with changes) message reuses."""
+    m = _model(hybrid_path, 1)
+    s = Scheduler(m)
+    try:
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is a GGUF file?"}]
+        p = m.chat_prompt(msgs)
+        toks = m.chat_tokens(p)
+        text, _, _ = _ask(s, toks, p.stop, marks=m.turn_starts(msgs, toks))
+        msgs += [{"role": "assistant", "content": text}, {"role": "user", "content": "And what is a quant?"}]
+        toks = m.chat_tokens(m.chat_prompt(msgs))
+        marks = m.turn_starts(msgs, toks)
+        assert len(marks) == 2 and marks[0] < marks[1] < len(toks)
+        _ask(s, toks, p.stop, marks=marks)
+        msgs[-1] = {"role": "user", "content": "And what is a K-quant, exactly, in a GGUF file?"}
+        edited = m.chat_tokens(m.chat_prompt(msgs))
+        assert common_prefix(edited, toks) < len(toks) - 4    # the end's checkpoint cannot serve
+        _, res, _ = _ask(s, edited, p.stop, marks=m.turn_starts(msgs, edited))
+        assert marks[1] <= res.cached_tokens <= common_prefix(edited, toks), (res.cached_tokens, marks)
     finally:
         s.close()
         m.close()

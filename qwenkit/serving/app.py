@@ -20,7 +20,7 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
@@ -383,7 +383,8 @@ def create_app(state: AppState) -> FastAPI:
                                name)
 
     async def run(request: HTTPRequest, body, prompt: list[int], stops: list[str], limit: int | None, kind: str,
-                  grammar: str | None = None, tool_fmt: str | None = None, funcs: list[dict] | None = None):
+                  grammar: str | None = None, tool_fmt: str | None = None, funcs: list[dict] | None = None,
+                  marks: Sequence[int] = ()):
         model, sched = need_ready()
         try:
             sampling = body.sampling()
@@ -422,7 +423,7 @@ def create_app(state: AppState) -> FastAPI:
             sp = sampling if i == 0 or sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
             # chats come back with one more message: their prompts get checkpoints and parking
             reqs.append(Request(prompt, max_tokens, sp, stops, job.sink_for(i), top_logprobs=n_lp,
-                                conversation=kind == "chat" and i == 0))
+                                conversation=kind == "chat" and i == 0, marks=marks))
         try:
             sched.submit_all(reqs)
         except SchedulerError as e:
@@ -631,8 +632,10 @@ def create_app(state: AppState) -> FastAPI:
         # anything else (a template that breaks jinja2's sandbox: SecurityError) is the model's
         # fault: the generic 500, the details in the log only (tests/test_faults_files.py)
         tokens = await run_in_threadpool(model.chat_tokens, prompt)
+        marks = await run_in_threadpool(model.turn_starts, messages, tokens, kwargs, render_tools,
+                                        body.tool_choice if render_tools else None) if model.recurrent else []
         return await run(request, body, tokens, body.stops() + prompt.stop, body.limit(), "chat",
-                         grammar=grammar, tool_fmt=tool_fmt, funcs=funcs)
+                         grammar=grammar, tool_fmt=tool_fmt, funcs=funcs, marks=marks)
 
     @app.post("/v1/completions", responses=_responses(Completion, stream=True))
     async def completions(request: HTTPRequest, body: CompletionRequest):

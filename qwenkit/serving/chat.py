@@ -65,7 +65,8 @@ class ChatSession:
 
         room = self.model.n_ctx_slot - len(tokens)
         self.scheduler.submit(Request(tokens, max(1, min(max_tokens or self.max_tokens, room)),
-                                      SamplingParams(temperature=self.temperature), p.stop, sink))
+                                      SamplingParams(temperature=self.temperature), p.stop, sink,
+                                      marks=self.model.turn_starts(self.messages, tokens, self.template_kwargs)))
         done.wait()
         if "error" in box:
             self.messages.pop()

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from jinja2 import TemplateError
+
 from qwenkit.config import RunConfig
 from qwenkit.errors import ModelLoadError
+from qwenkit.serving.prompt_cache import common_prefix
 
 __all__ = ["ChatPrompt", "ServedModel"]
 
@@ -28,6 +31,9 @@ __all__ = ["ChatPrompt", "ServedModel"]
 def _lc():
     from qwenkit.llama_api import C
     return C
+
+
+_TURN_MARK = "QWENKIT-TURN-MARK-5e1f"   # plain ASCII: templates pass it through unchanged
 
 
 @dataclass
@@ -159,6 +165,30 @@ class ServedModel:
     def chat_tokens(self, prompt: ChatPrompt) -> list[int]:
         # the template writes BOS itself where the model wants one (added_special)
         return self.tokenize(prompt.text, add_special=False, parse_special=True)
+
+    def turn_starts(self, messages: list[dict], tokens: list[int], template_kwargs: dict[str, Any] | None = None,
+                    tools: list | None = None, tool_choice: Any = None) -> list[int]:
+        """Where the first and the last user message's text begins in `tokens` (this chat's
+        prompt): where a later request is likely to part from this one (another chat after the
+        same system prompt; an edited last message). Only a recurrent model needs them (its
+        checkpoints); [] otherwise. Found by rendering the chat again with that message's text
+        replaced by a marker: the tokens before the marker, as far as they match the prompt."""
+        if not self.recurrent:
+            return []
+        users = [i for i, m in enumerate(messages) if m.get("role") == "user" and isinstance(m.get("content"), str)]
+        out = []
+        for i in sorted({users[0], users[-1]}) if users else []:
+            marked = [dict(m, content=_TURN_MARK) if j == i else m for j, m in enumerate(messages)]
+            try:
+                text = self.chat_prompt(marked, template_kwargs, tools, tool_choice).text
+            except (ValueError, TypeError, TemplateError):   # a template may refuse it: marks are optional
+                text = ""
+            head, found, _ = text.partition(_TURN_MARK)
+            if found:
+                n = common_prefix(self.tokenize(head, add_special=False, parse_special=True), tokens)
+                if 0 < n < len(tokens):
+                    out.append(n)
+        return out
 
     # ---- life ----
     def close(self) -> None:

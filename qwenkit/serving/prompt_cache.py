@@ -8,6 +8,14 @@ of the prompt, as llama-server does) and keeps the sequence's recurrent state th
 the attention KV stays in the context. A later request that shares the prefix up to such a
 position restores that state, cuts the KV there, and prefills only the rest.
 
+Chats also mark where their first and last user messages begin (the end of a system prompt
+other chats share; the message a user edits or regenerates): checkpoints are taken there too.
+A new request may take its prefix from ANOTHER slot, busy or idle (a system prompt, the
+instructions every map request of a summary shares): `llama_memory_seq_cp` copies the whole
+sequence (separate KV streams copy only whole buffers; a recurrent state is shared until one
+side writes), the donor's checkpoint restores the recurrent state of the shared prefix, and
+`llama_memory_seq_rm` cuts the KV after it.
+
 When a slot is taken by another conversation, its whole sequence state (KV and recurrent,
 flags NONE) moves to host RAM with its checkpoints, and comes back into any free slot when
 that conversation returns. Everything is kept by least-recent use within a byte budget, only
@@ -22,13 +30,15 @@ from typing import Sequence
 
 from qwenkit.units import MiB
 
-__all__ = ["Blob", "CHECKPOINT_OFFSETS", "Checkpoint", "MIN_SWAP_TOKENS", "Parked", "PromptCache", "common_prefix"]
+__all__ = ["Blob", "CHECKPOINT_OFFSETS", "Checkpoint", "MIN_COPY_TOKENS", "MIN_SWAP_TOKENS", "Parked", "PromptCache",
+           "common_prefix"]
 
 # positions before a prompt's end where a recurrent checkpoint is taken (llama-server takes
 # 4 + n_ubatch and 4): the chat template re-renders the end of a turn (the generation prompt,
 # dropped thinking), so the next turn usually shares the prompt up to a few tokens before it
 CHECKPOINT_OFFSETS = (4,)
 MIN_SWAP_TOKENS = 32          # shorter states are cheaper to prefill again than to keep
+MIN_COPY_TOKENS = 32          # a copy from another slot must save at least this many prefill tokens
 
 _clock = itertools.count(1)
 
@@ -82,7 +92,7 @@ class PromptCache:
         self.slot_ckpts: dict[int, list[Checkpoint]] = {}
         self.parked: list[Parked] = []
         # counters for /health
-        self.saved = self.restored = self.parked_n = self.unparked = self.evicted = 0
+        self.saved = self.restored = self.parked_n = self.unparked = self.evicted = self.copied = 0
 
     # ---- bytes ----
     def _get(self, seq: int, partial: bool) -> Blob | None:
@@ -110,14 +120,18 @@ class PromptCache:
         return {"budget_mib": round(self.budget / MiB, 1), "used_mib": round(self.used / MiB, 2),
                 "checkpoints": sum(len(cs) for cs in self.slot_ckpts.values()), "parked": len(self.parked),
                 "saved": self.saved, "restored": self.restored, "parked_total": self.parked_n,
-                "unparked": self.unparked, "evicted": self.evicted}
+                "unparked": self.unparked, "evicted": self.evicted, "copied": self.copied}
 
     # ---- checkpoints of a live slot ----
-    def checkpoint_positions(self, keep: int, n_prompt: int) -> list[int]:
-        """Where the prefill of a prompt stops for a checkpoint (recurrent models only)."""
+    def checkpoint_positions(self, keep: int, n_prompt: int, marks: Sequence[int] = ()) -> list[int]:
+        """Where the prefill of a prompt stops for a checkpoint (recurrent models only): a few
+        tokens before its end, and at `marks` (where its user messages begin) past what is
+        reused, unless a mark is too close to the start to be worth a state copy."""
         if not self.recurrent or self.budget <= 0:
             return []
-        return sorted({n_prompt - k for k in CHECKPOINT_OFFSETS if keep < n_prompt - k})
+        ends = {n_prompt - k for k in CHECKPOINT_OFFSETS if keep < n_prompt - k}
+        extra = {m for m in marks if m >= MIN_SWAP_TOKENS and keep < m < n_prompt}
+        return sorted(ends | extra)
 
     def save(self, seq: int, pos: int) -> None:
         blob = self._get(seq, partial=True)
@@ -176,6 +190,29 @@ class PromptCache:
             self.slot_ckpts[seq] = []
             return 0
         self.cut(seq, keep)
+        return keep
+
+    def copy(self, src: int, src_cached: list[int], dst: int, keep: int) -> int:
+        """Make slot `dst` hold src_cached[:keep] (keep from `reusable` on the source slot)
+        by copying it from slot `src`, which keeps what it holds; returns what dst now holds."""
+        lc, mem = self._lc, self.model.mem
+        lc.llama_memory_seq_rm(mem, dst, -1, -1)
+        self.slot_ckpts[dst] = []
+        if keep <= 0:
+            return 0
+        # the whole range: a copy between separate KV streams supports nothing else, and the
+        # recurrent state is one cell (shared until either sequence decodes)
+        lc.llama_memory_seq_cp(mem, src, dst, -1, -1)
+        if keep < len(src_cached):
+            if self.recurrent:
+                c = self.best_checkpoint(src, keep)
+                if c is None or c.pos != keep or not self._set(dst, c.blob, partial=True):
+                    lc.llama_memory_seq_rm(mem, dst, -1, -1)
+                    return 0
+            if not lc.llama_memory_seq_rm(mem, dst, keep, -1):
+                lc.llama_memory_seq_rm(mem, dst, -1, -1)
+                return 0
+        self.copied += 1
         return keep
 
     # ---- parking whole sequences in host RAM ----

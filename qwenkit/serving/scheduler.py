@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from qwenkit.errors import QueueFull, SchedulerError
 from qwenkit.fastgen import Detokenizer, StopScanner
-from qwenkit.serving.prompt_cache import PromptCache
+from qwenkit.serving.prompt_cache import MIN_COPY_TOKENS, PromptCache
 from qwenkit.serving.sampling import SamplingParams, SlotSampler
 from qwenkit.units import MiB
 
@@ -63,6 +63,9 @@ class Request:
     # when another takes its slot. One-off prompts (/v1/completions) skip both: each costs a
     # copy of the recurrent state (63 MiB on Qwen3.5) that nothing would use
     conversation: bool = True
+    # prompt positions where its user messages begin (ServedModel.turn_starts): more
+    # checkpoints for a recurrent model, where another request is likely to part from this one
+    marks: Sequence[int] = ()
     cancelled: bool = False
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -329,9 +332,15 @@ class Scheduler:
         else:
             self._park_if_other(slot, keep)
         free.remove(slot)
-        keep = cache.rewind(slot.seq, slot.cached, keep)
-        slot.cached = slot.cached[:keep]
-        slot.plan = cache.checkpoint_positions(keep, len(prompt)) if req.conversation else []
+        donor, got = self._donor(slot, prompt) if self.reuse else (None, 0)
+        if donor is not None and got >= keep + MIN_COPY_TOKENS:
+            # another slot holds more of this prompt (a shared system prompt): copy, not prefill
+            keep = cache.copy(donor.seq, donor.cached, slot.seq, got)
+            slot.cached = donor.cached[:keep]
+        else:
+            keep = cache.rewind(slot.seq, slot.cached, keep)
+            slot.cached = slot.cached[:keep]
+        slot.plan = cache.checkpoint_positions(keep, len(prompt), req.marks) if req.conversation else []
         slot.conversation = req.conversation
         slot.prefilled = len(prompt)  # once its prefill is done (a cancelled one is cut below)
         slot.todo = list(req.prompt[keep:])
@@ -344,6 +353,16 @@ class Scheduler:
         slot.gen = []
         slot.t_first = None
         slot.order = next(self._order)
+
+    def _donor(self, slot: _Slot, prompt: list[int]) -> tuple[_Slot | None, int]:
+        """The other slot (busy or idle) from which most of `prompt` can be copied."""
+        best, got = None, 0
+        for s in self.slots:
+            if s is not slot and s.cached:
+                n = self.cache.reusable(s.cached, s.seq, prompt, s.prefilled)
+                if n > got:
+                    best, got = s, n
+        return best, got
 
     def _park_if_other(self, slot: _Slot, keep: int) -> None:
         """Another conversation is taking this slot: keep the old one's state in host RAM."""
