@@ -42,6 +42,18 @@ What is measured:
   synthetic Qwen3.5's template, qwenkit.synthetic, honours it; SmolLM2's ignores it).
 - scenario "4 interleaved": 4 conversations A-D sent turn by turn (A1 B1 C1 D1 A2 B2 ...),
   one request at a time, through the same 4-slot servers.
+- scenarios "shared" and "shared-busy" (chats that share only a system prompt, the case of
+  many users of one assistant): one system prompt of ~--system-tokens tokens (1000 on the CPU,
+  4000 with --gpu) of the sample text, then P chats (A-D) of one question each (~80 tokens of
+  their own passage). "shared": sent one after another (each after the previous answer);
+  "shared-busy": on each server alone, chat A, and each next chat the moment the previous
+  one's first token arrives, while the earlier ones still generate (--busy-tokens 160-token
+  answers): the system prompt is then only in BUSY slots. Each of these scenarios starts on
+  servers loaded anew. Figures: per chat the TTFT, what the kit reused (cached_tokens) and
+  llama-server reused (cache_n), and over chats B-D the ratios to llama-server and cache off.
+
+    python benchmarks/multiturn.py --scenarios shared,shared-busy --turns 1 --threads 2 \
+        --out benchmarks/results/multiturn_cpu_shared.json      # ~45 s
 - the three servers are asked in lockstep: each request step goes to all three (one after
   the other, the order rotating from step to step), so load from other processes hits them
   alike. Before the first scenario every server answers one short warm-up chat.
@@ -169,7 +181,7 @@ def build_conversations(vocab: Vocab, labels: list[str], turns: int, new_tokens:
 
 # ---- one streamed chat request -------------------------------------------------------------------
 def stream_chat(base_url: str, messages: list[dict], max_tokens: int, *, headers: dict | None = None,
-                extra: dict | None = None, timeout: float = 900) -> dict:
+                extra: dict | None = None, timeout: float = 900, on_first: Any = None) -> dict:
     """POST {base_url}/chat/completions, stream=true, greedy; times the first event that
     carries text (content or reasoning_content). Returns the answer's content (what a client
     appends to its history), usage, llama-server's timings, finish_reason."""
@@ -196,6 +208,8 @@ def stream_chat(base_url: str, messages: list[dict], max_tokens: int, *, headers
                 got = True
             if got:
                 events += 1
+                if t_first is None and on_first is not None:
+                    on_first()
                 t_first = now if t_first is None else t_first
                 t_last = now
             finish = ch.get("finish_reason") or finish
@@ -227,12 +241,14 @@ def servers(cfg: RunConfig, parallel: int, bin_dir: Path, native_extra: list[str
 
 # ---- a scenario -------------------------------------------------------------------------------------
 def run_scenario(name: str, srvs: dict, convs: dict[str, list[str]], max_tokens: int, extra: dict,
-                 loads: list, save, deadline: float | None) -> dict:
+                 loads: list, save, deadline: float | None, system: str | None = None) -> dict:
     """Every conversation's turns, interleaved turn by turn (A1 B1 ... A2 B2 ...), each request
-    step sent to the three servers in a rotating order; every server keeps its own history."""
+    step sent to the three servers in a rotating order; every server keeps its own history
+    (which starts with `system` as a system message when given)."""
     labels = list(convs)
     turns = len(convs[labels[0]])
-    hist: dict[str, dict[str, list[dict]]] = {s: {lab: [] for lab in labels} for s in SERVERS}
+    first = [{"role": "system", "content": system}] if system else []
+    hist: dict[str, dict[str, list[dict]]] = {s: {lab: list(first) for lab in labels} for s in SERVERS}
     prev_prompt: dict[str, dict[str, int | None]] = {s: {lab: None for lab in labels} for s in SERVERS}
     recs: list[dict] = []
     scen = {"name": name, "conversations": labels, "turns": turns, "requests": recs, "status": "complete"}
@@ -277,6 +293,51 @@ def run_scenario(name: str, srvs: dict, convs: dict[str, list[str]], max_tokens:
                   + f"; load {la0[0]:.2f}->{la1[0]:.2f}", file=sys.stderr, flush=True)
             save()
     return scen
+
+
+def run_busy(name: str, srvs: dict, system: str, convs: dict[str, list[str]], max_tokens: int, extra: dict,
+             save) -> dict:
+    """Scenario "shared-busy": on each server in turn (alone: concurrency within a server is
+    the point), chat A is sent, and every next chat the moment the previous one's first token
+    arrives, while the earlier ones still generate (long answers): a later chat finds the
+    system prompt only in BUSY slots."""
+    import threading
+    labels = list(convs)
+    recs: list[dict] = []
+    for s in SERVERS:
+        srv = srvs[s]
+        outs: dict[str, dict] = {}
+        started = [threading.Event() for _ in labels]
+
+        def one(i: int, lab: str, srv=srv, outs=outs, started=started) -> None:
+            msgs = [{"role": "system", "content": system}, {"role": "user", "content": convs[lab][0]}]
+            try:
+                outs[lab] = stream_chat(srv.base_url, msgs, max_tokens, headers=srv.headers(), extra=extra,
+                                        on_first=started[i].set)
+            except Exception as e:  # noqa: BLE001 - recorded
+                outs[lab] = {"error": f"{type(e).__name__}: {e}"[:500], "content": ""}
+            started[i].set()
+        threads = []
+        for i, lab in enumerate(labels):
+            if i:
+                started[i - 1].wait(600)
+            t = threading.Thread(target=one, args=(i, lab), daemon=True)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(900)
+        line = []
+        for lab in labels:
+            r = outs.get(lab, {"error": "no answer", "content": ""})
+            r.pop("content", None)
+            r.pop("reasoning", None)
+            r.update(server=s, conversation=lab, turn=1)
+            recs.append(r)
+            line.append(f"{lab} {_f(r.get('ttft_s'), '{:.3f}')} s (reused "
+                        f"{r.get('cached_tokens', r.get('timings', {}).get('cache_n'))})")
+        print(f"  {name} {LABEL[s]}: " + "; ".join(line), file=sys.stderr, flush=True)
+        save()
+    return {"name": name, "conversations": labels, "turns": 1, "requests": recs, "status": "complete"}
 
 
 # ---- figures -----------------------------------------------------------------------------------------
@@ -367,6 +428,49 @@ def summarize(scen: dict) -> dict:
             "overall": overall}
 
 
+def shared_chats(vocab: Vocab, labels: list[str], system_tokens: int) -> tuple[str, dict[str, list[str]]]:
+    """Scenario "shared": one system prompt of ~system_tokens tokens, and one short question
+    (~80 tokens of its own passage) per chat."""
+    text = sample_one_line("en")
+    cpt = len(text) / max(1, vocab.count(text))
+    system = ("You answer questions about a technical report for a workshop. The report follows.\n\n"
+              + passage(97, 0, int(system_tokens * cpt)))
+    chats = {lab: [f"Chat {lab}. About this passage: {passage(c, 5, int(80 * cpt))}\n\nWhat does it say, in "
+                   "one sentence?"] for c, lab in enumerate(labels)}
+    return system, chats
+
+
+def summarize_shared(scen: dict, system_tokens: int) -> dict:
+    """Scenario "shared": per chat and server the time to first token, prompt tokens, what the
+    kit reused (cached_tokens) and llama-server reused (cache_n); over chats 2-P (the first is
+    cold everywhere) the medians and the ratios kit / llama-server and kit / cache off."""
+    by = {(r["server"], r["conversation"]): r for r in scen["requests"]}
+    convs = scen["conversations"]
+    rows = []
+    for c in convs:
+        row: dict[str, Any] = {"chat": c}
+        for s in SERVERS:
+            r = by.get((s, c), {})
+            row[s] = {"ttft_s": r.get("ttft_s"), "prompt_tokens": r.get("prompt_tokens"),
+                      "reused": r.get("cached_tokens") if s != "llama_server" else r.get("timings", {}).get("cache_n"),
+                      "error": r.get("error")}
+        for ref in ("llama_server", "kit_cache_off"):
+            k, b = row["kit"]["ttft_s"], row[ref]["ttft_s"]
+            row[f"ratio_{ref}"] = k / b if (k is not None and b) else None
+        rows.append(row)
+    later = rows[1:]
+    overall: dict[str, Any] = {"chats": f"2-{len(rows)}"}
+    for s in SERVERS:
+        overall[s] = {"ttft_median_s": _med([r[s]["ttft_s"] for r in later])}
+    for ref in ("llama_server", "kit_cache_off"):
+        overall[f"ratio_{ref}"] = _med([r[f"ratio_{ref}"] for r in later])
+    reused = [r["kit"]["reused"] for r in later if r["kit"]["reused"] is not None]
+    overall["kit_reused_system"] = f"{sum(1 for x in reused if x >= system_tokens - 8)}/{len(later)}"
+    overall["errors"] = sum(1 for r in scen["requests"] if "error" in r)
+    return {"name": scen["name"], "kind": "shared", "conversations": len(convs), "status": scen["status"],
+            "system_tokens": system_tokens, "per_chat": rows, "overall": overall}
+
+
 def table(summaries: list[dict]) -> str:
     sys.path.insert(0, str(HERE))
     from results_md import multiturn_tables
@@ -386,7 +490,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32, help="answer length")
     ap.add_argument("--parallel", type=int, default=4, help="slots of every server, and conversations of the "
                     "interleaved scenario")
-    ap.add_argument("--scenarios", default="one,interleaved", help="comma list of: one, interleaved")
+    ap.add_argument("--scenarios", default="one,interleaved", help="comma list of: one, interleaved, shared "
+                    "(P chats, one question each, after one long system prompt, sent one after another), "
+                    "shared-busy (the same, each chat sent when the previous one's first token arrives)")
+    ap.add_argument("--busy-tokens", type=int, default=160, help="answer length in scenario shared-busy (the "
+                    "earlier chats must still generate when the next one arrives)")
+    ap.add_argument("--system-tokens", type=int, default=None, help="the shared system prompt of scenario "
+                    "shared (default 4000 with --gpu, 1000 on the CPU)")
     ap.add_argument("--n-ctx", type=int, default=None, help="context PER SLOT (default: the whole conversation "
                     "fits, computed from the tokenized turns)")
     ap.add_argument("--threads", type=int, default=None, help="default 1 on the CPU (a shared 2-core machine), "
@@ -423,10 +533,14 @@ def main(argv=None) -> int:
     labels_all = [chr(ord("A") + i) for i in range(a.parallel)]
     convs = {"one": build_conversations(vocab, ["S"], turns, new_tokens),
              "interleaved": build_conversations(vocab, labels_all, turns, new_tokens)}
+    system_tokens = a.system_tokens or (4000 if a.gpu else 1000)
+    system, convs["shared"] = shared_chats(vocab, labels_all, system_tokens)
+    convs["shared-busy"] = convs["shared"]
+    system_tokens = vocab.count(system)
     user_tokens = max(sum(vocab.count(m) for m in msgs) for c in convs.values() for msgs in c.values())
     # 10 % over the counted user tokens: the H200 run's 10th turn rendered 17,824 tokens against
     # a counted need under 17,408 (the template and the answers' re-tokenization add some)
-    need = int(1.1 * user_tokens) + turns * (a.max_tokens + 32) + 512
+    need = max(int(1.1 * user_tokens) + turns * (a.max_tokens + 32), int(1.1 * system_tokens) + 200) + 512
     n_ctx = a.n_ctx or -(-max(need, turns * (new_tokens + 64) + 512) // 1024) * 1024
     if a.gpu:
         cfg = RunConfig(model=model, n_ctx=n_ctx, n_gpu_layers=-1, n_threads=threads)
@@ -467,29 +581,41 @@ def main(argv=None) -> int:
           f"out {out}", file=sys.stderr, flush=True)
     deadline = None if budget is None else t_start + budget
     t_load = time.monotonic()
-    with servers(cfg, a.parallel, bin_dir, native_extra, together=a.gpu) as srvs:
-        nat = srvs["llama_server"]
-        props = bench.get_json(f"http://127.0.0.1:{nat.port}/props")
-        doc["servers_info"] = {"load_s": round(time.monotonic() - t_load, 1),
-                               "llama_server_args": nat.proc.args[1:],
-                               "llama_server_total_slots": (props.get("total_slots") if isinstance(props, dict)
-                                                            else None),
-                               "kit_health_start": srvs["kit"].health(),
-                               "kit_cache_off_health_start": srvs["kit_cache_off"].health()}
-        print(f"servers loaded in {doc['servers_info']['load_s']} s", file=sys.stderr, flush=True)
-        for s in SERVERS:  # warm-up: one short chat each
-            stream_chat(srvs[s].base_url, [{"role": "user", "content": f"Warm-up for {LABEL[s]}: say hello."}],
-                        8, headers=srvs[s].headers(), extra=extra)
-        save()
-        for name in scenarios:
-            cs = convs["one"] if name == "one" else convs["interleaved"]
-            print(f"== {name}: {len(cs)} conversation(s) x {turns} turns", file=sys.stderr, flush=True)
-            scen = run_scenario(name, srvs, cs, a.max_tokens, extra, loads, save, deadline)
-            scen["kit_health_end"] = srvs["kit"].health()
-            scen["kit_cache_off_health_end"] = srvs["kit_cache_off"].health()
-            doc["scenarios"].append(scen)
-            doc["multiturn"].append(summarize(scen))
+    # one/interleaved share their servers; each shared scenario starts on servers loaded anew (no
+    # slot may hold its system prompt from before)
+    groups = [[n for n in scenarios if not n.startswith("shared")]] + [[n] for n in scenarios if n.startswith("shared")]
+    for group in (g for g in groups if g):
+        t_load = time.monotonic()
+        with servers(cfg, a.parallel, bin_dir, native_extra, together=a.gpu) as srvs:
+            nat = srvs["llama_server"]
+            if not doc["servers_info"]:
+                props = bench.get_json(f"http://127.0.0.1:{nat.port}/props")
+                doc["servers_info"] = {"load_s": round(time.monotonic() - t_load, 1),
+                                       "llama_server_args": nat.proc.args[1:],
+                                       "llama_server_total_slots": (props.get("total_slots")
+                                                                    if isinstance(props, dict) else None),
+                                       "kit_health_start": srvs["kit"].health(),
+                                       "kit_cache_off_health_start": srvs["kit_cache_off"].health()}
+            print(f"servers loaded in {time.monotonic() - t_load:.1f} s", file=sys.stderr, flush=True)
+            for s in SERVERS:  # warm-up: one short chat each
+                stream_chat(srvs[s].base_url, [{"role": "user", "content": f"Warm-up for {LABEL[s]}: say hello."}],
+                            8, headers=srvs[s].headers(), extra=extra)
             save()
+            for name in group:
+                cs = convs[name]
+                print(f"== {name}: {len(cs)} conversation(s) x {len(next(iter(cs.values())))} turns",
+                      file=sys.stderr, flush=True)
+                if name == "shared-busy":
+                    scen = run_busy(name, srvs, system, cs, a.busy_tokens, extra, save)
+                else:
+                    scen = run_scenario(name, srvs, cs, a.max_tokens, extra, loads, save, deadline,
+                                        system=system if name == "shared" else None)
+                scen["kit_health_end"] = srvs["kit"].health()
+                scen["kit_cache_off_health_end"] = srvs["kit_cache_off"].health()
+                doc["scenarios"].append(scen)
+                doc["multiturn"].append(summarize_shared(scen, system_tokens) if name.startswith("shared")
+                                        else summarize(scen))
+                save()
     meta["machine_after"] = {"loadavg": list(os.getloadavg())}
     save()
     print(table(doc["multiturn"]))

@@ -42,6 +42,10 @@ TITLES = {
                                "attention, MoE), the kit's prompt cache vs cache off and llama-server",
     "multiturn_cpu_qwen35moe_interleaved": ("2-core CPU, synthetic qwen35moe (small): four chats interleaved "
                                              "over four slots, run to the end after the unpark fix"),
+    "multiturn_cpu_shared": ("2-core CPU, default model: chats after one long system prompt, one after another "
+                             "and while the earlier ones still generate"),
+    "multiturn_cpu_qwen35moe_shared": ("2-core CPU, synthetic qwen35moe (small): chats after one long system "
+                                       "prompt, one after another and while the earlier ones still generate"),
     "multiturn_h200": "H200: multi-turn chats, the kit's prompt cache vs cache off and llama-server",
     "multiturn_h200_interleaved": "H200: four chats interleaved turn by turn over four slots, the kit's prompt "
                                   "cache vs cache off and llama-server",
@@ -167,6 +171,27 @@ def concurrency_table(rows: list[dict]) -> str:
     return _md(head, out)
 
 
+def _shared_chats_table(sm: dict) -> str:
+    """Scenario "shared" of benchmarks/multiturn.py: chats after one long system prompt."""
+    head = ["chat", "prompt tokens", "kit reused", "llama-server reused", "kit TTFT (s)", "cache off TTFT (s)",
+            "llama-server TTFT (s)", "kit / llama-server", "kit / cache off"]
+    rows = [[r["chat"], _f(r["kit"]["prompt_tokens"], "{:.0f}"), _f(r["kit"]["reused"], "{:.0f}"),
+             _f(r["llama_server"]["reused"], "{:.0f}"), _f(r["kit"]["ttft_s"], "{:.3f}"),
+             _f(r["kit_cache_off"]["ttft_s"], "{:.3f}"), _f(r["llama_server"]["ttft_s"], "{:.3f}"),
+             _f(r["ratio_llama_server"], "{:.2f}"), _f(r["ratio_kit_cache_off"], "{:.3f}")] for r in sm["per_chat"]]
+    ov = sm["overall"]
+    return "\n".join([
+        f"#### {sm['conversations']} chats after one system prompt of {sm['system_tokens']} tokens, "
+        + ("each sent when the previous one's first token arrives (earlier ones still generating)"
+           if sm["name"] == "shared-busy" else "one after another") + f" ({sm['status']})", "", _md(head, rows), "",
+        f"Chats {ov['chats']}: TTFT median kit {_f(ov['kit']['ttft_median_s'], '{:.3f}')} s, cache off "
+        f"{_f(ov['kit_cache_off']['ttft_median_s'], '{:.3f}')} s, llama-server "
+        f"{_f(ov['llama_server']['ttft_median_s'], '{:.3f}')} s; per-chat ratio medians kit / llama-server "
+        f"{_f(ov['ratio_llama_server'], '{:.2f}')}, kit / cache off {_f(ov['ratio_kit_cache_off'], '{:.3f}')}. "
+        f"The kit reused at least the system prompt (- 8) on {ov['kit_reused_system']} chats; errors "
+        f"{ov['errors']}.", ""])
+
+
 def multiturn_tables(summaries: list[dict]) -> str:
     """benchmarks/multiturn.py's scenarios: per turn the time to first token of the kit's
     server (prompt cache on), the same server with the cache off, and llama-server (median over
@@ -174,6 +199,9 @@ def multiturn_tables(summaries: list[dict]) -> str:
     tokens, the per-turn ratios; then turns 2-T overall and the issue's targets."""
     parts = []
     for sm in summaries:
+        if sm.get("kind") == "shared":
+            parts.append(_shared_chats_table(sm))
+            continue
         many = sm["conversations"] > 1
 
         def t(d: dict, many: bool = many) -> str:

@@ -57,3 +57,15 @@ def test_result_file_says_where_it_came_from(path):
 def test_render_is_deterministic():
     g = _gen()
     assert g.render() == g.render()
+
+
+@pytest.mark.parametrize("name", ["multiturn_cpu_shared", "multiturn_cpu_qwen35moe_shared"])
+def test_shared_prompt_figures_follow_from_their_requests(name):
+    """The shared-system-prompt tables are benchmarks/multiturn.py's summary of the recorded
+    requests (recomputed here), and the kit reused the system prompt on every later chat."""
+    mt = load_script("benchmarks/multiturn.py")
+    doc = json.loads((RESULTS / f"{name}.json").read_text())
+    for scen, sm in zip(doc["scenarios"], doc["multiturn"], strict=True):
+        assert mt.summarize_shared(scen, sm["system_tokens"]) == sm
+        n = len(sm["per_chat"])
+        assert sm["overall"]["kit_reused_system"] == f"{n - 1}/{n - 1}" and sm["overall"]["errors"] == 0
