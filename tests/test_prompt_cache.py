@@ -204,6 +204,50 @@ def test_a_shared_system_prompt_is_copied_from_another_slot(kind, default_model,
         ref_m.close()
 
 
+@pytest.mark.parametrize("kind", ["default", "qwen35moe"])
+def test_chats_sent_at_once_prefill_their_system_prompt_once(kind, default_model, hybrid_path):
+    """Three chats after one system prompt, queued together on an idle server: one slot
+    prefills the shared prefix, the other two wait for it and copy it, so the decoded tokens
+    fall short of the three prompts by about two system prompts; answers as the reference's."""
+    path, gap = (default_model, 1e-3) if kind == "default" else (hybrid_path, HYBRID_GAP)
+    m, ref_m = _model(path, 3), _model(path, 1)
+    s, ref = Scheduler(m), Scheduler(ref_m, reuse=False)
+    try:
+        prompts = []
+        for k in range(3):
+            msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Chat {k}: what is n_ctx?"}]
+            p = m.chat_prompt(msgs)
+            toks = m.chat_tokens(p)
+            prompts.append((toks, m.turn_starts(msgs, toks)))
+        stop = p.stop
+        shared = common_prefix(prompts[0][0], prompts[1][0])
+        boxes = [{"text": [], "done": threading.Event()} for _ in prompts]
+
+        def sink_for(box):
+            def sink(ev):
+                if ev[0] == "end":
+                    box["end"] = ev[1]
+                    box["done"].set()
+            return sink
+        s.submit_all([Request(list(t), 12, SamplingParams(temperature=0), stop, sink_for(b), marks=mk)
+                      for (t, mk), b in zip(prompts, boxes, strict=True)])
+        for b in boxes:
+            assert b["done"].wait(120)
+        total = sum(len(t) for t, _ in prompts)
+        answers = sum(b["end"].completion_tokens for b in boxes)
+        assert s.cache.stats()["copied"] >= 2, s.cache.stats()
+        assert s.tokens_decoded <= total - 2 * (shared - 8) + answers, (s.tokens_decoded, total, shared)
+        for k, ((toks, _), b) in enumerate(zip(prompts, boxes, strict=True)):
+            _, want, gaps = _ask(ref, toks, stop, max_tokens=12)
+            _same_answer(b["end"], want, gaps, gap, f"chat {k}")
+        assert sorted(b["end"].cached_tokens >= shared - 8 for b in boxes) == [False, True, True]
+    finally:
+        s.close()
+        ref.close()
+        m.close()
+        ref_m.close()
+
+
 def test_an_edited_last_message_restarts_at_its_start(hybrid_path):
     """The hybrid model cannot cut its state back, so the checkpoint at the start of the last
     user message is what an edited (or regenerated with changes) message reuses."""

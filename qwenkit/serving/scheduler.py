@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from qwenkit.errors import QueueFull, SchedulerError
 from qwenkit.fastgen import Detokenizer, StopScanner
-from qwenkit.serving.prompt_cache import MIN_COPY_TOKENS, PromptCache
+from qwenkit.serving.prompt_cache import MIN_COPY_TOKENS, PromptCache, common_prefix
 from qwenkit.serving.sampling import SamplingParams, SlotSampler
 from qwenkit.units import MiB
 
@@ -100,6 +100,9 @@ class _Slot:
         self.plan: list[int] = []          # prompt positions where a checkpoint is taken
         self.prefilled = 0                 # cached[:prefilled] were decoded as a prompt
         self.conversation = False          # the state belongs to a chat worth parking
+        # (leader slot, its request, tokens): this prompt's first `tokens` are being prefilled
+        # by the leader; they are copied from it once there, instead of prefilled twice
+        self.wait: tuple[_Slot, Request, int] | None = None
 
     @property
     def busy(self) -> bool:
@@ -353,6 +356,12 @@ class Scheduler:
         slot.gen = []
         slot.t_first = None
         slot.order = next(self._order)
+        slot.wait = None
+        lead, shared = self._leader(slot, prompt, keep) if self.reuse else (None, 0)
+        if lead is not None and lead.run is not None:
+            slot.wait, slot.todo = (lead, lead.run.req, shared), []
+            if cache.recurrent and shared not in lead.plan:   # the copy needs the state there
+                lead.plan = sorted({*lead.plan, shared})
 
     def _donor(self, slot: _Slot, prompt: list[int]) -> tuple[_Slot | None, int]:
         """The other slot (busy or idle) from which most of `prompt` can be copied."""
@@ -364,12 +373,44 @@ class Scheduler:
                     best, got = s, n
         return best, got
 
+    def _leader(self, slot: _Slot, prompt: list[int], keep: int) -> tuple[_Slot | None, int]:
+        """A slot still prefilling a prompt that shares a long prefix with `prompt` (requests
+        sent at once: the n chats of one assistant, a summary's map requests): this one waits
+        for that prefix and copies it rather than prefill it beside the leader."""
+        if self.cache.recurrent and self.cache.budget <= 0:
+            return None, 0
+        best, got = None, 0
+        for s in self.slots:
+            if s is slot or s.run is None or not s.todo or s.wait is not None:
+                continue
+            shared = min(common_prefix(s.run.req.prompt, prompt), len(prompt) - 1)
+            if shared > len(s.cached) and shared >= keep + MIN_COPY_TOKENS and shared > got:
+                best, got = s, shared
+        return best, got
+
+    def _resolve_waits(self) -> None:
+        """Slots waiting for a leader's prefix: copy it once the leader holds it (or has
+        stopped: then take what it holds, or prefill from the slot's own state)."""
+        for s in self.slots:
+            if s.wait is None or s.run is None:
+                continue
+            lead, req, shared = s.wait
+            if lead.run is not None and lead.run.req is req and len(lead.cached) < shared:
+                continue
+            s.wait = None
+            got = self.cache.reusable(lead.cached, lead.seq, s.run.req.prompt, lead.prefilled) if lead.cached else 0
+            if got >= len(s.cached) + MIN_COPY_TOKENS:
+                s.n_cached = self.cache.copy(lead.seq, lead.cached, s.seq, got)
+                s.cached = lead.cached[:s.n_cached]
+            s.todo = list(s.run.req.prompt[len(s.cached):])
+
     def _park_if_other(self, slot: _Slot, keep: int) -> None:
         """Another conversation is taking this slot: keep the old one's state in host RAM."""
         if slot.conversation and len(slot.cached) - keep >= 32 and keep < len(slot.cached) // 2:
             self.cache.park(slot.seq, slot.cached, min(slot.prefilled, len(slot.cached)))
 
     def _step(self) -> None:
+        self._resolve_waits()
         lc, b = self._lc, self._batch
         n = 0
         seqs = 0
