@@ -48,12 +48,13 @@ What is measured:
   their own passage). "shared": sent one after another (each after the previous answer);
   "shared-busy": on each server alone, chat A, and each next chat the moment the previous
   one's first token arrives, while the earlier ones still generate (--busy-tokens 160-token
-  answers): the system prompt is then only in BUSY slots. Each of these scenarios starts on
+  answers): the system prompt is then only in BUSY slots; "shared-burst": all chats sent at
+  once (the same answers), as a room of users or a client's parallel calls do. Each of these scenarios starts on
   servers loaded anew. Figures: per chat the TTFT, what the kit reused (cached_tokens) and
   llama-server reused (cache_n), and over chats B-D the ratios to llama-server and cache off.
 
-    python benchmarks/multiturn.py --scenarios shared,shared-busy --turns 1 --threads 2 \
-        --out benchmarks/results/multiturn_cpu_shared.json      # ~45 s
+    python benchmarks/multiturn.py --scenarios shared,shared-busy,shared-burst --turns 1 --threads 2 \
+        --out benchmarks/results/multiturn_cpu_shared.json      # ~1.5 min
 - the three servers are asked in lockstep: each request step goes to all three (one after
   the other, the order rotating from step to step), so load from other processes hits them
   alike. Before the first scenario every server answers one short warm-up chat.
@@ -296,11 +297,11 @@ def run_scenario(name: str, srvs: dict, convs: dict[str, list[str]], max_tokens:
 
 
 def run_busy(name: str, srvs: dict, system: str, convs: dict[str, list[str]], max_tokens: int, extra: dict,
-             save) -> dict:
+             save, burst: bool = False) -> dict:
     """Scenario "shared-busy": on each server in turn (alone: concurrency within a server is
     the point), chat A is sent, and every next chat the moment the previous one's first token
     arrives, while the earlier ones still generate (long answers): a later chat finds the
-    system prompt only in BUSY slots."""
+    system prompt only in BUSY slots. burst ("shared-burst"): all chats are sent at once."""
     import threading
     labels = list(convs)
     recs: list[dict] = []
@@ -319,7 +320,7 @@ def run_busy(name: str, srvs: dict, system: str, convs: dict[str, list[str]], ma
             started[i].set()
         threads = []
         for i, lab in enumerate(labels):
-            if i:
+            if i and not burst:
                 started[i - 1].wait(600)
             t = threading.Thread(target=one, args=(i, lab), daemon=True)
             t.start()
@@ -461,7 +462,8 @@ def summarize_shared(scen: dict, system_tokens: int) -> dict:
     later = rows[1:]
     overall: dict[str, Any] = {"chats": f"2-{len(rows)}"}
     for s in SERVERS:
-        overall[s] = {"ttft_median_s": _med([r[s]["ttft_s"] for r in later])}
+        every = [r[s]["ttft_s"] for r in rows if r[s]["ttft_s"] is not None]
+        overall[s] = {"ttft_median_s": _med([r[s]["ttft_s"] for r in later]), "ttft_max_s": max(every, default=None)}
     for ref in ("llama_server", "kit_cache_off"):
         overall[f"ratio_{ref}"] = _med([r[f"ratio_{ref}"] for r in later])
     reused = [r["kit"]["reused"] for r in later if r["kit"]["reused"] is not None]
@@ -492,7 +494,8 @@ def main(argv=None) -> int:
                     "interleaved scenario")
     ap.add_argument("--scenarios", default="one,interleaved", help="comma list of: one, interleaved, shared "
                     "(P chats, one question each, after one long system prompt, sent one after another), "
-                    "shared-busy (the same, each chat sent when the previous one's first token arrives)")
+                    "shared-busy (the same, each chat sent when the previous one's first token arrives), "
+                    "shared-burst (all sent at once)")
     ap.add_argument("--busy-tokens", type=int, default=160, help="answer length in scenario shared-busy (the "
                     "earlier chats must still generate when the next one arrives)")
     ap.add_argument("--system-tokens", type=int, default=None, help="the shared system prompt of scenario "
@@ -535,7 +538,7 @@ def main(argv=None) -> int:
              "interleaved": build_conversations(vocab, labels_all, turns, new_tokens)}
     system_tokens = a.system_tokens or (4000 if a.gpu else 1000)
     system, convs["shared"] = shared_chats(vocab, labels_all, system_tokens)
-    convs["shared-busy"] = convs["shared"]
+    convs["shared-busy"] = convs["shared-burst"] = convs["shared"]
     system_tokens = vocab.count(system)
     user_tokens = max(sum(vocab.count(m) for m in msgs) for c in convs.values() for msgs in c.values())
     # 10 % over the counted user tokens: the H200 run's 10th turn rendered 17,824 tokens against
@@ -605,8 +608,8 @@ def main(argv=None) -> int:
                 cs = convs[name]
                 print(f"== {name}: {len(cs)} conversation(s) x {len(next(iter(cs.values())))} turns",
                       file=sys.stderr, flush=True)
-                if name == "shared-busy":
-                    scen = run_busy(name, srvs, system, cs, a.busy_tokens, extra, save)
+                if name in ("shared-busy", "shared-burst"):
+                    scen = run_busy(name, srvs, system, cs, a.busy_tokens, extra, save, burst=name == "shared-burst")
                 else:
                     scen = run_scenario(name, srvs, cs, a.max_tokens, extra, loads, save, deadline,
                                         system=system if name == "shared" else None)

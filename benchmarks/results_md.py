@@ -182,11 +182,15 @@ def _shared_chats_table(sm: dict) -> str:
     ov = sm["overall"]
     return "\n".join([
         f"#### {sm['conversations']} chats after one system prompt of {sm['system_tokens']} tokens, "
-        + ("each sent when the previous one's first token arrives (earlier ones still generating)"
-           if sm["name"] == "shared-busy" else "one after another") + f" ({sm['status']})", "", _md(head, rows), "",
+        + {"shared-busy": "each sent when the previous one's first token arrives (earlier ones still generating)",
+           "shared-burst": "all sent at once"}.get(sm["name"], "one after another") + f" ({sm['status']})", "",
+        _md(head, rows), "",
         f"Chats {ov['chats']}: TTFT median kit {_f(ov['kit']['ttft_median_s'], '{:.3f}')} s, cache off "
         f"{_f(ov['kit_cache_off']['ttft_median_s'], '{:.3f}')} s, llama-server "
-        f"{_f(ov['llama_server']['ttft_median_s'], '{:.3f}')} s; per-chat ratio medians kit / llama-server "
+        f"{_f(ov['llama_server']['ttft_median_s'], '{:.3f}')} s; the slowest chat of all: kit "
+        f"{_f(ov['kit'].get('ttft_max_s'), '{:.3f}')} s, cache off "
+        f"{_f(ov['kit_cache_off'].get('ttft_max_s'), '{:.3f}')} s, llama-server "
+        f"{_f(ov['llama_server'].get('ttft_max_s'), '{:.3f}')} s; per-chat ratio medians kit / llama-server "
         f"{_f(ov['ratio_llama_server'], '{:.2f}')}, kit / cache off {_f(ov['ratio_kit_cache_off'], '{:.3f}')}. "
         f"The kit reused at least the system prompt (- 8) on {ov['kit_reused_system']} chats; errors "
         f"{ov['errors']}.", ""])

@@ -14,6 +14,7 @@ logits are nearly flat, so small state differences flip them)."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
@@ -221,7 +222,7 @@ def test_chats_sent_at_once_prefill_their_system_prompt_once(kind, default_model
             prompts.append((toks, m.turn_starts(msgs, toks)))
         stop = p.stop
         shared = common_prefix(prompts[0][0], prompts[1][0])
-        boxes = [{"text": [], "done": threading.Event()} for _ in prompts]
+        boxes: list[dict[str, Any]] = [{"done": threading.Event()} for _ in prompts]
 
         def sink_for(box):
             def sink(ev):
