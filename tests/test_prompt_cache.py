@@ -274,19 +274,31 @@ def test_an_edited_last_message_restarts_at_its_start(hybrid_path):
         m.close()
 
 
+RSS_OVERHEAD = 16 * 2**20   # the stated bound past the budget: Python objects, allocator slack
+
+
 def test_budget_evicts_and_holds(hybrid_path):
-    """Far more conversations than the budget holds: the least recently used copies go."""
+    """200 distinct conversations on one slot, far more than a 3 MiB budget holds (each parks
+    its whole state when the next one takes the slot): the least recently used copies go, the
+    cache never exceeds the budget, and the process grows by no more than the budget plus
+    RSS_OVERHEAD from conversation 20 (everything loaded, the cache filled) to 200."""
+    from qwenkit.units import rss_bytes
     m = _model(hybrid_path, 1)
     budget = 3 * 2**20
     s = Scheduler(m, cache_bytes=budget)
     try:
-        for conv in range(40):
+        rss0, peak = 0, 0
+        for conv in range(200):
             msgs = [{"role": "user", "content": f"Conversation {conv}: " + "tell me more. " * 8}]
             p = m.chat_prompt(msgs)
             _ask(s, m.chat_tokens(p), p.stop, max_tokens=2)
             assert s.cache.used <= budget
+            if conv == 20:
+                rss0 = rss_bytes()
+            peak = max(peak, rss_bytes())
         st = s.cache.stats()
-        assert st["evicted"] > 0 and st["parked_total"] > 0, st
+        assert st["evicted"] >= 150 and st["parked_total"] >= 199, st
+        assert peak - rss0 <= budget + RSS_OVERHEAD, f"grew {(peak - rss0) / 2**20:.1f} MiB"
     finally:
         s.close()
         m.close()
