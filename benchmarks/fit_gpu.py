@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = read_model_info(model)
     budget = parse_bytes(a.budget)
-    r = fit_report(info, budget, a.n_ctx, a.type_k, a.type_v)
+    r = fit_report(info, budget, RunConfig(model=model, n_ctx=a.n_ctx, type_k=a.type_k, type_v=a.type_v))
     cfg = r.cfg
     out["fit"] = dict(reason=r.reason, fits=r.fits, config=cfg.to_dict(), plan=r.plan.to_dict(),
                       table=r.plan.table(), tried=r.tried)

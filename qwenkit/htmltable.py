@@ -84,11 +84,12 @@ def fit_table(info, vram_budget: int, contexts=(8192, 32768, 65536, 131072),
     """For each context and KV type pair: the fitted n_cpu_moe / n_gpu_layers and the planned
     GPU and RAM use (`plan.fit_report`), so the cost of context and of KV quantization can be
     read side by side."""
+    from qwenkit.config import RunConfig
     from qwenkit.plan import fit_report
     rows = []
     for n_ctx in contexts:
         for tk, tv in kv_types:
-            r = fit_report(info, vram_budget, n_ctx, tk, tv)
+            r = fit_report(info, vram_budget, RunConfig(model=str(info.source), n_ctx=n_ctx, type_k=tk, type_v=tv))
             c = r.cfg
             rows.append([n_ctx, f"{tk}/{tv}", round(r.plan.kv / MiB), c.n_cpu_moe, c.n_gpu_layers,
                          f"{r.plan.gpu_total / GiB:.2f}", f"{r.plan.cpu_total / GiB:.2f}",

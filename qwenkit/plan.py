@@ -439,8 +439,7 @@ class FitResult:
         return f"<p>{html.escape(self.reason)}</p>" + self.plan._repr_html_()
 
 
-def fit_report(info, vram_budget: int, cfg: RunConfig | int | None = None, type_k: str | None = None,
-               type_v: str | None = None, base: RunConfig | None = None, *, margin: int | None = None,
+def fit_report(info, vram_budget: int, cfg: RunConfig | None = None, *, margin: int | None = None,
                runtime: int | None = None, ram_budget: int | None = None) -> FitResult:
     """The config that keeps the most on the GPU within `vram_budget` bytes: every layer on
     the GPU and the fewest expert layers in system RAM; whole layers move to the CPU only
@@ -448,33 +447,19 @@ def fit_report(info, vram_budget: int, cfg: RunConfig | int | None = None, type_
     result that needs more system RAM than that is marked as not fitting.
 
     cfg: the settings to fit (n_ctx, KV types, batch sizes, slots...; n_gpu_layers and
-    n_cpu_moe are what the fit chooses); default RunConfig's, for info's file. The older form
-    `fit_report(info, budget, n_ctx, type_k, type_v, base)` still works (type_k/type_v default f16)."""
-    cfg = _settings_to_fit(info, cfg, type_k, type_v, base)
+    n_cpu_moe are what the fit chooses); default RunConfig's, for info's file."""
+    if cfg is None:
+        cfg = RunConfig(model=str(info.source))
+    elif not isinstance(cfg, RunConfig):
+        raise ConfigError(f"fit_report got {cfg!r} where it takes a RunConfig",
+                          "pass the settings as one: fit_report(info, budget, RunConfig(model=..., n_ctx=..., "
+                          "type_k=..., type_v=...))")
     r = _fit(info, vram_budget, cfg, margin=margin, runtime=runtime)
     if ram_budget is not None and r.fits and r.plan.cpu_total > ram_budget:
         r.fits = False
         r.reason += (f"; but it needs {_gib(r.plan.cpu_total)} of system RAM and "
                      f"{_gib(ram_budget)} is available")
     return r
-
-
-def _settings_to_fit(info, cfg: RunConfig | int | None, type_k: str | None, type_v: str | None,
-                     base: RunConfig | None) -> RunConfig:
-    """The RunConfig to fit, from a RunConfig or from the older (n_ctx, type_k, type_v, base)."""
-    if isinstance(cfg, RunConfig):
-        if type_k is not None or type_v is not None or base is not None:
-            raise ConfigError("fit_report got a RunConfig and also type_k/type_v/base",
-                              "put the KV types in the RunConfig: cfg.replace(type_k=..., type_v=...)")
-        return cfg
-    n_ctx, type_k, type_v = cfg, type_k or "f16", type_v or "f16"
-    base = base or RunConfig(model=str(info.source))
-    changes: dict[str, Any] = dict(type_k=type_k, type_v=type_v)
-    if n_ctx is not None:
-        changes["n_ctx"] = n_ctx
-    if type_v not in ("f16", "f32", "bf16") and not base.flash_attn:
-        changes["flash_attn"] = True
-    return base.replace(**changes)
 
 
 def _fit(info, vram_budget: int, cfg: RunConfig, *, margin: int | None, runtime: int | None) -> FitResult:
@@ -529,10 +514,9 @@ def _fit(info, vram_budget: int, cfg: RunConfig, *, margin: int | None, runtime:
                      "n_ctx / n_ubatch, or run on the CPU")
 
 
-def fit(info, vram_budget: int, cfg: RunConfig | int | None = None, type_k: str | None = None,
-        type_v: str | None = None, base: RunConfig | None = None, **kw: Any) -> RunConfig:
+def fit(info, vram_budget: int, cfg: RunConfig | None = None, **kw: Any) -> RunConfig:
     """`fit_report(...).cfg`: the RunConfig that keeps the most on the GPU within the budget."""
-    return fit_report(info, vram_budget, cfg, type_k, type_v, base, **kw).cfg
+    return fit_report(info, vram_budget, cfg, **kw).cfg
 
 
 def _gib(n: int) -> str:

@@ -66,7 +66,7 @@ def fit_config(cfg: RunConfig, vram_budget: int | None = None, ram_budget: int |
 
     info = read_model_info(cfg.model)
     budget = vram_budget if vram_budget is not None else gpu_budget()
-    result = fit_report(info, budget, cfg.n_ctx, cfg.type_k, cfg.type_v, base=cfg, ram_budget=ram_budget)
+    result = fit_report(info, budget, cfg, ram_budget=ram_budget)
     if not result.fits:
         raise ConfigError(f"{Path(cfg.model).name} does not fit: {result.reason}",
                           "use a smaller n_ctx or a quantized KV cache (--type_k q8_0 --type_v q8_0), "

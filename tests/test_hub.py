@@ -76,11 +76,12 @@ def test_list_quants_groups_splits_and_gives_verdicts(fake_hub, hub_files):
 
 def test_fit_verdict_from_header_comes_from_the_memory_planner(fake_hub):
     from qwenkit import plan
+    from qwenkit.config import RunConfig
 
     info = hub.read_remote_info(REPO_BIG, "Q4_K_M")
     v = hub.fit_verdict(info, 16 * GiB, 64 * GiB)
     assert v.kind == "offload" and v.source == "memory plan" and v.n_cpu_moe is not None and 5 <= v.n_cpu_moe <= 40
-    assert v.n_cpu_moe == plan.fit(info, 16 * GiB, 8192).n_cpu_moe  # the planner decides
+    assert v.n_cpu_moe == plan.fit(info, 16 * GiB, RunConfig(model=str(info.source), n_ctx=8192)).n_cpu_moe
     assert f"--n-cpu-moe {v.n_cpu_moe}" in v.text
     assert hub.fit_verdict(info, 24 * GiB, 64 * GiB).kind == "gpu"
     # a bigger context or a wider KV type never needs fewer expert layers in RAM

@@ -114,19 +114,15 @@ def test_fit_keeps_all_layers_and_fewest_experts(engine_full_sparse):
     assert not fit_report(info, budget, RunConfig(model=path, n_ctx=65536), ram_budget=2 * GiB).fits
 
 
-def test_fit_older_form_gives_the_same_config(engine_full_sparse):
-    """fit_report(info, budget, n_ctx, type_k, type_v[, base]) as notebook 03, the hub's
-    verdicts and realmodel call it: the same result as the RunConfig form."""
+def test_fit_takes_a_runconfig_and_says_so(engine_full_sparse):
+    """The older positional form (n_ctx, type_k, type_v) is gone: an error says how to call it."""
     path = str(engine_full_sparse["qwen35moe"])
     info = read_model_info(path)
-    new = fit_report(info, 16 * GiB, RunConfig(model=path, n_ctx=65536, type_k="q8_0", type_v="q8_0"))
-    old = fit_report(info, 16 * GiB, 65536, "q8_0", "q8_0")
-    assert (old.cfg, old.fits, old.tried) == (new.cfg, new.fits, new.tried)
-    base = RunConfig(model=path, n_ubatch=256, flash_attn=False)  # quantized V turns flash attention on
-    assert fit_report(info, 16 * GiB, 8192, "q8_0", "q8_0", base=base).cfg == \
-        fit_report(info, 16 * GiB, base.replace(type_k="q8_0", type_v="q8_0", flash_attn=True)).cfg
-    with pytest.raises(ConfigError, match="also type_k"):
-        fit_report(info, 16 * GiB, base, "q8_0")
+    n_ctx: Any = 65536   # the old call, as a notebook of an earlier version makes it
+    with pytest.raises(ConfigError, match="takes a RunConfig") as e:
+        fit_report(info, 16 * GiB, n_ctx)
+    assert e.value.fix and "RunConfig(model=" in e.value.fix
+    assert fit_report(info, 80 * GiB).cfg == RunConfig(model=path)   # default: RunConfig's, all on the GPU
 
 
 def test_fit_dense_moves_whole_layers(default_model):

@@ -39,7 +39,7 @@ def test_fit_config_matches_the_planner_for_the_full_size_model(hub_files):
     cfg = RunConfig(model=str(full), n_ctx=8192)
     r = realmodel.fit_config(cfg, 16 * GiB)
     assert r.fits and r.cfg.n_gpu_layers == -1 and 5 <= r.cfg.n_cpu_moe <= 20
-    assert r.cfg.n_cpu_moe == plan.fit(read_model_info(full), 16 * GiB, 8192).n_cpu_moe
+    assert r.cfg.n_cpu_moe == plan.fit(read_model_info(full), 16 * GiB, cfg).n_cpu_moe
     assert r.plan.gpu_total <= 16 * GiB
     with pytest.raises(ConfigError, match="does not fit"):
         realmodel.fit_config(cfg, GiB // 4)

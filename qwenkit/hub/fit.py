@@ -65,10 +65,12 @@ def fit_verdict(info_or_size: ModelInfo | int, vram_bytes: int, ram_bytes: int |
 def _planned_verdict(info: ModelInfo, vram_bytes: int, ram_bytes: int | None, n_ctx: int,
                      type_k: str, type_v: str, vram_txt: str) -> Verdict:
     from qwenkit import plan as planner
+    from qwenkit.config import RunConfig
 
     n_ctx = min(n_ctx, info.context_length or n_ctx)
     ram_budget = max(ram_bytes - RAM_RESERVE, 0) if ram_bytes else None
-    r = planner.fit_report(info, vram_bytes, n_ctx, type_k, type_v, ram_budget=ram_budget)
+    cfg = RunConfig(model=str(info.source), n_ctx=n_ctx, type_k=type_k, type_v=type_v)
+    r = planner.fit_report(info, vram_bytes, cfg, ram_budget=ram_budget)
     p, cfg = r.plan, r.cfg
     src = "memory plan"
     ctx = f"at n_ctx {n_ctx} KV {type_k}/{type_v}"

@@ -104,7 +104,7 @@ if TARGET_SHAPE:
 """),
 ("code", """
 if TARGET_SHAPE:
-    fitted = qplan.fit_report(target, budget, N_CTX, TYPE_K, TYPE_V)
+    fitted = qplan.fit_report(target, budget, tcfg)
     print(fitted.cfg.summary())
     display(fitted)
 """),
