@@ -221,6 +221,23 @@ conversation (2-core CPU, measured: turns 1-4 took 0.57, 0.65, 0.73, 0.85 s with
 take the cores). On a
 16 GB card with Qwen3.5's experts in system RAM, a 20K-token conversation costs tens of seconds
 a turn without the cache (`benchmarks/RESULTS.md` has the H200 and CPU measurements)."""),
+("md", """### Many chats, one system prompt
+
+A room of users talks to one assistant, and every chat starts with the same long system prompt.
+The server reads it once: a new chat copies it from whichever slot holds it, even one still
+answering someone else (on Qwen3.5 from a checkpoint taken where the first user message begins),
+and chats that arrive together let one of them read it while the others wait for the copy.
+`benchmarks/multiturn.py --scenarios shared-busy` measures it: on the 2-core CPU, 0.31 s to the
+first token against llama-server's 2.97 s (it reuses a prefix only from an idle slot)."""),
+("code", """system = "You answer questions about the notes below.\\n\\n" + doc[:3000]
+client = srv.client()
+reused = []
+for who in ("Ann", "Bo", "Cy"):
+    r = client.chat.completions.create(model="any", max_tokens=8, temperature=0, messages=[
+        {"role": "system", "content": system}, {"role": "user", "content": f"I am {who}. What is the main point?"}])
+    reused.append(r.usage.prompt_tokens_details.cached_tokens)
+    print(f"{who}: {r.usage.prompt_tokens} prompt tokens, {reused[-1]} of them reused")
+assert min(reused[1:]) >= r.usage.prompt_tokens - 32, 'later chats should reuse the system prompt'"""),
 ("md", """## 7. The log, and stopping
 
 The log holds llama.cpp's messages (model load, memory, per-request timings) and one line per request.
