@@ -23,7 +23,7 @@ __all__ = ["GPU", "LLAMA_CPP_VERSION", "VERDICT_CPU_BUILD_WITH_GPU", "VERDICT_CU
            "VERDICT_NO_NVCC", "VERDICT_OK", "BuildInfo", "Report", "add_cli", "build_info", "diagnose", "load_check",
            "nvcc_version", "nvml_gpus", "reinstall_command", "run"]
 
-LLAMA_CPP_VERSION = "0.3.36"
+LLAMA_CPP_VERSION = "0.3.36"   # = llama_api.TESTED_VERSION, not imported: doctor must run when that check fails
 
 VERDICT_OK = "CUDA build and GPU: ok"
 VERDICT_CPU_BUILD_WITH_GPU = "GPU present but CPU-only build"

@@ -65,6 +65,9 @@ def test_version_pins_agree():
     for script in ("scripts/setup.sh", "scripts/llama_flags.sh"):
         assert re.search(rf'LLAMA_VERSION="(\$\{{LLAMA_VERSION:-)?{re.escape(llama_api.TESTED_VERSION)}',
                          (ROOT / script).read_text()), script
+    # doctor keeps its own copy (it must run when this module's import check fails): the same
+    from qwenkit import doctor
+    assert doctor.LLAMA_CPP_VERSION == llama_api.TESTED_VERSION
 
 
 # ---- a doctored package fails with every problem named ----------------------------------------
