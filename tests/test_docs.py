@@ -45,3 +45,23 @@ def test_readme_shows_the_architecture_diagram():
     assert doc and readme, "both docs/architecture.md and README.md keep the diagram between diagram markers"
     assert readme.group(1) == doc.group(1), "README's diagram differs from docs/architecture.md's: copy it over"
     assert "docs/architecture.md" in README.read_text()
+
+
+# names of the notes beside the checkout that the project once read; the repo must not need them
+_OUTSIDE = re.compile(r"\.\./shared\b|\b(?:FACTS|DESIGN)\.md\b")
+
+
+def test_nothing_points_outside_the_repository():
+    """The repository stands alone: no tracked text file refers to ../shared or its
+    FACTS.md / DESIGN.md (their content lives in docs/facts.md and docs/design.md)."""
+    import subprocess
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    text = {".py", ".md", ".sh", ".toml", ".txt", ".cfg", ".yaml", ".yml", ".ipynb"}
+    hits = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix in text or name == "Makefile":
+            if path.is_file() and path != Path(__file__).resolve():
+                hits += [f"{name}:{i}" for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+                         if _OUTSIDE.search(line)]
+    assert not hits, f"references to notes outside the repository: {hits[:10]}"
