@@ -34,9 +34,9 @@ def hybrid_path(tmp_path_factory):
                                  progress=False)
 
 
-def _model(path, slots):
+def _model(path, slots, unified=False):
     return ServedModel(RunConfig(model=str(path), n_ctx=2048, n_threads=1, flash_attn=False), slots,
-                       unified_kv=False, verbose=False)
+                       unified_kv=unified, verbose=False)
 
 
 def _send(sched, tokens, stop, max_tokens=12, marks=()):
@@ -158,18 +158,28 @@ def test_an_early_edit_reuses_no_more_than_the_edit(default_model):
         m.close()
 
 
+def _comparable(kind: str, unified: bool) -> bool:
+    """Whether answers can be held to the reference: not the dense model over ONE KV pool on the
+    CPU (the GPU build's default, tested here for the copy's mechanics: a metadata-only
+    seq_cp). There a prompt's logits depend on where its cells lie in the pool, reuse or not:
+    measured 2.4 apart in log-probability from the one-slot reference with no reuse at all
+    (0.2 with the copy). The hybrid model's gap rule (1.0) holds either way."""
+    return not (unified and kind == "default")
+
+
 SYSTEM = ("You are the assistant of a workshop on serving language models locally. Answer in plain words, "
           "name the setting a student should change, and say why it helps. ") * 3
 
 
+@pytest.mark.parametrize("unified", [False, True], ids=["kv-per-slot", "kv-unified"])
 @pytest.mark.parametrize("kind", ["default", "qwen35moe"])
-def test_a_shared_system_prompt_is_copied_from_another_slot(kind, default_model, hybrid_path):
+def test_a_shared_system_prompt_is_copied_from_another_slot(kind, unified, default_model, hybrid_path):
     """Three slots, chats that share only a long system prompt. Chat 1 arrives while chat 0
     generates: it takes an empty slot and copies the prefix from chat 0's BUSY slot; chat 2,
     after both, copies it from an idle one. Nothing prefills the system prompt twice, and
     every answer equals the reference's (the gap rule)."""
     path, gap = (default_model, 1e-3) if kind == "default" else (hybrid_path, HYBRID_GAP)
-    m, ref_m = _model(path, 3), _model(path, 1)
+    m, ref_m = _model(path, 3, unified), _model(path, 1)
     s, ref = Scheduler(m), Scheduler(ref_m, reuse=False)
     try:
         def prompt(k):
@@ -191,8 +201,9 @@ def test_a_shared_system_prompt_is_copied_from_another_slot(kind, default_model,
         toks2, _, marks2 = prompt(2)
         _, res2, _ = _ask(s, toks2, stop, marks=marks2)
         for k, (res, toks, n) in enumerate([(res0, toks0, 40), (res1, toks1, 12), (res2, toks2, 12)]):
-            _, want, gaps = _ask(ref, toks, stop, max_tokens=n)
-            _same_answer(res, want, gaps, gap, f"chat {k}")
+            if _comparable(kind, unified):
+                _, want, gaps = _ask(ref, toks, stop, max_tokens=n)
+                _same_answer(res, want, gaps, gap, f"chat {k}")
         assert res0.cached_tokens == 0
         low = marks0[0] if kind == "qwen35moe" else shared
         assert res1.cached_tokens >= low and res2.cached_tokens >= low, (res1.cached_tokens, res2.cached_tokens, low)
@@ -205,13 +216,14 @@ def test_a_shared_system_prompt_is_copied_from_another_slot(kind, default_model,
         ref_m.close()
 
 
+@pytest.mark.parametrize("unified", [False, True], ids=["kv-per-slot", "kv-unified"])
 @pytest.mark.parametrize("kind", ["default", "qwen35moe"])
-def test_chats_sent_at_once_prefill_their_system_prompt_once(kind, default_model, hybrid_path):
+def test_chats_sent_at_once_prefill_their_system_prompt_once(kind, unified, default_model, hybrid_path):
     """Three chats after one system prompt, queued together on an idle server: one slot
     prefills the shared prefix, the other two wait for it and copy it, so the decoded tokens
     fall short of the three prompts by about two system prompts; answers as the reference's."""
     path, gap = (default_model, 1e-3) if kind == "default" else (hybrid_path, HYBRID_GAP)
-    m, ref_m = _model(path, 3), _model(path, 1)
+    m, ref_m = _model(path, 3, unified), _model(path, 1)
     s, ref = Scheduler(m), Scheduler(ref_m, reuse=False)
     try:
         prompts = []
@@ -239,8 +251,9 @@ def test_chats_sent_at_once_prefill_their_system_prompt_once(kind, default_model
         assert s.cache.stats()["copied"] >= 2, s.cache.stats()
         assert s.tokens_decoded <= total - 2 * (shared - 8) + answers, (s.tokens_decoded, total, shared)
         for k, ((toks, _), b) in enumerate(zip(prompts, boxes, strict=True)):
-            _, want, gaps = _ask(ref, toks, stop, max_tokens=12)
-            _same_answer(b["end"], want, gaps, gap, f"chat {k}")
+            if _comparable(kind, unified):
+                _, want, gaps = _ask(ref, toks, stop, max_tokens=12)
+                _same_answer(b["end"], want, gaps, gap, f"chat {k}")
         assert sorted(b["end"].cached_tokens >= shared - 8 for b in boxes) == [False, True, True]
     finally:
         s.close()
