@@ -323,7 +323,9 @@ class Scheduler:
             slot = empty[0]
         keep = reuse[slot.seq]
         parked, parked_keep = cache.best_parked(prompt) if self.reuse else (None, 0)
+        unparked = False
         if parked is not None and parked_keep > keep:
+            unparked = True
             slot = min(free, key=lambda s: reuse[s.seq])   # the slot whose state helps least
             # take it out of the cache first: parking the slot's own chat may evict to fit the
             # budget, and the least recently used entry can be this one
@@ -335,11 +337,11 @@ class Scheduler:
         else:
             self._park_if_other(slot, keep)
         free.remove(slot)
-        donor, got = self._donor(slot, prompt) if self.reuse else (None, 0)
+        # another slot holds more of this prompt (a shared system prompt): copy, not prefill; never
+        # over a conversation just brought back from host RAM (it left the cache for this slot)
+        donor, got = self._donor(slot, prompt) if self.reuse and not unparked else (None, 0)
         if donor is not None and got >= keep + MIN_COPY_TOKENS:
-            # another slot holds more of this prompt (a shared system prompt): copy, not prefill
-            keep = cache.copy(donor.seq, donor.cached, slot.seq, got)
-            slot.cached = donor.cached[:keep]
+            keep = self._copy_into(slot, donor, got)
         else:
             keep = cache.rewind(slot.seq, slot.cached, keep)
             slot.cached = slot.cached[:keep]
@@ -400,9 +402,14 @@ class Scheduler:
             s.wait = None
             got = self.cache.reusable(lead.cached, lead.seq, s.run.req.prompt, lead.prefilled) if lead.cached else 0
             if got >= len(s.cached) + MIN_COPY_TOKENS:
-                s.n_cached = self.cache.copy(lead.seq, lead.cached, s.seq, got)
-                s.cached = lead.cached[:s.n_cached]
+                s.n_cached = self._copy_into(s, lead, got)
             s.todo = list(s.run.req.prompt[len(s.cached):])
+
+    def _copy_into(self, slot: _Slot, donor: _Slot, n: int) -> int:
+        """Make `slot` hold the donor's first n tokens (a copy; the donor keeps its own)."""
+        keep = self.cache.copy(donor.seq, donor.cached, slot.seq, n)
+        slot.cached = donor.cached[:keep]
+        return keep
 
     def _park_if_other(self, slot: _Slot, keep: int) -> None:
         """Another conversation is taking this slot: keep the old one's state in host RAM."""
